@@ -1,0 +1,49 @@
+"""Token acceptance of speculative decoding (MODEL.md section 2): pure, vectorised functions.
+
+Leviathan et al. 2023: draft tokens are accepted left to right, so the accepted count K of a
+round is truncated geometric, P(K=k) = alpha^k (1-alpha) for k < gamma, P(K=gamma) = alpha^gamma,
+and a round emits K+1 tokens. Sampling is per round and per sequence, never a fixed mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def expected_tokens_per_round(alpha: float, gamma: int) -> float:
+    """E[K+1] = (1 - alpha^(gamma+1)) / (1 - alpha); gamma+1 when alpha = 1."""
+    if alpha >= 1.0:
+        return gamma + 1.0
+    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def expected_tokens_per_position(a: np.ndarray) -> float:
+    """E[K+1] for per-position conditional acceptance a_1..a_gamma (vLLM's measurement)."""
+    return 1.0 + float(np.cumprod(a).sum())
+
+
+def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Walltime improvement over AR when a draft step costs c target steps (Leviathan eq. 1)."""
+    return expected_tokens_per_round(alpha, gamma) / (gamma * c + 1.0)
+
+
+def sample_accepted(rng: np.random.Generator, alpha: np.ndarray, gamma: int) -> np.ndarray:
+    """Accepted draft tokens per sequence, K = min(floor(log U / log alpha), gamma)."""
+    u = 1.0 - rng.random(alpha.shape[0])  # in (0, 1]: log is finite
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # alpha = 1 gives x/0 = inf or 0/0 = nan; fmin maps both to gamma.
+        k = np.floor(np.log(u) / np.log(alpha))
+    return np.fmin(k, gamma).astype(np.int64)
+
+
+def sample_accepted_per_position(rng: np.random.Generator, a: np.ndarray, n: int) -> np.ndarray:
+    """Accepted count when position i is accepted with probability a[i] given all before it."""
+    ok = rng.random((n, a.shape[0])) < a
+    return np.cumprod(ok, axis=1).sum(axis=1)
+
+
+def request_alphas(rng: np.random.Generator, mean: float, concentration: float | None,
+                   n: int) -> np.ndarray:
+    """Per-request alpha: Beta(mean * kappa, (1 - mean) * kappa), or `mean` for every request."""
+    if concentration is None or mean >= 1.0:
+        return np.full(n, mean)
+    return rng.beta(mean * concentration, (1.0 - mean) * concentration, size=n)

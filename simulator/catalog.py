@@ -1,0 +1,182 @@
+"""Built-in catalogues: model architectures (from their public configs) and GPU datasheets.
+
+Everything here is data plus a few derived sizes (weight bytes, KV bytes per token). Prices are
+dated defaults, never constants a result silently depends on: a scenario can override them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+BYTES_PER_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """A dense decoder-only transformer, as its public config describes it."""
+
+    name: str
+    family: str  # "llama" (RMSNorm, RoPE, GQA, SwiGLU) or "opt" (LayerNorm, learned pos, MHA, ReLU MLP)
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    params: float  # published parameter count
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+    gated_mlp: bool = True
+    max_position: int = 131072
+    hf_id: str = ""
+
+    # Parameter counts of the parts the latency models need (per whole model, no TP split).
+    @property
+    def attn_params_per_layer(self) -> int:
+        q = self.hidden * self.n_heads * self.head_dim
+        kv = 2 * self.hidden * self.n_kv_heads * self.head_dim
+        o = self.n_heads * self.head_dim * self.hidden
+        return q + kv + o
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        return (3 if self.gated_mlp else 2) * self.hidden * self.ffn
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of all transformer layers' GEMMs (embeddings and LM head excluded)."""
+        return self.n_layers * (self.attn_params_per_layer + self.mlp_params_per_layer)
+
+    @property
+    def computed_params(self) -> int:
+        """Parameter count derived from the architecture (norms and biases included)."""
+        emb = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        if self.family == "opt":
+            emb += (self.max_position + 2) * self.hidden
+        norms = self.n_layers * 2 * self.hidden * (2 if self.family == "opt" else 1)
+        bias = 0
+        if self.qkv_bias:
+            bias += self.n_layers * (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        if self.family == "opt":  # OPT has biases on every linear layer
+            bias += self.n_layers * (self.hidden + self.ffn + self.hidden)
+        return self.linear_params + emb + norms + bias
+
+    def weight_bytes(self, dtype: str = "bf16") -> float:
+        return self.computed_params * BYTES_PER_DTYPE[dtype]
+
+    def kv_bytes_per_token(self, tp: int = 1, dtype: str = "bf16") -> float:
+        """K and V bytes one token occupies on ONE GPU at tensor parallel `tp`.
+
+        KV heads are split across GPUs; when tp exceeds the KV head count they are replicated
+        (each GPU keeps at least one head), as vLLM does.
+        """
+        heads_per_gpu = max(1, -(-self.n_kv_heads // tp))
+        return 2 * self.n_layers * heads_per_gpu * self.head_dim * BYTES_PER_DTYPE[dtype]
+
+    def check_tp(self, tp: int) -> str | None:
+        """Return why this model cannot be split `tp` ways, or None if it can."""
+        if tp < 1:
+            return "tp must be >= 1"
+        if self.n_heads % tp:
+            return f"tp={tp} must divide the attention head count ({self.n_heads})"
+        if self.n_kv_heads % tp and tp % self.n_kv_heads:
+            return f"tp={tp} must divide, or be a multiple of, the KV head count ({self.n_kv_heads})"
+        return None
+
+
+def _llama(name, hf, L, h, nh, nkv, hd, ffn, vocab, params, tied=False, maxpos=131072):
+    return ModelArch(name, "llama", L, h, nh, nkv, hd, ffn, vocab, params, tied, False, True, maxpos, hf)
+
+
+def _qwen(name, hf, L, h, nh, nkv, hd, ffn, vocab, params, tied=False, bias=True, maxpos=32768):
+    return ModelArch(name, "llama", L, h, nh, nkv, hd, ffn, vocab, params, tied, bias, True, maxpos, hf)
+
+
+def _opt(name, hf, L, h, nh, ffn, params):
+    return ModelArch(name, "opt", L, h, nh, nh, h // nh, ffn, 50272, params, True, True, False, 2048, hf)
+
+
+MODELS: dict[str, ModelArch] = {
+    m.name: m
+    for m in [
+        _llama("llama-3.2-1b", "meta-llama/Llama-3.2-1B", 16, 2048, 32, 8, 64, 8192, 128256, 1.24e9, tied=True),
+        _llama("llama-3.2-3b", "meta-llama/Llama-3.2-3B", 28, 3072, 24, 8, 128, 8192, 128256, 3.21e9, tied=True),
+        _llama("llama-3.1-8b", "meta-llama/Llama-3.1-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8.03e9),
+        _llama("llama-3.1-70b", "meta-llama/Llama-3.1-70B", 80, 8192, 64, 8, 128, 28672, 128256, 70.6e9),
+        _llama("llama-3.1-405b", "meta-llama/Llama-3.1-405B", 126, 16384, 128, 8, 128, 53248, 128256, 405.9e9),
+        _qwen("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B", 24, 896, 14, 2, 64, 4864, 151936, 0.494e9, tied=True),
+        _qwen("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B", 28, 1536, 12, 2, 128, 8960, 151936, 1.54e9, tied=True),
+        _qwen("qwen2.5-3b", "Qwen/Qwen2.5-3B", 36, 2048, 16, 2, 128, 11008, 151936, 3.09e9, tied=True),
+        _qwen("qwen2.5-7b", "Qwen/Qwen2.5-7B", 28, 3584, 28, 4, 128, 18944, 152064, 7.62e9),
+        _qwen("qwen2.5-14b", "Qwen/Qwen2.5-14B", 48, 5120, 40, 8, 128, 13824, 152064, 14.7e9),
+        _qwen("qwen2.5-32b", "Qwen/Qwen2.5-32B", 64, 5120, 40, 8, 128, 27648, 152064, 32.5e9),
+        _qwen("qwen2.5-72b", "Qwen/Qwen2.5-72B", 80, 8192, 64, 8, 128, 29568, 152064, 72.7e9),
+        _qwen("qwen3-0.6b", "Qwen/Qwen3-0.6B", 28, 1024, 16, 8, 128, 3072, 151936, 0.596e9, tied=True,
+              bias=False, maxpos=40960),
+        _qwen("qwen3-32b", "Qwen/Qwen3-32B", 64, 5120, 64, 8, 128, 25600, 151936, 32.8e9, bias=False,
+              maxpos=40960),
+        _opt("opt-125m", "facebook/opt-125m", 12, 768, 12, 3072, 125e6),
+        _opt("opt-350m", "facebook/opt-350m", 24, 1024, 16, 4096, 331e6),
+        _opt("opt-1.3b", "facebook/opt-1.3b", 24, 2048, 32, 8192, 1.3e9),
+        _opt("opt-2.7b", "facebook/opt-2.7b", 32, 2560, 32, 10240, 2.7e9),
+        _opt("opt-6.7b", "facebook/opt-6.7b", 32, 4096, 32, 16384, 6.7e9),
+        _opt("opt-13b", "facebook/opt-13b", 40, 5120, 40, 20480, 13e9),
+        _opt("opt-30b", "facebook/opt-30b", 48, 7168, 56, 28672, 30e9),
+        _opt("opt-66b", "facebook/opt-66b", 64, 9216, 72, 36864, 66e9),
+        # Tiny random-weight models for CPU profiling and the fidelity experiment.
+        _llama("tiny-target", "", 8, 512, 8, 4, 64, 1536, 4096, 0.0, maxpos=8192),
+        _llama("tiny-draft", "", 2, 512, 8, 4, 64, 1536, 4096, 0.0, maxpos=8192),
+    ]
+}
+# Tiny models have no published count: use the derived one.
+for _k in ("tiny-target", "tiny-draft"):
+    MODELS[_k] = replace(MODELS[_k], params=float(MODELS[_k].computed_params))
+
+
+@dataclass(frozen=True)
+class GPU:
+    """Datasheet figures (dense, no sparsity) and a dated default rental price."""
+
+    name: str
+    label: str
+    hbm_gb: float  # decimal GB
+    bandwidth_tbps: float  # HBM TB/s
+    bf16_tflops: float
+    fp8_tflops: float | None
+    interconnect: str
+    interconnect_gbps: float  # datasheet figure, GB/s, bidirectional per GPU
+    price_per_gpu_hour: float
+    price_date: str = "2026-11"
+    notes: str = field(default="", compare=False)
+
+    def peak_flops(self, dtype: str = "bf16") -> float:
+        if dtype == "fp8":
+            if self.fp8_tflops is None:
+                raise ValueError(f"{self.label} has no FP8 tensor cores")
+            return self.fp8_tflops * 1e12
+        if dtype == "fp32":
+            return self.bf16_tflops * 1e12 / 2  # TF32 tensor-core rate, half of BF16 on these parts
+        return self.bf16_tflops * 1e12
+
+    @property
+    def ridge_flop_per_byte(self) -> float:
+        """Arithmetic intensity at which BF16 GEMMs turn compute-bound (MODEL.md section 5)."""
+        return self.bf16_tflops * 1e12 / (self.bandwidth_tbps * 1e12)
+
+
+# Prices: representative on-demand cloud list prices per GPU-hour, November 2026. They vary 2-5x
+# between providers and months (MODEL.md section 8): override with price_per_gpu_hour.
+GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in [
+        GPU("h100-sxm", "H100 SXM", 80, 3.35, 989, 1979, "NVLink4", 900, 2.99),
+        GPU("h100-pcie", "H100 PCIe", 80, 2.0, 756, 1513, "PCIe5", 128, 2.49),
+        GPU("h200-sxm", "H200 SXM", 141, 4.8, 989, 1979, "NVLink4", 900, 3.79),
+        GPU("b200", "B200", 180, 8.0, 2250, 4500, "NVLink5", 1800, 5.99),
+        GPU("a100-80gb-sxm", "A100 80GB SXM", 80, 2.04, 312, None, "NVLink3", 600, 1.79),
+        GPU("l40s", "L40S", 48, 0.864, 362, 733, "PCIe4", 64, 1.29),
+        GPU("l4", "L4", 24, 0.30, 121, 242, "PCIe4", 64, 0.69),
+        GPU("mi300x", "MI300X", 192, 5.3, 1307, 2615, "Infinity Fabric", 896, 2.49),
+        GPU("mi325x", "MI325X", 256, 6.0, 1307, 2615, "Infinity Fabric", 896, 2.99),
+    ]
+}

@@ -1,0 +1,23 @@
+"""The `specsim` command line: thin wrappers that parse arguments and call the library."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Predict LLM serving performance with speculative decoding.")
+
+# Feature modules add their commands through register(app). Keep this list explicit.
+from simulator import cli_core  # noqa: E402
+from simulator import cli_sdsl  # noqa: E402
+from simulator import cli_calibrate  # noqa: E402
+
+for _module in (cli_core, cli_sdsl, cli_calibrate):
+    _module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

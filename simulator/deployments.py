@@ -1,0 +1,144 @@
+"""Scenario deployments -> resolved deployments: catalogue lookups, memory plan, latency backends.
+
+Everything that needs the catalogues is checked here, with errors that name the field path
+(`deployments[1].tp`) and what was expected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from simulator.catalog import GPU, GPUS, MODELS, ModelArch
+from simulator.errors import SpecsimError
+from simulator.latency.base import LatencyModel
+from simulator.latency.ideal import IdealLatency
+from simulator.latency.roofline import RooflineLatency, RooflineParams
+from simulator.memory import MemoryPlan, activation_reserve_bytes, plan_memory
+from simulator.scenario import Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler
+
+
+@dataclass(frozen=True)
+class ResolvedDeployment:
+    name: str
+    strategy: str
+    target: ModelArch
+    draft: ModelArch | None
+    gpu: GPU
+    tp: int
+    draft_tp: int
+    replicas: int
+    router: str
+    gamma: int
+    acceptance: Acceptance | None
+    scheduler: Scheduler
+    dtype: str
+    memory: MemoryPlan
+    target_latency: LatencyModel
+    draft_latency: LatencyModel | None
+    price_per_gpu_hour: float
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.replicas
+
+    @property
+    def latency_source(self) -> str:
+        sources = {self.target_latency.source}
+        if self.draft_latency is not None:
+            sources.add(self.draft_latency.source)
+        return "+".join(sorted(sources))
+
+
+def resolve_model(spec: str | InlineModel, field: str) -> ModelArch:
+    if isinstance(spec, InlineModel):
+        m = ModelArch(spec.name, spec.family, spec.n_layers, spec.hidden, spec.n_heads,
+                      spec.n_kv_heads, spec.head_dim, spec.ffn, spec.vocab, spec.params or 0.0,
+                      spec.tied_embeddings, spec.qkv_bias, spec.gated_mlp, spec.max_position)
+        return m if spec.params else replace(m, params=float(m.computed_params))
+    if spec not in MODELS:
+        raise SpecsimError(f"{field}: unknown model '{spec}'; known models: {', '.join(MODELS)} "
+                           "(or give an inline architecture)")
+    return MODELS[spec]
+
+
+def resolve_gpu(spec: str | InlineGPU, field: str) -> GPU:
+    if isinstance(spec, InlineGPU):
+        return GPU(spec.name, spec.label or spec.name, spec.hbm_gb, spec.bandwidth_tbps,
+                   spec.bf16_tflops, spec.fp8_tflops, spec.interconnect, spec.interconnect_gbps,
+                   spec.price_per_gpu_hour, notes="inline")
+    if spec not in GPUS:
+        raise SpecsimError(f"{field}: unknown gpu '{spec}'; known GPUs: {', '.join(GPUS)} "
+                           "(or give an inline device)")
+    return GPUS[spec]
+
+
+def roofline_params(cfg: Latency, field: str) -> RooflineParams:
+    names = RooflineParams.field_names()
+    unknown = sorted(set(cfg.params) - set(names))
+    if unknown:
+        raise SpecsimError(f"{field}.params: unknown roofline parameter(s) {unknown}; "
+                           f"known: {', '.join(names)}")
+    bad = [k for k, v in cfg.params.items() if v < 0 or (k.endswith("efficiency") and not 0 < v <= 1)]
+    if bad:
+        raise SpecsimError(f"{field}.params: {bad[0]} = {cfg.params[bad[0]]} is out of range "
+                           "(efficiencies in (0, 1], times >= 0)")
+    return RooflineParams(**cfg.params)
+
+
+def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, base: Path,
+                 field: str) -> LatencyModel:
+    """The latency backend a deployment asked for, bound to (model, gpu, tp, dtype)."""
+    if cfg.backend == "ideal":
+        return IdealLatency(model, gpu, tp, dtype)
+    params = roofline_params(cfg, field)
+    if cfg.backend == "roofline":
+        return RooflineLatency(model, gpu, tp, dtype, params)
+    from simulator.latency.profile import make_profile_latency  # torch-free, loaded on demand
+    root = Path(cfg.profiles_dir)
+    root = root if root.is_absolute() or not (base / root).is_dir() else base / root
+    return make_profile_latency(model, gpu, tp, dtype, root=root, overrides=cfg.params,
+                                field=field)
+
+
+def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
+    f = f"deployments[{index}]"
+    target = resolve_model(d.target, f"{f}.target")
+    gpu = resolve_gpu(d.gpu, f"{f}.gpu")
+    for model, tp, key in [(target, d.tp, "tp")]:
+        why = model.check_tp(tp)
+        if why:
+            raise SpecsimError(f"{f}.{key}: {why} of {model.name}")
+    draft, draft_tp = None, d.draft_tp or d.tp
+    if d.draft is not None:
+        draft = resolve_model(d.draft, f"{f}.draft")
+        why = draft.check_tp(draft_tp)
+        if why:
+            raise SpecsimError(f"{f}.draft_tp: {why} of draft {draft.name} (set draft_tp, e.g. 1)")
+        if draft_tp > d.tp:
+            raise SpecsimError(f"{f}.draft_tp: a colocated draft runs on the target's GPUs: "
+                               f"draft_tp ({draft_tp}) must be <= tp ({d.tp})")
+        if draft.params >= target.params:
+            raise SpecsimError(f"{f}.draft: draft {draft.name} ({draft.params:.3g} params) must be "
+                               f"smaller than target {target.name} ({target.params:.3g})")
+    if d.dtype == "fp8" and gpu.fp8_tflops is None:
+        raise SpecsimError(f"{f}.dtype: {gpu.label} has no FP8 tensor cores")
+    gamma = d.gamma or 0
+    sch = d.scheduler
+    if d.activation_reserve_gb is not None:
+        reserve = d.activation_reserve_gb * 1e9
+    else:
+        reserve = activation_reserve_bytes(target, d.tp, sch.max_num_batched_tokens,
+                                           sch.max_num_seqs, gamma + 1, d.dtype)
+    mem = plan_memory(target, gpu, d.tp, d.dtype, d.gpu_memory_utilization, reserve, draft, draft_tp)
+    if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
+        raise SpecsimError(
+            f"{f}: {target.name}{' + ' + draft.name if draft else ''} does not fit on {gpu.label} at "
+            f"tp={d.tp}: per GPU, weights {mem.target_weights_gb + mem.draft_weights_gb:.1f} GB + "
+            f"activation reserve {mem.activation_reserve_gb:.1f} GB exceed usable "
+            f"{mem.usable_gb:.1f} GB ({gpu.hbm_gb:g} GB x gpu_memory_utilization "
+            f"{d.gpu_memory_utilization}); raise tp or pick a larger GPU")
+    tl = make_latency(d.latency, target, gpu, d.tp, d.dtype, base, f"{f}.latency")
+    dl = make_latency(d.latency, draft, gpu, draft_tp, d.dtype, base, f"{f}.latency") if draft else None
+    price = d.price_per_gpu_hour if d.price_per_gpu_hour is not None else gpu.price_per_gpu_hour
+    return ResolvedDeployment(d.name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
+                              d.router, gamma, d.acceptance, sch, d.dtype, mem, tl, dl, price)

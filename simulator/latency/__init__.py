@@ -1,0 +1,1 @@
+"""Latency backends: how long one forward pass takes (see base.py for the interface)."""

@@ -1,0 +1,27 @@
+"""Ideal backend: SDSL's cost model (MODEL.md section 5), for checking against closed forms.
+
+Every forward pass of a model costs 2 * params / peak FLOPs, whatever its batch and however many
+query tokens it carries: one target pass verifies gamma+1 tokens for the price of one. With
+this backend SD's batch-1 speedup is Leviathan's formula and tokens per FLOP equal SDSL's T(gamma).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.catalog import GPU, ModelArch
+
+
+class IdealLatency:
+    source = "law"
+    step_overhead_s = 0.0
+
+    def __init__(self, model: ModelArch, gpu: GPU, tp: int = 1, dtype: str = "bf16"):
+        self.peak_flops = gpu.peak_flops(dtype) * tp
+        self.flops_per_forward = 2.0 * model.params
+        self._t = np.array([self.flops_per_forward / self.peak_flops, 0.0, 0.0, 0.0])
+
+    def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
+        return self._t.copy()
+
+    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
+        return self._t * steps

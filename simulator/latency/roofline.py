@@ -1,0 +1,125 @@
+"""Roofline latency backend: per-operator max(FLOPs / compute, bytes / bandwidth) from datasheets.
+
+Per layer (MODEL.md section 5): four GEMMs (QKV, O, MLP up/gate, MLP down) over T = sum(q)
+tokens, each with its own roofline; memory-bound elementwise work (norms, RoPE, activation,
+residual adds); attention over the (q_i, ctx_i) pairs of the batch as one batched kernel; two
+ring all-reduces of T x hidden values when tp > 1. Plus embedding and LM head, and a fixed
+per-forward launch overhead. Every constant is a field of RooflineParams, overridable from a
+scenario (`latency: {backend: roofline, params: {...}}`) and fitted by `specsim calibrate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from simulator.catalog import BYTES_PER_DTYPE, GPU, ModelArch
+
+
+@dataclass(frozen=True)
+class RooflineParams:
+    # Fraction of datasheet dense peak reached by large GEMMs (an H100 bf16 8192^3 matmul ran at
+    # ~81% of peak; serving-sized GEMMs reach less).
+    compute_efficiency: float = 0.70
+    # Fraction of datasheet HBM bandwidth reached by weight/KV streaming (STREAM-like decode
+    # reaches 75-85%).
+    memory_efficiency: float = 0.80
+    # Fraction of peak reached by the attention kernel's FLOPs (flash-attention class kernels).
+    attention_compute_efficiency: float = 0.50
+    # Fraction of the interconnect's one-way bandwidth a ring all-reduce reaches.
+    interconnect_efficiency: float = 0.70
+    # Fixed latency of one all-reduce (launch + synchronisation), seconds.
+    allreduce_latency_s: float = 8e-6
+    # Fixed cost of one forward pass (kernel launches; small with CUDA graphs), seconds.
+    forward_overhead_s: float = 3e-4
+    # Fixed CPU cost of one engine step (scheduling, sampling, output processing), seconds.
+    step_overhead_s: float = 2e-3
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class RooflineLatency:
+    """Forward-pass time of `model` split `tp` ways on `gpu`, from datasheet rooflines."""
+
+    source = "roofline"
+
+    def __init__(self, model: ModelArch, gpu: GPU, tp: int = 1, dtype: str = "bf16",
+                 params: RooflineParams | None = None):
+        self.model, self.gpu, self.tp, self.dtype = model, gpu, tp, dtype
+        self.params = p = params or RooflineParams()
+        self.step_overhead_s = p.step_overhead_s
+        m, by = model, BYTES_PER_DTYPE[dtype]
+        self._flops = gpu.peak_flops(dtype) * p.compute_efficiency
+        self._attn_flops = gpu.peak_flops(dtype) * p.attention_compute_efficiency
+        self._bw = gpu.bandwidth_tbps * 1e12 * p.memory_efficiency
+        heads = m.n_heads // tp
+        kv_heads = max(1, -(-m.n_kv_heads // tp))
+        # (in_features, out_features) of each GEMM on one GPU.
+        gemms = [(m.hidden, (heads + 2 * kv_heads) * m.head_dim), (heads * m.head_dim, m.hidden)]
+        gemms += [(m.hidden, (2 if m.gated_mlp else 1) * m.ffn // tp), (m.ffn // tp, m.hidden)]
+        self._gemm_k = np.array([k for k, _ in gemms], dtype=float)
+        self._gemm_n = np.array([n for _, n in gemms], dtype=float)
+        self._by = by
+        # Elementwise bytes per token per layer: 2 norms, 2 residual adds, RoPE (read+write each),
+        # activation over the MLP's intermediate.
+        self._elementwise_bytes_per_token = (8 * m.hidden + 3 * m.ffn / tp) * by
+        self._attn_flops_per_qk = 4.0 * heads * m.head_dim  # QK^T and PV, per (query, key) pair
+        self._kv_bytes_per_pos = 2.0 * kv_heads * m.head_dim * by  # one layer
+        self._q_bytes_per_tok = 2.0 * heads * m.head_dim * by  # read Q, write O
+        link_bw = gpu.interconnect_gbps * 1e9 / 2 * p.interconnect_efficiency  # one-way
+        self._ar_bytes_factor = 0.0 if tp == 1 else 2.0 * (tp - 1) / tp / link_bw
+        self._lm_k, self._lm_n = m.hidden, m.vocab / tp
+        self._comm_per_token = 2.0 * m.n_layers * m.hidden * by * self._ar_bytes_factor
+        self._comm_fixed = 2.0 * m.n_layers * p.allreduce_latency_s
+        self._linear_cache: dict[int, float] = {}
+        self._head_cache: dict[int, float] = {}
+
+    def _gemm_time(self, tokens: float, k: np.ndarray | float, n: np.ndarray | float):
+        flops = 2.0 * tokens * k * n
+        byts = (k * n + tokens * (k + n)) * self._by
+        return np.maximum(flops / self._flops, byts / self._bw)
+
+    def _linear(self, t: int) -> float:
+        """Non-attention time of the whole model over t tokens (memoised: t repeats a lot)."""
+        v = self._linear_cache.get(t)
+        if v is None:
+            layer = float(self._gemm_time(float(t), self._gemm_k, self._gemm_n).sum())
+            layer += t * self._elementwise_bytes_per_token / self._bw
+            v = self.model.n_layers * layer + t * self.model.hidden * self._by / self._bw  # + embedding
+            self._linear_cache[t] = v
+        return v
+
+    def _lm_head(self, n_logits: int) -> float:
+        v = self._head_cache.get(n_logits)
+        if v is None:
+            v = float(self._gemm_time(float(n_logits), self._lm_k, self._lm_n)) if n_logits else 0.0
+            self._head_cache[n_logits] = v
+        return v
+
+    def _time(self, t: int, pairs: float, kv_pos: float, n_logits: int) -> np.ndarray:
+        """Components from the batch's sufficient statistics (see forward)."""
+        attn = self.model.n_layers * max(pairs * self._attn_flops_per_qk / self._attn_flops,
+                                         (kv_pos * self._kv_bytes_per_pos
+                                          + t * self._q_bytes_per_tok) / self._bw)
+        comm = 0.0
+        if self.tp > 1:
+            comm = self._comm_per_token * t + self._comm_fixed
+        return np.array([self._linear(t) + self._lm_head(n_logits), attn, comm,
+                         self.params.forward_overhead_s])
+
+    def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
+        t = int(q.sum())
+        # Each query attends to the cache plus the causal part of its own block.
+        pairs = float(np.dot(q, ctx)) + float(np.dot(q, q + 1)) / 2.0
+        return self._time(t, pairs, float(ctx.sum()) + t, n_logits)
+
+    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
+        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time."""
+        n, c0 = ctx.shape[0], float(ctx.sum())
+        total = np.zeros(4)
+        for j in range(steps):
+            c = c0 + n * j
+            total += self._time(n, c + n, c + n, n_logits)
+        return total

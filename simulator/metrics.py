@@ -1,0 +1,94 @@
+"""Per-request records -> the numbers a user reads (MODEL.md section 7).
+
+TTFT = first token - arrival; TPOT = (finish - first token) / (tokens - 1) for requests of more
+than one token; ITL = gaps between successive emissions of a request (with speculation, one
+emission can carry several tokens, as a streaming client sees it); E2E = finish - arrival.
+Duration is the makespan, first arrival to last completion.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from simulator.engine import Records
+
+PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
+
+
+def distribution(x: np.ndarray) -> dict:
+    if x.size == 0:
+        return {"mean": None, **{k: None for k in PERCENTILES}}
+    qs = np.percentile(x, list(PERCENTILES.values()))
+    return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
+
+
+def request_table(rec: Records) -> pd.DataFrame:
+    """One row per request (the requests.csv contract, minus the deployment column)."""
+    multi = rec.output > 1
+    tpot = np.full(rec.output.shape, np.nan)
+    tpot[multi] = (rec.finish[multi] - rec.first_token[multi]) / (rec.output[multi] - 1)
+    return pd.DataFrame({
+        "request_id": np.arange(rec.output.shape[0]),
+        "replica": rec.replica,
+        "arrival_s": rec.arrival,
+        "first_token_s": rec.first_token,
+        "finish_s": rec.finish,
+        "prompt_tokens": rec.prompt,
+        "output_tokens": rec.output,
+        "ttft_s": rec.first_token - rec.arrival,
+        "tpot_s": tpot,
+        "e2e_s": rec.finish - rec.arrival,
+        "rounds": rec.rounds,
+        "accepted_tokens": rec.accepted,
+        "drafted_tokens": rec.drafted,
+        "preemptions": rec.preemptions,
+    })
+
+
+def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
+              slo_ttft: float | None, slo_tpot: float | None) -> dict:
+    """The per-deployment metrics of the summary contract (names as in the README)."""
+    done = ~np.isnan(rec.finish)
+    t0 = float(np.nanmin(rec.arrival))
+    duration = float(np.nanmax(rec.finish)) - t0 if done.any() else 0.0
+    tokens = int(rec.output[done].sum())
+    ttft = (rec.first_token - rec.arrival)[done]
+    e2e = (rec.finish - rec.arrival)[done]
+    multi = done & (rec.output > 1)
+    tpot = (rec.finish[multi] - rec.first_token[multi]) / (rec.output[multi] - 1)
+    rounds = int(rec.rounds.sum())
+    drafted = int(rec.drafted.sum())
+    goodput = None
+    if slo_ttft is not None or slo_tpot is not None:
+        ok = done.copy()
+        if slo_ttft is not None:
+            ok &= (rec.first_token - rec.arrival) <= slo_ttft
+        if slo_tpot is not None:
+            tp_all = np.where(rec.output > 1, (rec.finish - rec.first_token)
+                              / np.maximum(rec.output - 1, 1), 0.0)
+            ok &= tp_all <= slo_tpot
+        goodput = float(ok.sum() / duration) if duration > 0 else 0.0
+    hours = duration / 3600.0
+    return {
+        "requests_completed": int(done.sum()),
+        "output_tokens": tokens,
+        "duration_s": duration,
+        "throughput_tokens_per_s": tokens / duration if duration > 0 else 0.0,
+        "throughput_requests_per_s": float(done.sum()) / duration if duration > 0 else 0.0,
+        "ttft_s": distribution(ttft),
+        "tpot_s": distribution(tpot),
+        "itl_s": distribution(rec.itl),
+        "e2e_s": distribution(e2e),
+        "mean_tokens_per_round": float(rec.round_tokens.sum() / rounds) if rounds else None,
+        "acceptance_rate": float(rec.accepted.sum() / drafted) if drafted else None,
+        "gpu_busy_fraction": float(rec.busy_s.sum() / (len(rec.busy_s) * duration)) if duration else 0.0,
+        "goodput_requests_per_s": goodput,
+        "cost_per_million_tokens": (gpus * price_per_gpu_hour * hours / (tokens / 1e6)
+                                    if tokens else None),
+        "throughput_tokens_per_s_per_gpu": tokens / duration / gpus if duration > 0 else 0.0,
+        "preemptions": int(rec.preemptions.sum()),
+        "steps": rec.steps,
+        "mean_batch_tokens_per_step": float(rec.output[done].sum() / rec.steps) if rec.steps else 0.0,
+        "kv_peak_fraction": rec.max_kv_blocks_used / rec.kv_blocks_total,
+        "busy_breakdown_s": rec.breakdown_s,
+    }

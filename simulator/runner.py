@@ -1,0 +1,130 @@
+"""Run a scenario: scenario -> deployments -> engine -> records -> metrics, for every sweep point.
+
+Returns plain data (the summary dict and the per-request table); report.py writes it out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from simulator import __version__
+from simulator.deployments import ResolvedDeployment, resolve
+from simulator.engine import Simulation
+from simulator.errors import SpecsimError
+from simulator.metrics import request_table, summarise
+from simulator.scenario import Scenario
+from simulator.workload import Requests, generate
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    requests: pd.DataFrame
+
+
+def check_fits(dep: ResolvedDeployment, req: Requests, field: str) -> None:
+    """Every request must fit the model's context and, alone, the deployment's KV cache."""
+    longest = int((req.prompt + req.output).max())
+    if longest > dep.target.max_position:
+        raise SpecsimError(f"{field}: a request of {longest} tokens (prompt + output) exceeds "
+                           f"{dep.target.name}'s context of {dep.target.max_position}; lower "
+                           "workload max lengths")
+    bs = dep.scheduler.block_size
+    need = -(-(longest + dep.gamma) // bs) * bs
+    if need > dep.memory.kv_capacity_tokens:
+        raise SpecsimError(f"{field}: a request of {longest} tokens needs {need} KV slots but the "
+                           f"deployment holds {dep.memory.kv_capacity_tokens}; lower the lengths "
+                           "or raise tp / gpu_memory_utilization")
+
+
+def _points(sc: Scenario) -> list[tuple[dict | None, Scenario]]:
+    if sc.sweep is None:
+        return [(None, sc)]
+    out = []
+    for v in sc.sweep.values:
+        value = int(v) if sc.sweep.param == "concurrency" else float(v)
+        arrival = sc.workload.arrival.model_copy(update={sc.sweep.param: value})
+        wl = sc.workload.model_copy(update={"arrival": arrival})
+        out.append(({sc.sweep.param: value}, sc.model_copy(update={"workload": wl})))
+    return out
+
+
+def _describe(dep: ResolvedDeployment) -> dict:
+    d = {"target": dep.target.name, "draft": dep.draft.name if dep.draft else None,
+         "gpu": dep.gpu.name, "tp": dep.tp, "replicas": dep.replicas,
+         "gamma": dep.gamma if dep.strategy != "ar" else None,
+         "alpha": None, "per_position": None,
+         "price_per_gpu_hour": dep.price_per_gpu_hour, "memory": dep.memory.as_dict()}
+    if dep.acceptance is not None:
+        d["alpha"] = dep.acceptance.alpha
+        d["per_position"] = dep.acceptance.per_position
+    return d
+
+
+def crossover(summary_rows: list[dict], baseline: str, param: str) -> list[dict]:
+    """Per design: throughput ratio to the baseline at each sweep point, and where it drops to <= 1."""
+    by = {}
+    for row in summary_rows:
+        by.setdefault(row["name"], []).append(row)
+    base = {r["sweep"][param]: r["throughput_tokens_per_s"] for r in by.get(baseline, [])}
+    out = []
+    for name, rows in by.items():
+        if name == baseline:
+            continue
+        ratios = [(r["sweep"][param], r["throughput_tokens_per_s"] / base[r["sweep"][param]])
+                  for r in rows if base.get(r["sweep"][param])]
+        stops = next((x for x, s in ratios if s <= 1.0), None)
+        # Log-linear interpolation between the last point that paid and the first that did not.
+        interp = None
+        for (x0, s0), (x1, s1) in zip(ratios, ratios[1:]):
+            if s0 > 1.0 >= s1:
+                f = (s0 - 1.0) / (s0 - s1)
+                interp = float(np.exp(np.log(x0) + f * (np.log(x1) - np.log(x0))))
+                break
+        out.append({"design": name, "baseline": baseline, "param": param,
+                    "speedup": [{param: x, "ratio": s} for x, s in ratios],
+                    "stops_paying_at": stops, "stops_paying_at_interpolated": interp})
+    return out
+
+
+def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
+                 progress: Callable[[str, int], Callable[[int], None]] | None = None) -> RunResult:
+    """Simulate every (sweep point, deployment). `progress(label, total)` returns an advance callback."""
+    seed = sc.seed if seed is None else seed
+    deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
+    rows, tables = [], []
+    for point, psc in _points(sc):
+        req = generate(psc.workload, seed, base)
+        for i, dep in enumerate(deps):
+            check_fits(dep, req, f"deployments[{i}]")
+            label = dep.name + (f" {point}" if point else "")
+            sim = Simulation(dep, req, seed=seed * 7919 + i,
+                             progress=progress(label, req.n) if progress else None)
+            rec = sim.run()
+            slo = psc.slo
+            m = summarise(rec, dep.gpus, dep.price_per_gpu_hour,
+                          slo.ttft_s if slo else None, slo.tpot_s if slo else None)
+            row = {"name": dep.name, "strategy": dep.strategy, "gpus": dep.gpus}
+            if point:
+                row["sweep"] = point
+            row.update(m)
+            row["latency_source"] = dep.latency_source
+            row["latency_stats"] = {"target": getattr(dep.target_latency, "stats", None),
+                                    "draft": getattr(dep.draft_latency, "stats", None)}
+            row["config"] = _describe(dep)
+            rows.append(row)
+            t = request_table(rec)
+            t.insert(0, "deployment", dep.name)
+            if point:
+                t.insert(1, sc.sweep.param, next(iter(point.values())))
+            tables.append(t)
+    baseline = sc.baseline or next((d.name for d in sc.deployments if d.strategy == "ar"), None)
+    summary = {"scenario": sc.name, "seed": seed, "specsim_version": __version__,
+               "deployments": rows}
+    if sc.sweep is not None and baseline is not None:
+        summary["crossover"] = crossover(rows, baseline, sc.sweep.param)
+    return RunResult(summary, pd.concat(tables, ignore_index=True))

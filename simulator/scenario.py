@@ -1,0 +1,316 @@
+"""Scenario files: the pydantic v2 schema, and loading YAML into it with errors users can act on.
+
+Every section forbids unknown keys. Errors name the file, the field path (as in
+`deployments[1].scheduler.max_num_seqs`) and what was expected; the CLI prints them and exits 2.
+Checks that need the catalogues (model names, tp, memory fit) happen in deployments.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
+                      model_validator)
+
+from simulator.errors import SpecsimError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- workload ---------------------------------------------------------------------------------
+class Poisson(Strict):
+    process: Literal["poisson"]
+    rate_per_s: PositiveFloat
+
+
+class GammaArrivals(Strict):
+    """Gamma-distributed inter-arrival times; burstiness = coefficient of variation (1 = Poisson)."""
+    process: Literal["gamma"]
+    rate_per_s: PositiveFloat
+    burstiness: PositiveFloat
+
+
+class Constant(Strict):
+    process: Literal["constant"]
+    rate_per_s: PositiveFloat
+
+
+class Closed(Strict):
+    """A fixed number of requests in flight: each completion issues the next request at once."""
+    process: Literal["closed"]
+    concurrency: PositiveInt
+
+
+class TraceArrivals(Strict):
+    """Arrival times from a CSV column (seconds); `speedup` > 1 compresses time (more load)."""
+    process: Literal["trace"]
+    path: str
+    column: str = "arrived_at"
+    speedup: PositiveFloat = 1.0
+
+
+Arrival = Annotated[Union[Poisson, GammaArrivals, Constant, Closed, TraceArrivals],
+                    Field(discriminator="process")]
+
+
+class Fixed(Strict):
+    dist: Literal["fixed"]
+    value: PositiveInt
+
+
+class Uniform(Strict):
+    dist: Literal["uniform"]
+    min: PositiveInt
+    max: PositiveInt
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Normal(Strict):
+    """Normal (dist: normal) or lognormal with the given mean and std of the lengths themselves."""
+    dist: Literal["normal", "lognormal"]
+    mean: PositiveFloat
+    std: Annotated[float, Field(ge=0)]
+    min: PositiveInt = 1
+    max: PositiveInt = 1_000_000
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class TraceLengths(Strict):
+    """Lengths from a CSV column, taken in row order (cycled if more requests than rows)."""
+    dist: Literal["trace"]
+    path: str
+    column: str
+    max: PositiveInt | None = None  # clip (e.g. to the model's context)
+
+
+Lengths = Annotated[Union[Fixed, Uniform, Normal, TraceLengths], Field(discriminator="dist")]
+
+
+class Workload(Strict):
+    requests: PositiveInt | None = None
+    duration_s: PositiveFloat | None = None
+    arrival: Arrival
+    prompt_tokens: Lengths
+    output_tokens: Lengths
+
+    @model_validator(mode="after")
+    def _size(self):
+        if (self.requests is None) == (self.duration_s is None):
+            raise ValueError("give exactly one of 'requests' or 'duration_s'")
+        return self
+
+
+class SLO(Strict):
+    ttft_s: PositiveFloat | None = None
+    tpot_s: PositiveFloat | None = None
+
+
+# ---- deployments ------------------------------------------------------------------------------
+class InlineModel(Strict):
+    """An architecture not in the catalogue, from its public config."""
+    name: str
+    family: Literal["llama", "opt"] = "llama"
+    n_layers: PositiveInt
+    hidden: PositiveInt
+    n_heads: PositiveInt
+    n_kv_heads: PositiveInt
+    head_dim: PositiveInt
+    ffn: PositiveInt
+    vocab: PositiveInt
+    params: PositiveFloat | None = None  # published count; derived from the shape when absent
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+    gated_mlp: bool = True
+    max_position: PositiveInt = 131072
+
+
+class InlineGPU(Strict):
+    """A device not in the catalogue (or this machine's CPU, for measured CPU profiles)."""
+    name: str
+    label: str | None = None
+    hbm_gb: PositiveFloat
+    bandwidth_tbps: PositiveFloat
+    bf16_tflops: PositiveFloat
+    fp8_tflops: PositiveFloat | None = None
+    interconnect: str = "none"
+    interconnect_gbps: PositiveFloat = 64.0
+    price_per_gpu_hour: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Heterogeneity(Strict):
+    """Per-request alpha ~ Beta(mean alpha, concentration), fixed for the request's life."""
+    concentration: PositiveFloat
+
+
+class Acceptance(Strict):
+    alpha: Annotated[float, Field(gt=0, le=1)] | None = None
+    per_position: list[Annotated[float, Field(ge=0, le=1)]] | None = None
+    heterogeneity: Heterogeneity | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.alpha is None) == (self.per_position is None):
+            raise ValueError("give exactly one of 'alpha' or 'per_position'")
+        if self.per_position is not None and self.heterogeneity is not None:
+            raise ValueError("'heterogeneity' applies to 'alpha', not to 'per_position'")
+        return self
+
+
+class Latency(Strict):
+    backend: Literal["roofline", "ideal", "profile"] = "roofline"
+    # Overrides of RooflineParams fields (see simulator/latency/roofline.py), checked by name.
+    params: dict[str, float] = Field(default_factory=dict)
+    profiles_dir: str = "profiles"
+
+
+class Scheduler(Strict):
+    max_num_seqs: PositiveInt = 256
+    max_num_batched_tokens: PositiveInt = 8192
+    chunked_prefill: bool = True
+    block_size: PositiveInt = 16
+
+
+class Deployment(Strict):
+    name: str
+    target: str | InlineModel
+    draft: str | InlineModel | None = None
+    gpu: str | InlineGPU
+    tp: PositiveInt = 1
+    draft_tp: PositiveInt | None = None  # colocated draft's tensor parallelism; default = tp
+    replicas: PositiveInt = 1
+    router: Literal["round_robin", "least_outstanding"] = "round_robin"
+    strategy: Literal["ar", "sd"] = "ar"
+    gamma: PositiveInt | None = None
+    acceptance: Acceptance | None = None
+    latency: Latency = Field(default_factory=Latency)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    activation_reserve_gb: Annotated[float, Field(ge=0)] | None = None
+    price_per_gpu_hour: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _strategy(self):
+        if self.strategy == "sd":
+            missing = [k for k in ("draft", "gamma", "acceptance") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"strategy 'sd' needs {', '.join(missing)}")
+            pp = self.acceptance.per_position
+            if pp is not None and len(pp) != self.gamma:
+                raise ValueError(f"acceptance.per_position has {len(pp)} entries; gamma is {self.gamma}")
+        else:
+            extra = [k for k in ("draft", "gamma", "acceptance") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"strategy 'ar' takes no {', '.join(extra)} (did you mean strategy: sd?)")
+        return self
+
+
+class Sweep(Strict):
+    """Run every deployment at each value of one workload parameter (e.g. closed-loop concurrency)."""
+    param: Literal["concurrency", "rate_per_s"]
+    values: list[PositiveFloat] = Field(min_length=1)
+
+
+class Scenario(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 1
+    workload: Workload
+    slo: SLO | None = None
+    sweep: Sweep | None = None
+    baseline: str | None = None  # deployment the others are compared with; default: first 'ar'
+    deployments: list[Deployment] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self):
+        names = [d.name for d in self.deployments]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"deployment names must be unique; repeated: {dup}")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"baseline '{self.baseline}' is not a deployment name ({names})")
+        if self.sweep is not None:
+            closed = isinstance(self.workload.arrival, Closed)
+            if (self.sweep.param == "concurrency") != closed:
+                raise ValueError(f"sweep.param '{self.sweep.param}' does not fit arrival process "
+                                 f"'{self.workload.arrival.process}'")
+        return self
+
+
+# ---- loading ----------------------------------------------------------------------------------
+# Fields whose value is a union: pydantic puts the branch tag after them in error locations.
+_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu"}
+
+
+def _path(loc: tuple) -> tuple[str, str | None]:
+    """User-facing field path, and the union branch the error belongs to (if any)."""
+    out, branch, skip = "", None, False
+    for part in loc:
+        if skip:
+            skip, branch = False, str(part)
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+            skip = part in _UNION_FIELDS
+    return out or "(top level)", branch
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines, seen = [], set()
+    for e in err.errors(include_url=False):
+        path, branch = _path(tuple(e["loc"]))
+        inp = e.get("input")
+        # A union field reports one error per branch; keep the branch the user meant.
+        if branch == "str" and isinstance(inp, dict):
+            continue
+        if branch in ("InlineModel", "InlineGPU") and isinstance(inp, str):
+            if e["type"] in ("model_type", "dict_type"):
+                continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and the scenario reference in README.md)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        if (path, msg) not in seen:
+            seen.add((path, msg))
+            lines.append(f"  {path}: {msg}")
+    return f"{source}: invalid scenario\n" + "\n".join(lines)
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise SpecsimError(format_validation_error(source, e)) from None
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
+    """Parse and validate a scenario file; returns it with the directory relative paths resolve against."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecsimError(f"{p}: scenario file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecsimError(f"{p}: not valid YAML: {e}") from None
+    return parse_scenario(data, str(p)), p.parent

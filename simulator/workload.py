@@ -1,0 +1,132 @@
+"""Workload generation: request lengths and open-loop arrival times, from a scenario's workload.
+
+The same workload (same seed) is given to every deployment, so designs are compared on
+identical requests. Closed-loop arrivals are not pre-generated: the engine issues the next
+request when one completes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulator.errors import SpecsimError
+from simulator.scenario import (Closed, Constant, Fixed, GammaArrivals, Normal, Poisson,
+                                TraceArrivals, TraceLengths, Uniform, Workload)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Requests to serve. `arrival` is NaN for closed-loop workloads (set when issued)."""
+
+    prompt: np.ndarray  # int64 tokens
+    output: np.ndarray  # int64 tokens
+    arrival: np.ndarray  # float64 seconds
+    concurrency: int | None  # closed loop: requests in flight
+
+    @property
+    def n(self) -> int:
+        return len(self.prompt)
+
+
+def resolve_path(path: str, base: Path, field: str) -> Path:
+    """A path from a scenario: relative to the scenario file's folder, else to the working dir."""
+    p = Path(path)
+    for candidate in ([p] if p.is_absolute() else [base / p, Path.cwd() / p]):
+        if candidate.is_file():
+            return candidate
+    raise SpecsimError(f"{field}: file not found: {path} (looked relative to {base} and {Path.cwd()})")
+
+
+_TRACE_CACHE: dict[Path, pd.DataFrame] = {}
+
+
+def _trace_column(path: str, column: str, base: Path, field: str) -> np.ndarray:
+    p = resolve_path(path, base, field)
+    if p not in _TRACE_CACHE:
+        try:
+            _TRACE_CACHE[p] = pd.read_csv(p)
+        except Exception as e:  # pandas raises many types for a malformed file
+            raise SpecsimError(f"{p}: cannot read CSV trace ({e})") from None
+    df = _TRACE_CACHE[p]
+    if column not in df.columns:
+        raise SpecsimError(f"{p}: {field}: column '{column}' not found; columns are {list(df.columns)}")
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+    if not np.all(np.isfinite(values)):
+        raise SpecsimError(f"{p}: column '{column}' has non-numeric or missing values")
+    return values
+
+
+def sample_lengths(spec, n: int, rng: np.random.Generator, base: Path, field: str) -> np.ndarray:
+    if isinstance(spec, Fixed):
+        out = np.full(n, spec.value, dtype=np.int64)
+    elif isinstance(spec, Uniform):
+        out = rng.integers(spec.min, spec.max + 1, size=n)
+    elif isinstance(spec, Normal) and spec.dist == "normal":
+        out = np.rint(rng.normal(spec.mean, spec.std, size=n))
+    elif isinstance(spec, Normal):
+        # Lognormal parameterised by the mean and std of the lengths themselves.
+        sigma2 = np.log1p((spec.std / spec.mean) ** 2)
+        out = np.rint(rng.lognormal(np.log(spec.mean) - sigma2 / 2, np.sqrt(sigma2), size=n))
+    elif isinstance(spec, TraceLengths):
+        values = _trace_column(spec.path, spec.column, base, field)
+        if np.any(values < 1):
+            raise SpecsimError(f"{field}: trace column '{spec.column}' has lengths < 1")
+        out = np.resize(np.rint(values), n)
+        if spec.max is not None:
+            out = np.minimum(out, spec.max)
+        return out.astype(np.int64)
+    else:  # pragma: no cover - the schema admits nothing else
+        raise TypeError(spec)
+    lo = getattr(spec, "min", 1)
+    hi = getattr(spec, "max", None)
+    return np.clip(out, lo, hi).astype(np.int64)
+
+
+def arrival_times(spec, n: int | None, duration_s: float | None, rng: np.random.Generator,
+                  base: Path) -> np.ndarray:
+    """Open-loop arrival times (s), starting at 0: `n` of them, or all within `duration_s`."""
+    if isinstance(spec, TraceArrivals):
+        t = _trace_column(spec.path, spec.column, base, "workload.arrival.path")
+        t = np.sort(t - t.min()) / spec.speedup
+        if n is not None:
+            if n > len(t):
+                raise SpecsimError(f"workload.requests: {n} requested but the trace has {len(t)} arrivals")
+            return t[:n]
+        return t[t <= duration_s]
+    rate = spec.rate_per_s
+    count = n if n is not None else int(duration_s * rate * 1.2 + 10 * np.sqrt(duration_s * rate) + 10)
+    if isinstance(spec, Poisson):
+        gaps = rng.exponential(1.0 / rate, size=count)
+    elif isinstance(spec, GammaArrivals):
+        shape = 1.0 / spec.burstiness**2  # CV of a gamma is 1/sqrt(shape)
+        gaps = rng.gamma(shape, 1.0 / (rate * shape), size=count)
+    elif isinstance(spec, Constant):
+        gaps = np.full(count, 1.0 / rate)
+    else:  # pragma: no cover
+        raise TypeError(spec)
+    t = np.cumsum(gaps) - gaps[0]
+    if n is None:
+        t = t[t <= duration_s]
+    return t
+
+
+def generate(workload: Workload, seed: int, base: Path) -> Requests:
+    """Draw the scenario's requests. Deterministic in (workload, seed)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    arr_rng, len_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(2))
+    spec = workload.arrival
+    if isinstance(spec, Closed):
+        if workload.requests is None:
+            raise SpecsimError("workload: a closed-loop workload needs 'requests' (not duration_s)")
+        n, arrival, conc = workload.requests, np.full(workload.requests, np.nan), spec.concurrency
+    else:
+        arrival = arrival_times(spec, workload.requests, workload.duration_s, arr_rng, base)
+        n, conc = len(arrival), None
+        if n == 0:
+            raise SpecsimError("workload: no request arrives within duration_s")
+    prompt = sample_lengths(workload.prompt_tokens, n, len_rng, base, "workload.prompt_tokens")
+    output = sample_lengths(workload.output_tokens, n, len_rng, base, "workload.output_tokens")
+    return Requests(prompt, output, arrival.astype(float), conc)
