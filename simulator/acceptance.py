@@ -29,10 +29,20 @@ def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
 def sample_accepted(rng: np.random.Generator, alpha: np.ndarray, gamma: int) -> np.ndarray:
     """Accepted draft tokens per sequence, K = min(floor(log U / log alpha), gamma)."""
     u = 1.0 - rng.random(alpha.shape[0])  # in (0, 1]: log is finite
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # alpha = 1 gives x/0 = inf or 0/0 = nan; fmin maps both to gamma.
-        k = np.floor(np.log(u) / np.log(alpha))
-    return np.fmin(k, gamma).astype(np.int64)
+    # log(alpha) is clamped below zero so alpha = 1 gives a huge K (capped at gamma), not inf/nan.
+    with np.errstate(divide="ignore"):
+        k = np.floor(np.log(u) / np.minimum(np.log(alpha), -1e-300))
+    return np.minimum(k, gamma).astype(np.int64)
+
+
+def truncated_geometric_cdf(alpha: float, gamma: int) -> np.ndarray:
+    """P(K <= k) for k = 0..gamma-1 (P(K <= gamma) = 1 is implicit)."""
+    return 1.0 - alpha ** np.arange(1, gamma + 1)
+
+
+def sample_accepted_same_alpha(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
+    """K for n sequences sharing one alpha, by inverting the CDF (faster than the log form)."""
+    return np.searchsorted(cdf, rng.random(n), side="right")
 
 
 def sample_accepted_per_position(rng: np.random.Generator, a: np.ndarray, n: int) -> np.ndarray:

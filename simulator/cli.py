@@ -10,8 +10,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 from simulator import cli_core  # noqa: E402
 from simulator import cli_sdsl  # noqa: E402
 from simulator import cli_calibrate  # noqa: E402
+from simulator import cli_profile  # noqa: E402
 
-for _module in (cli_core, cli_sdsl, cli_calibrate):
+for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile):
     _module.register(app)
 
 

@@ -16,7 +16,8 @@ from rich.table import Table
 from simulator.errors import SpecsimError
 
 err = Console(stderr=True)
-out = Console()
+# Piped output (files, CI logs) gets a wide table instead of rich's 80-column truncation.
+out = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def user_errors(fn):
@@ -29,6 +30,17 @@ def user_errors(fn):
             err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
+
+
+@contextmanager
+def _about(path: Path):
+    """Prefix errors raised after parsing (catalogue, memory, traces) with the scenario file."""
+    try:
+        yield
+    except SpecsimError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise SpecsimError(f"{path}: {e}") from None
 
 
 @contextmanager
@@ -76,7 +88,7 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
 
     sc, base = load_scenario(scenario)
     t0 = time.monotonic()
-    with _progress(sys.stderr.isatty()) as factory:
+    with _about(scenario), _progress(sys.stderr.isatty()) as factory:
         result = run_scenario(sc, base, seed, factory)
     target = out_dir or Path("reports") / sc.name
     write(result, target, str(scenario))
@@ -101,10 +113,11 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     from simulator.workload import generate
 
     sc, base = load_scenario(scenario)
-    deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
-    req = generate(sc.workload, sc.seed, base)
-    for i, dep in enumerate(deps):
-        check_fits(dep, req, f"deployments[{i}]")
+    with _about(scenario):
+        deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
+        req = generate(sc.workload, sc.seed, base)
+        for i, dep in enumerate(deps):
+            check_fits(dep, req, f"deployments[{i}]")
     out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)")
 
 

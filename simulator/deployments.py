@@ -14,7 +14,9 @@ from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.memory import MemoryPlan, activation_reserve_bytes, plan_memory
-from simulator.scenario import Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler
+from simulator.scenario import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
+                                SSDConfig)
+from simulator.ssd import Handshake
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,17 @@ class ResolvedDeployment:
     memory: MemoryPlan
     target_latency: LatencyModel
     draft_latency: LatencyModel | None
-    price_per_gpu_hour: float
+    price_per_gpu_hour: float  # a blend over target and draft GPUs when their prices differ
+    draft_placement: str | None = None  # "colocated" / "dedicated"; None without a draft
+    draft_gpus: int = 0  # dedicated draft GPUs per replica (the draft's tp)
+    draft_gpu: GPU | None = None  # dedicated draft's device
+    draft_memory: MemoryPlan | None = None  # per dedicated draft GPU
+    handshake: Handshake | None = None  # per round, for a dedicated draft
+    ssd: SSDConfig | None = None
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.replicas
+        return (self.tp + self.draft_gpus) * self.replicas
 
     @property
     def latency_source(self) -> str:
@@ -108,13 +116,18 @@ def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
         why = model.check_tp(tp)
         if why:
             raise SpecsimError(f"{f}.{key}: {why} of {model.name}")
-    draft, draft_tp = None, d.draft_tp or d.tp
+    dedicated = d.placement == "dedicated"
+    draft, draft_tp = None, (d.draft_gpus or 1) if dedicated else (d.draft_tp or d.tp)
+    draft_gpu = resolve_gpu(d.draft_gpu, f"{f}.draft_gpu") if d.draft_gpu is not None else gpu
     if d.draft is not None:
         draft = resolve_model(d.draft, f"{f}.draft")
         why = draft.check_tp(draft_tp)
+        if why and dedicated:
+            raise SpecsimError(f"{f}.draft_gpus: a dedicated draft runs tensor-parallel over its "
+                               f"GPUs: {why} of draft {draft.name}")
         if why:
             raise SpecsimError(f"{f}.draft_tp: {why} of draft {draft.name} (set draft_tp, e.g. 1)")
-        if draft_tp > d.tp:
+        if draft_tp > d.tp and not dedicated:
             raise SpecsimError(f"{f}.draft_tp: a colocated draft runs on the target's GPUs: "
                                f"draft_tp ({draft_tp}) must be <= tp ({d.tp})")
         if draft.params >= target.params:
@@ -122,6 +135,8 @@ def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
                                f"smaller than target {target.name} ({target.params:.3g})")
     if d.dtype == "fp8" and gpu.fp8_tflops is None:
         raise SpecsimError(f"{f}.dtype: {gpu.label} has no FP8 tensor cores")
+    if dedicated and d.dtype == "fp8" and draft_gpu.fp8_tflops is None:
+        raise SpecsimError(f"{f}.dtype: the draft's {draft_gpu.label} has no FP8 tensor cores")
     gamma = d.gamma or 0
     sch = d.scheduler
     if d.activation_reserve_gb is not None:
@@ -129,7 +144,8 @@ def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
     else:
         reserve = activation_reserve_bytes(target, d.tp, sch.max_num_batched_tokens,
                                            sch.max_num_seqs, gamma + 1, d.dtype)
-    mem = plan_memory(target, gpu, d.tp, d.dtype, d.gpu_memory_utilization, reserve, draft, draft_tp)
+    mem = plan_memory(target, gpu, d.tp, d.dtype, d.gpu_memory_utilization, reserve,
+                      None if dedicated else draft, draft_tp)
     if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
         raise SpecsimError(
             f"{f}: {target.name}{' + ' + draft.name if draft else ''} does not fit on {gpu.label} at "
@@ -137,8 +153,46 @@ def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
             f"activation reserve {mem.activation_reserve_gb:.1f} GB exceed usable "
             f"{mem.usable_gb:.1f} GB ({gpu.hbm_gb:g} GB x gpu_memory_utilization "
             f"{d.gpu_memory_utilization}); raise tp or pick a larger GPU")
+    draft_mem = handshake = None
+    if dedicated:
+        draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma)
+        # The replica holds what both caches hold: the draft keeps KV for the same sequences.
+        mem = replace(mem, kv_capacity_tokens=min(mem.kv_capacity_tokens, draft_mem.kv_capacity_tokens))
+        link = min(gpu.interconnect_gbps, draft_gpu.interconnect_gbps)
+        handshake = (Handshake(d.handshake_s) if d.handshake_s is not None
+                     else Handshake.from_link(link, gamma, target.vocab))
     tl = make_latency(d.latency, target, gpu, d.tp, d.dtype, base, f"{f}.latency")
-    dl = make_latency(d.latency, draft, gpu, draft_tp, d.dtype, base, f"{f}.latency") if draft else None
-    price = d.price_per_gpu_hour if d.price_per_gpu_hour is not None else gpu.price_per_gpu_hour
+    dl = (make_latency(d.latency, draft, draft_gpu, draft_tp, d.dtype, base, f"{f}.latency")
+          if draft else None)
+    n_draft = draft_tp if dedicated else 0
+    if d.price_per_gpu_hour is not None:
+        price = d.price_per_gpu_hour
+    else:
+        price = ((d.tp * gpu.price_per_gpu_hour + n_draft * draft_gpu.price_per_gpu_hour)
+                 / (d.tp + n_draft))
     return ResolvedDeployment(d.name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
-                              d.router, gamma, d.acceptance, sch, d.dtype, mem, tl, dl, price)
+                              d.router, gamma, d.acceptance, sch, d.dtype, mem, tl, dl, price,
+                              d.placement, n_draft, draft_gpu if dedicated else None, draft_mem,
+                              handshake, d.ssd)
+
+
+def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, tp: int,
+                            gamma: int) -> MemoryPlan:
+    """Memory plan of a dedicated draft's GPU(s): its weights, activations and KV, and for SSD
+    the KV of the tree branches (max_num_seqs * sum(F_k) * gamma tokens)."""
+    sch = d.scheduler
+    branches = 1
+    if d.strategy == "ssd":
+        fo = (d.ssd or SSDConfig()).fanout
+        branches = fo.budget or fo.f * (gamma + 1)
+    reserve = activation_reserve_bytes(draft, tp, sch.max_num_batched_tokens, sch.max_num_seqs,
+                                       max(branches, gamma + 1), d.dtype)
+    reserve += sch.max_num_seqs * branches * gamma * draft.kv_bytes_per_token(tp, d.dtype)
+    mem = plan_memory(draft, gpu, tp, d.dtype, d.gpu_memory_utilization, reserve)
+    if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
+        raise SpecsimError(
+            f"{f}.draft_gpu: draft {draft.name} does not fit on {tp} dedicated {gpu.label}: per GPU, "
+            f"weights {mem.target_weights_gb:.1f} GB + activation/tree reserve "
+            f"{mem.activation_reserve_gb:.1f} GB exceed usable {mem.usable_gb:.1f} GB; raise "
+            "draft_gpus or pick a larger draft_gpu")
+    return mem

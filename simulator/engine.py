@@ -8,8 +8,10 @@ preempted and later recomputed. Without chunked prefill, a step runs either new 
 (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
-acceptance.py. Per-request state lives in numpy arrays indexed by request id; one SimPy event
-per batch step (plus one per open-loop arrival), never per token.
+acceptance.py, both through the deployment's Strategy. State lives in numpy arrays: each replica
+keeps a running table (one row per running sequence, updated by whole-column operations) and
+writes progress back to per-request arrays when a request finishes or is preempted. One SimPy
+event per batch step (plus one per open-loop arrival), never per token.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from simulator.acceptance import request_alphas, sample_accepted, sample_accepted_per_position
+from simulator.acceptance import request_alphas
 from simulator.deployments import ResolvedDeployment
-from simulator.latency.base import COMPONENTS, decode_steps
+from simulator.latency.base import COMPONENTS
+from simulator.strategies import Outcome, StepBatch, Strategy, make_strategy
 from simulator.workload import Requests
 
 
@@ -48,10 +51,16 @@ class Records:
     steps: int
     max_kv_blocks_used: int
     kv_blocks_total: int
+    mean_in_system: float  # time-average requests in the system (waiting + running)
+    strategy_stats: dict  # strategy-specific metrics (e.g. SSD cache hit rates), merged into the summary
 
 
 class _State:
-    """Per-request arrays shared by the replicas of one deployment."""
+    """Per-request arrays shared by the replicas of one deployment (index = request id).
+
+    Progress of a request lives in its replica's running table while it runs; it is written
+    back here when the request finishes or is preempted.
+    """
 
     def __init__(self, req: Requests, alpha: np.ndarray):
         n = req.n
@@ -60,8 +69,7 @@ class _State:
         self.first = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.generated = np.zeros(n, np.int64)
-        self.computed = np.zeros(n, np.int64)  # tokens whose KV is in the cache
-        self.prefill_target = req.prompt.copy()  # KV length at which prefill is complete
+        self.prefill_target = req.prompt.copy()  # KV length at which (re)prefill is complete
         self.rounds = np.zeros(n, np.int64)
         self.accepted = np.zeros(n, np.int64)
         self.round_tokens = np.zeros(n, np.int64)
@@ -80,6 +88,9 @@ class _State:
         self.itl_n = end
 
 
+# Columns of a replica's running table (int64 rows aligned with its running order). COMP, GEN
+# and RTOK are adjacent so one slice update advances all three.
+COMP, GEN, RTOK, ROUNDS, ACC, TGT, OUT = range(7)
 _EMPTY = np.zeros(0, np.int64)
 
 
@@ -87,33 +98,30 @@ class Replica:
     """One model instance (tp GPUs): a SimPy process that runs batch steps while it has work."""
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: _State,
-                 rng: np.random.Generator, on_finish: Callable[[int], None]):
+                 strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None]):
         self.env, self.idx, self.dep, self.st, self.rng = env, idx, dep, st, rng
         self.on_finish = on_finish
         self.waiting: deque[int] = deque()
-        self.running = _EMPTY
+        # The running table: request ids, int columns (see COMP..OUT), alpha, last emission time.
+        self.ids = _EMPTY
+        self.S = np.zeros((0, 7), np.int64)
+        self.alpha = np.zeros(0)
+        self.last = np.zeros(0)
         self.wake: simpy.Event | None = None
         self.busy = 0.0
         self.steps = 0
-        self.breakdown = np.zeros(4)
-        self.draft_breakdown = np.zeros(4)
         self.max_blocks_used = 0
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
         self.chunked = sch.chunked_prefill
         self.blocks_total = dep.memory.kv_capacity_tokens // self.bs
-        self.sd = dep.strategy == "sd"
-        self.gamma = dep.gamma
-        self.qdec = self.gamma + 1 if self.sd else 1
-        self.lookahead = self.gamma if self.sd else 0
-        acc = dep.acceptance
-        self.per_position = (np.asarray(acc.per_position) if acc is not None and acc.per_position
-                             else None)
+        self.strategy = strategy
+        self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
         self.process = env.process(self.run())
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + self.running.shape[0]
+        return len(self.waiting) + self.ids.shape[0]
 
     def submit(self, r: int) -> None:
         self.st.replica[r] = self.idx
@@ -121,209 +129,191 @@ class Replica:
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
 
-    # ---- scheduling -------------------------------------------------------------------------
-    def _blocks(self, tokens: np.ndarray) -> int:
-        return int(((tokens + (self.bs - 1)) // self.bs).sum())
+    # ---- the running table ------------------------------------------------------------------
+    def _add(self, ids: list[int]) -> None:
+        st, a = self.st, np.asarray(ids, np.int64)
+        rows = np.empty((a.shape[0], 7), np.int64)
+        rows[:, COMP] = 0
+        rows[:, GEN], rows[:, RTOK] = st.generated[a], st.round_tokens[a]
+        rows[:, ROUNDS], rows[:, ACC] = st.rounds[a], st.accepted[a]
+        rows[:, TGT], rows[:, OUT] = st.prefill_target[a], st.out[a]
+        self.ids = np.concatenate([self.ids, a])
+        self.S = np.concatenate([self.S, rows])
+        self.alpha = np.concatenate([self.alpha, st.alpha[a]])
+        self.last = np.concatenate([self.last, st.last_emit[a]])
 
-    def _preempt(self, run: np.ndarray, need: np.ndarray, extra_blocks: int = 0):
-        """Drop the most recently admitted requests until the others' KV fits (recompute later)."""
+    def _remove(self, drop: np.ndarray) -> np.ndarray:
+        """Write the dropped rows' progress back to the shared state; return their ids."""
+        st, ids, rows = self.st, self.ids[drop], self.S[drop]
+        st.generated[ids], st.round_tokens[ids] = rows[:, GEN], rows[:, RTOK]
+        st.rounds[ids], st.accepted[ids] = rows[:, ROUNDS], rows[:, ACC]
+        st.last_emit[ids] = self.last[drop]
+        keep = ~drop
+        self.ids, self.S, self.alpha, self.last = self.ids[keep], self.S[keep], self.alpha[keep], self.last[keep]
+        return ids
+
+    def _preempt_tail(self, keep: int) -> None:
+        """Preempt rows keep.. (the most recently admitted): free their KV, recompute later."""
+        drop = np.zeros(self.ids.shape[0], bool)
+        drop[keep:] = True
+        ids = self._remove(drop)
         st = self.st
-        per = (need + (self.bs - 1)) // self.bs
-        total = np.cumsum(per) + extra_blocks
-        keep = int(np.searchsorted(total, self.blocks_total, side="right"))
-        keep = max(keep, 1) if extra_blocks == 0 else keep
-        for r in run[keep:][::-1]:
-            st.prefill_target[r] = st.prompt[r] + st.generated[r]
-            st.computed[r] = 0
-            st.preempt[r] += 1
+        st.prefill_target[ids] = st.prompt[ids] + st.generated[ids]
+        st.preempt[ids] += 1
+        for r in ids[::-1]:
             self.waiting.appendleft(int(r))
-        return keep
 
-    def _plan(self):
-        """Choose this step's batch: (request ids, query tokens, ctx, is_decode)."""
-        st, run = self.st, self.running
-        comp = st.computed[run]
-        remaining = st.prefill_target[run] - comp
-        is_dec = remaining <= 0
-        if not self.chunked:
-            plan = None
-            if self.waiting and len(run) < self.max_seqs:
-                plan = self._plan_whole_prefills(comp)
-            return plan or self._plan_decode_only()
-        admit_ok = True
-        q = np.where(is_dec, self.qdec, 0)
-        left = self.budget - int(q.sum())
-        if not is_dec.all():  # continue partial prefills in admission order
-            rem = np.where(is_dec, 0, remaining)
-            before = np.cumsum(rem) - rem
-            q = np.where(is_dec, q, np.clip(left - before, 0, rem))
-            left -= int(q[~is_dec].sum())
-        need = comp + q + np.where(is_dec, self.lookahead, 0)
-        used = self._blocks(need)
+    # ---- scheduling -------------------------------------------------------------------------
+    def _fit(self, need: np.ndarray) -> int:
+        """KV blocks for `need` tokens per row; preempts from the tail if they do not fit."""
+        per = (need + (self.bs - 1)) // self.bs
+        used = int(per.sum())
         if used > self.blocks_total:
-            keep = self._preempt(run, need)
-            run, comp, q, is_dec, need = run[:keep], comp[:keep], q[:keep], is_dec[:keep], need[:keep]
-            self.running = run
-            used = self._blocks(need)
-            admit_ok = False
-        new_ids, new_q = [], []
-        while admit_ok and self.waiting and left > 0 and len(run) + len(new_ids) < self.max_seqs:
-            r = self.waiting[0]
-            chunk = min(int(st.prefill_target[r]), left)
-            blocks = -(-chunk // self.bs)
-            if used + blocks > self.blocks_total:
-                break
-            self.waiting.popleft()
-            new_ids.append(r)
-            new_q.append(chunk)
-            used += blocks
-            left -= chunk
-        if new_ids:
-            ids = np.asarray(new_ids, np.int64)
-            run = np.concatenate([run, ids])
-            self.running = run
-            comp = np.concatenate([comp, np.zeros(len(ids), np.int64)])
-            q = np.concatenate([q, np.asarray(new_q, np.int64)])
-            is_dec = np.concatenate([is_dec, np.zeros(len(ids), bool)])
-        self.max_blocks_used = max(self.max_blocks_used, used)
-        return run, q, comp, is_dec
+            keep = max(1, int(np.searchsorted(np.cumsum(per), self.blocks_total, side="right")))
+            self._preempt_tail(keep)
+            used = int(per[:keep].sum())
+        return used
 
-    def _plan_whole_prefills(self, comp_running: np.ndarray):
-        """vLLM v0 without chunked prefill: a prefill-only step over whole prompts."""
-        st, run = self.st, self.running
-        used = self._blocks(comp_running + np.where(st.prefill_target[run] <= comp_running,
-                                                    self.lookahead + 1, 0))
-        new_ids, new_q, left = [], [], self.budget
-        while self.waiting and len(run) + len(new_ids) < self.max_seqs:
+    def _admit(self, q: np.ndarray, used: int, left: int, whole: bool) -> np.ndarray:
+        """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow."""
+        st, new, chunks = self.st, [], []
+        while self.waiting and self.ids.shape[0] + len(new) < self.max_seqs and left > 0:
             r = self.waiting[0]
             p = int(st.prefill_target[r])
-            blocks = -(-p // self.bs)
-            if (p > left and new_ids) or used + blocks > self.blocks_total:
+            chunk = p if whole else min(p, left)
+            blocks = -(-chunk // self.bs)
+            if used + blocks > self.blocks_total or (whole and p > left and new):
                 break
             self.waiting.popleft()
-            new_ids.append(r)
-            new_q.append(p)
+            new.append(r)
+            chunks.append(chunk)
             used += blocks
-            left -= p
-        if not new_ids:  # nothing fits: the caller decodes the running batch instead
-            return None
-        ids = np.asarray(new_ids, np.int64)
-        self.running = np.concatenate([run, ids])
+            left -= chunk
         self.max_blocks_used = max(self.max_blocks_used, used)
-        z = np.zeros(len(ids), np.int64)
-        return ids, np.asarray(new_q, np.int64), z, np.zeros(len(ids), bool)
+        if not new:
+            return q
+        self._add(new)
+        return np.concatenate([q, np.asarray(chunks, np.int64)])
 
-    def _plan_decode_only(self):
-        st, run = self.st, self.running
-        comp = st.computed[run]
-        is_dec = st.prefill_target[run] <= comp
-        q = np.where(is_dec, self.qdec, 0)
-        need = comp + q + np.where(is_dec, self.lookahead, 0)
-        if self._blocks(need) > self.blocks_total:
-            keep = self._preempt(run, need)
-            run, comp, q, is_dec = run[:keep], comp[:keep], q[:keep], is_dec[:keep]
-            self.running = run
-        sel = is_dec
-        return run[sel], q[sel], comp[sel], is_dec[sel]
-
-    # ---- timing -----------------------------------------------------------------------------
-    def _step_time(self, q: np.ndarray, ctx: np.ndarray, is_dec: np.ndarray, n_dec: int,
-                   completes: np.ndarray | None) -> float:
-        dep = self.dep
-        n_pre = 0 if completes is None else int(np.count_nonzero(completes))
-        if completes is None:
-            qa, ca, da = q, ctx, is_dec
-        else:  # partial prefills that got no budget this step take no part
-            active = q > 0
-            qa, ca, da = q[active], ctx[active], is_dec[active]
-        n_logits = n_dec * self.qdec + n_pre
-        t = dep.target_latency.forward(qa, ca, n_logits)
-        self.breakdown += t
-        total = float(t.sum()) + dep.target_latency.step_overhead_s
-        self.breakdown[3] += dep.target_latency.step_overhead_s
-        if self.sd:
-            dl = dep.draft_latency
-            # The draft proposes gamma tokens for each decoding sequence (gamma forwards). New
-            # prompt chunks go through the draft's first forward with the first proposals.
-            if n_dec and qa.shape[0] == n_dec:
-                d = decode_steps(dl, ca, self.gamma, n_dec)
-            else:
-                d = dl.forward(np.where(da, 1, qa), ca, n_dec + n_pre)
-                if n_dec and self.gamma > 1:
-                    d = d + decode_steps(dl, ca[da] + 1, self.gamma - 1, n_dec)
-            self.draft_breakdown += d
-            total += float(d.sum())
-        return total
+    def _plan(self) -> tuple[np.ndarray, np.ndarray]:
+        """This step's query tokens per running row (0 = sits out) and which rows decode."""
+        S = self.S
+        comp, tgt = S[:, COMP], S[:, TGT]
+        is_dec = comp >= tgt
+        n, n_dec = is_dec.shape[0], int(np.count_nonzero(is_dec))
+        if not self.chunked:
+            # vLLM v0 without chunked prefill: whole new prompts in a prefill-only step when
+            # any fit, otherwise a decode step of the running batch.
+            running_need = comp + (self.qdec + self.lookahead)
+            used = int(((running_need + (self.bs - 1)) // self.bs).sum())
+            if self.waiting and n < self.max_seqs and used <= self.blocks_total:
+                q = self._admit(np.zeros(n, np.int64), used, self.budget, whole=True)
+                if q.shape[0] > n:
+                    return q, np.zeros(q.shape[0], bool)
+            used = self._fit(running_need)
+            self.max_blocks_used = max(self.max_blocks_used, used)
+            n = self.ids.shape[0]
+            return np.full(n, self.qdec), np.ones(n, bool)
+        if n_dec == n:
+            q = np.full(n, self.qdec)
+            left = self.budget - n * self.qdec
+            need = comp + (self.qdec + self.lookahead)
+        else:
+            left = self.budget - n_dec * self.qdec
+            rem = np.where(is_dec, 0, tgt - comp)
+            before = np.cumsum(rem) - rem  # partial prefills continue in admission order
+            q = np.where(is_dec, self.qdec, np.clip(left - before, 0, rem))
+            left -= int(q.sum()) - n_dec * self.qdec
+            need = comp + q + np.where(is_dec, self.lookahead, 0)
+        used = self._fit(need)
+        if self.ids.shape[0] < n:  # preempted: no admissions this step (as vLLM)
+            keep = self.ids.shape[0]
+            self.max_blocks_used = max(self.max_blocks_used, used)
+            return q[:keep], is_dec[:keep]
+        q = self._admit(q, used, left, whole=False)
+        if q.shape[0] > n:
+            is_dec = np.concatenate([is_dec, np.zeros(q.shape[0] - n, bool)])
+        return q, is_dec
 
     # ---- the loop ---------------------------------------------------------------------------
+    def _idle(self):
+        self.wake = self.env.event()
+        yield self.wake
+        self.wake = None
+
     def run(self):
-        env, st = self.env, self.st
+        env, strategy = self.env, self.strategy
         while True:
-            if not self.waiting and self.running.shape[0] == 0:
-                self.wake = env.event()
-                yield self.wake
-                self.wake = None
+            if not self.waiting and self.ids.shape[0] == 0:
+                yield from self._idle()
                 continue
-            run, q, ctx, is_dec = self._plan()
-            n_dec = int(np.count_nonzero(is_dec))
-            if n_dec == run.shape[0]:
+            q, is_dec = self._plan()
+            n, n_dec = q.shape[0], int(np.count_nonzero(is_dec))
+            comp = self.S[:, COMP]
+            if n_dec == n:
                 completes = None
+                batch = StepBatch(q, comp, is_dec, n_dec, 0)
             else:
-                completes = (~is_dec) & (q > 0) & (ctx + q >= st.prefill_target[run])
-                if n_dec == 0 and not (q > 0).any():
-                    # Nothing schedulable; cannot happen with a valid memory plan (check_fits),
-                    # but never spin: wait for the next arrival.
-                    self.wake = env.event()
-                    yield self.wake
-                    self.wake = None
+                active = q > 0
+                if not active.any():  # cannot happen with a plan check_fits accepted; never spin
+                    yield from self._idle()
                     continue
-            dt = self._step_time(q, ctx, is_dec, n_dec, completes)
+                completes = ~is_dec & active & (comp + q >= self.S[:, TGT])
+                batch = StepBatch(q[active], comp[active], is_dec[active], n_dec,
+                                  int(np.count_nonzero(completes)))
+            alpha = self.alpha if completes is None else self.alpha[is_dec]
+            outcome = strategy.sample(self.rng, alpha) if n_dec else None
+            dt = strategy.step_time(batch, outcome)
             self.busy += dt
             self.steps += 1
             yield env.timeout(dt)
-            self._apply(run, q, is_dec, n_dec, completes, env.now)
+            self._apply(q, is_dec, outcome, completes, env.now)
 
-    def _apply(self, run, q, is_dec, n_dec, completes, now: float) -> None:
-        st = self.st
-        done = []
-        if n_dec:
-            dec = run if completes is None else run[is_dec]
-            left = st.out[dec] - st.generated[dec]
-            if self.sd:
-                if self.per_position is not None:
-                    k = sample_accepted_per_position(self.rng, self.per_position, n_dec)
-                else:
-                    k = sample_accepted(self.rng, st.alpha[dec], self.gamma)
-                e = np.minimum(k + 1, left)
-                st.accepted[dec] += k
-                st.round_tokens[dec] += e
+    def _apply(self, q, is_dec, outcome: Outcome | None, completes, now: float) -> None:
+        st, S = self.st, self.S
+        done = None
+        if outcome is not None:
+            if completes is None:  # every row decoded: whole-column updates
+                left = S[:, OUT] - S[:, GEN]
+                e = np.minimum(outcome.tokens, left)
+                S[:, COMP:RTOK + 1] += e[:, None]
+                S[:, ROUNDS] += 1
+                if outcome.accepted is not None:
+                    S[:, ACC] += outcome.accepted
+                st.add_itl(now - self.last)  # decoding rows have emitted before
+                self.last.fill(now)
+                done = e >= left
             else:
-                e = 1
-                st.round_tokens[dec] += 1
-            st.rounds[dec] += 1
-            st.computed[dec] += e
-            st.generated[dec] += e
-            st.add_itl(now - st.last_emit[dec])  # decoding sequences have emitted before
-            st.last_emit[dec] = now
-            done.append(dec[e >= left])
+                idx = np.flatnonzero(is_dec)
+                left = S[idx, OUT] - S[idx, GEN]
+                e = np.minimum(outcome.tokens, left)
+                S[idx, COMP:RTOK + 1] += e[:, None]
+                S[idx, ROUNDS] += 1
+                if outcome.accepted is not None:
+                    S[idx, ACC] += outcome.accepted
+                st.add_itl(now - self.last[idx])
+                self.last[idx] = now
+                done = np.zeros(is_dec.shape[0], bool)
+                done[idx] = e >= left
         if completes is not None:
             pre = ~is_dec
-            st.computed[run[pre]] += q[pre]
-            ids = run[completes]  # prefill (or recompute) done: the pass samples one token
-            if ids.shape[0]:
-                st.generated[ids] += 1
-                last = st.last_emit[ids]
+            S[pre, COMP] += q[pre]
+            cidx = np.flatnonzero(completes)
+            if cidx.shape[0]:  # a finished (re)prefill samples one token
+                S[cidx, GEN] += 1
+                last = self.last[cidx]
                 seen = ~np.isnan(last)
                 if seen.any():
                     st.add_itl(now - last[seen])
-                st.first[ids[~seen]] = now
-                st.last_emit[ids] = now
-                done.append(ids[st.generated[ids] >= st.out[ids]])
-        done = done[0] if len(done) == 1 else np.concatenate(done) if done else _EMPTY
-        if done.shape[0]:
-            st.finish[done] = now
-            self.running = self.running[~np.isin(self.running, done)]
-            self.on_finish(done.shape[0])
+                st.first[self.ids[cidx[~seen]]] = now
+                self.last[cidx] = now
+                fin = np.zeros(is_dec.shape[0], bool)
+                fin[cidx] = S[cidx, GEN] >= S[cidx, OUT]
+                done = fin if done is None else done | fin
+        if done is not None and done.any():
+            ids = self._remove(done)
+            st.finish[ids] = now
+            self.on_finish(ids.shape[0])
 
 
 class Simulation:
@@ -342,14 +332,23 @@ class Simulation:
             alpha = np.full(req.n, np.nan)
         self.st = _State(req, alpha)
         self.env = simpy.Environment()
-        self.replicas = [Replica(self.env, i, dep, self.st, rng, self._finished)
+        self.replicas = [Replica(self.env, i, dep, self.st, make_strategy(dep), rng, self._finished)
                          for i, rng in enumerate(replica_rngs)]
         self._rr = 0
         self.completed = 0
         self.issued = 0
         self.progress = progress
+        # Time integral of the number of requests in the system (Little's law check).
+        self._in_system, self._area, self._last_t = 0, 0.0, 0.0
+
+    def _count(self, delta: int) -> None:
+        now = self.env.now
+        self._area += self._in_system * (now - self._last_t)
+        self._in_system += delta
+        self._last_t = now
 
     def _route(self, r: int) -> None:
+        self._count(+1)
         if self.dep.router == "least_outstanding":
             rep = min(self.replicas, key=lambda x: x.outstanding)
         else:
@@ -364,6 +363,7 @@ class Simulation:
         self._route(r)
 
     def _finished(self, n: int) -> None:
+        self._count(-n)
         self.completed += n
         if self.progress is not None:
             self.progress(n)
@@ -388,17 +388,22 @@ class Simulation:
             self.env.process(self._open_loop())
         self.env.run()
         st = self.st
+        strategies = [r.strategy for r in self.replicas]
+        duration = float(np.nanmax(st.finish) - np.nanmin(st.arrival)) if st.finish.size else 0.0
         breakdown = {f"target_{k}": float(v)
-                     for k, v in zip(COMPONENTS, sum(r.breakdown for r in self.replicas))}
-        if self.dep.strategy == "sd":
-            breakdown.update({f"draft_{k}": float(v) for k, v in
-                              zip(COMPONENTS, sum(r.draft_breakdown for r in self.replicas))})
+                     for k, v in zip(COMPONENTS, sum(x.target_busy for x in strategies))}
+        if self.dep.draft is not None:
+            breakdown.update({f"draft_{k}": float(v)
+                              for k, v in zip(COMPONENTS, sum(x.draft_busy for x in strategies))})
         return Records(
             arrival=st.arrival, first_token=st.first, finish=st.finish, prompt=st.prompt,
-            output=st.out, rounds=st.rounds, accepted=st.accepted, drafted=st.rounds * self.dep.gamma,
+            output=st.out, rounds=st.rounds, accepted=st.accepted,
+            drafted=st.rounds * strategies[0].drafted_per_round,
             round_tokens=st.round_tokens, preemptions=st.preempt, replica=st.replica,
             alpha=st.alpha, itl=st.itl[:st.itl_n].copy(),
             busy_s=np.array([r.busy for r in self.replicas]), breakdown_s=breakdown,
             steps=sum(r.steps for r in self.replicas),
             max_kv_blocks_used=max(r.max_blocks_used for r in self.replicas),
-            kv_blocks_total=self.replicas[0].blocks_total)
+            kv_blocks_total=self.replicas[0].blocks_total,
+            strategy_stats=strategies[0].summary(strategies, duration),
+            mean_in_system=self._area / duration if duration > 0 else 0.0)

@@ -86,9 +86,11 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
         "cost_per_million_tokens": (gpus * price_per_gpu_hour * hours / (tokens / 1e6)
                                     if tokens else None),
         "throughput_tokens_per_s_per_gpu": tokens / duration / gpus if duration > 0 else 0.0,
+        "mean_requests_in_system": rec.mean_in_system,
         "preemptions": int(rec.preemptions.sum()),
         "steps": rec.steps,
-        "mean_batch_tokens_per_step": float(rec.output[done].sum() / rec.steps) if rec.steps else 0.0,
+        "output_tokens_per_step": float(tokens / rec.steps) if rec.steps else 0.0,
         "kv_peak_fraction": rec.max_kv_blocks_used / rec.kv_blocks_total,
         "busy_breakdown_s": rec.breakdown_s,
+        **rec.strategy_stats,
     }

@@ -98,14 +98,32 @@ def markdown(result: RunResult, scenario_path: str) -> str:
         seen.add(row["name"])
         c, m = row["config"], row["config"]["memory"]
         spec = f"{c['target']} on {c['replicas']} x {c['tp']} {c['gpu']}"
-        if row["strategy"] == "sd":
+        if row["strategy"] in ("sd", "ssd"):
             acc = (f"alpha {c['alpha']}" if c["alpha"] is not None
                    else f"per-position acceptance {c['per_position']}")
-            spec += f", draft {c['draft']} (colocated), gamma {c['gamma']}, {acc}"
+            where = "colocated"
+            if c.get("draft_placement") == "dedicated":
+                where = (f"dedicated {c['draft_gpus']} x {c['draft_gpu']}, handshake "
+                         f"{1e6 * c['handshake_fixed_s']:.0f} us + {c['handshake_bytes_per_seq'] / 1e6:.2f} MB/seq")
+            spec += f", draft {c['draft']} ({where}), gamma {c['gamma']}, {acc}"
+        if row["strategy"] == "ssd":
+            x = c["ssd"]
+            spec += (f"; SSD fan-out {x['fanout']['policy']} {row.get('ssd_fanout')}, r {x['r']:g}, "
+                     f"{x['batch_policy']}, {x['backup']} backup"
+                     + (f" (fast above batch {x['backup_batch_threshold']})"
+                        if x["backup_batch_threshold"] else ""))
         out.append(f"- **{row['name']}** ({row['strategy']}): {spec}; KV cache "
                    f"{m['kv_capacity_tokens']:,} tokens per replica ({m['kv_budget_gb']:.1f} GB/GPU "
                    f"after {m['target_weights_gb'] + m['draft_weights_gb']:.1f} GB weights); "
                    f"${c['price_per_gpu_hour']}/GPU-hour; latency: {row['latency_source']}.")
+    ssd = [r for r in s["deployments"] if r["strategy"] == "ssd"]
+    if ssd:
+        out += ["", "## SSD pre-speculation", "",
+                "| design | cache hit (per sequence-round) | model hit | rounds using the cache "
+                "| draft GPU busy |", "|---|---|---|---|---|"]
+        out += [f"| {_label(r)} | {_fmt(r['cache_hit_rate'], '.1%')} | "
+                f"{_fmt(r['ssd_model_hit_rate'], '.1%')} | {_fmt(r['batch_hit_rate'], '.1%')} | "
+                f"{_fmt(r['draft_gpu_busy_fraction'], '.0%')} |" for r in ssd]
     out += ["", "## Where the numbers come from", ""]
     used = sorted({src for r in s["deployments"] for src in r["latency_source"].split("+")})
     out += [f"- **{u}**: {SOURCE_MEANING.get(u, u)}." for u in used]

@@ -16,7 +16,7 @@ from simulator.deployments import ResolvedDeployment, resolve
 from simulator.engine import Simulation
 from simulator.errors import SpecsimError
 from simulator.metrics import request_table, summarise
-from simulator.scenario import Scenario
+from simulator.scenario import Scenario, SSDConfig
 from simulator.workload import Requests, generate
 
 
@@ -62,6 +62,15 @@ def _describe(dep: ResolvedDeployment) -> dict:
     if dep.acceptance is not None:
         d["alpha"] = dep.acceptance.alpha
         d["per_position"] = dep.acceptance.per_position
+    if dep.draft_placement is not None:
+        d["draft_placement"] = dep.draft_placement
+    if dep.draft_placement == "dedicated":
+        d.update(draft_gpu=dep.draft_gpu.name, draft_gpus=dep.draft_gpus,
+                 handshake_fixed_s=dep.handshake.fixed_s,
+                 handshake_bytes_per_seq=dep.handshake.bytes_per_seq,
+                 draft_memory=dep.draft_memory.as_dict())
+    if dep.strategy == "ssd":
+        d["ssd"] = (dep.ssd or SSDConfig()).model_dump()
     return d
 
 
@@ -127,4 +136,7 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                "deployments": rows}
     if sc.sweep is not None and baseline is not None:
         summary["crossover"] = crossover(rows, baseline, sc.sweep.param)
+    for design, ref in (sc.compare if sc.sweep is not None else []):
+        pair = [r for r in rows if r["name"] in (design, ref)]
+        summary.setdefault("crossover", []).extend(crossover(pair, ref, sc.sweep.param))
     return RunResult(summary, pd.concat(tables, ignore_index=True))

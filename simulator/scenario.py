@@ -183,6 +183,36 @@ class Scheduler(Strict):
     block_size: PositiveInt = 16
 
 
+class Fanout(Strict):
+    """SSD branches per stopping point k = 0..gamma (MODEL.md section 4).
+
+    uniform: F_k = f everywhere (the reference default, f = 3). geometric: Theorem 12's
+    allocation of `budget` branches (default f * (gamma+1), the uniform total), at most `cap` per
+    position, in whole branches.
+    """
+    policy: Literal["uniform", "geometric"] = "uniform"
+    f: PositiveInt = 3
+    budget: PositiveInt | None = None
+    cap: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _policy(self):
+        if self.policy == "uniform" and (self.budget is not None or self.cap is not None):
+            raise ValueError("'budget' and 'cap' apply to policy 'geometric'; uniform uses f per position")
+        return self
+
+
+class SSDConfig(Strict):
+    """SSD pre-speculation settings (strategy: ssd; see simulator/ssd.py)."""
+    fanout: Fanout = Field(default_factory=Fanout)
+    # Miss model P(miss | F) = F^(-r). Default 2: top-3 candidates hold the bonus token ~89% of the
+    # time (greedy-like decoding); fit it to measured cache hit rates.
+    r: PositiveFloat = 2.0
+    batch_policy: Literal["all_or_nothing", "per_sequence"] = "all_or_nothing"
+    backup: Literal["jit", "fast"] = "jit"
+    backup_batch_threshold: PositiveInt | None = None  # above this batch size: fast backup
+
+
 class Deployment(Strict):
     name: str
     target: str | InlineModel
@@ -192,7 +222,15 @@ class Deployment(Strict):
     draft_tp: PositiveInt | None = None  # colocated draft's tensor parallelism; default = tp
     replicas: PositiveInt = 1
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
-    strategy: Literal["ar", "sd"] = "ar"
+    strategy: Literal["ar", "sd", "ssd"] = "ar"
+    # Where the draft runs: on the target's GPUs (sd default) or its own GPUs (required by ssd).
+    draft_placement: Literal["colocated", "dedicated"] | None = None
+    draft_gpus: PositiveInt | None = None  # dedicated draft: GPUs per replica (its tp), default 1
+    draft_gpu: str | InlineGPU | None = None  # dedicated draft's device; default = gpu
+    # Dedicated draft: target <-> draft exchange per round (s). Default from the interconnect:
+    # 2 x 10 us + n_seqs * (gamma x vocab bf16 logits + token ids) / (0.7 x one-way GB/s).
+    handshake_s: Annotated[float, Field(ge=0)] | None = None
+    ssd: SSDConfig | None = None
     gamma: PositiveInt | None = None
     acceptance: Acceptance | None = None
     latency: Latency = Field(default_factory=Latency)
@@ -204,18 +242,47 @@ class Deployment(Strict):
 
     @model_validator(mode="after")
     def _strategy(self):
-        if self.strategy == "sd":
+        if self.strategy in ("sd", "ssd"):
             missing = [k for k in ("draft", "gamma", "acceptance") if getattr(self, k) is None]
             if missing:
-                raise ValueError(f"strategy 'sd' needs {', '.join(missing)}")
+                raise ValueError(f"strategy '{self.strategy}' needs {', '.join(missing)}")
             pp = self.acceptance.per_position
             if pp is not None and len(pp) != self.gamma:
                 raise ValueError(f"acceptance.per_position has {len(pp)} entries; gamma is {self.gamma}")
         else:
-            extra = [k for k in ("draft", "gamma", "acceptance") if getattr(self, k) is not None]
+            extra = [k for k in ("draft", "gamma", "acceptance", "draft_placement")
+                     if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"strategy 'ar' takes no {', '.join(extra)} (did you mean strategy: sd?)")
+        if self.strategy == "ssd" and self.draft_placement == "colocated":
+            raise ValueError("draft_placement: strategy 'ssd' runs the draft on dedicated GPU(s); "
+                             "use draft_placement: dedicated (or leave it out)")
+        if self.placement != "dedicated":
+            extra = [k for k in ("draft_gpus", "draft_gpu", "handshake_s") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply to draft_placement: dedicated")
+        elif self.draft_tp is not None:
+            raise ValueError("draft_tp applies to a colocated draft; a dedicated draft runs at "
+                             "tp = draft_gpus")
+        if self.ssd is not None and self.strategy != "ssd":
+            raise ValueError(f"'ssd' settings apply to strategy 'ssd' (this is '{self.strategy}')")
+        fo = self.ssd.fanout if self.ssd is not None else None
+        if fo is not None and fo.policy == "geometric":
+            budget = fo.budget if fo.budget is not None else fo.f * (self.gamma + 1)
+            if budget < self.gamma + 1:
+                raise ValueError(f"ssd.fanout.budget ({budget}) is below gamma + 1 = {self.gamma + 1}: "
+                                 "every stopping point needs at least one branch")
+            if fo.cap is not None and fo.cap * (self.gamma + 1) < budget:
+                raise ValueError(f"ssd.fanout.cap ({fo.cap}) x {self.gamma + 1} positions cannot "
+                                 f"hold ssd.fanout.budget ({budget})")
         return self
+
+    @property
+    def placement(self) -> str | None:
+        """Where the draft runs (None without a draft): ssd is always dedicated."""
+        if self.strategy == "ar":
+            return None
+        return self.draft_placement or ("dedicated" if self.strategy == "ssd" else "colocated")
 
 
 class Sweep(Strict):
@@ -232,6 +299,8 @@ class Scenario(Strict):
     slo: SLO | None = None
     sweep: Sweep | None = None
     baseline: str | None = None  # deployment the others are compared with; default: first 'ar'
+    # Extra (design, reference) pairs compared over the sweep, e.g. [[ssd, sd-dedicated]].
+    compare: list[tuple[str, str]] = Field(default_factory=list)
     deployments: list[Deployment] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -242,6 +311,12 @@ class Scenario(Strict):
             raise ValueError(f"deployment names must be unique; repeated: {dup}")
         if self.baseline is not None and self.baseline not in names:
             raise ValueError(f"baseline '{self.baseline}' is not a deployment name ({names})")
+        for i, pair in enumerate(self.compare):
+            bad = [n for n in pair if n not in names]
+            if bad:
+                raise ValueError(f"compare[{i}]: {bad} not deployment names ({names})")
+        if self.compare and self.sweep is None:
+            raise ValueError("compare needs a sweep (it reports where one design stops beating another)")
         if self.sweep is not None:
             closed = isinstance(self.workload.arrival, Closed)
             if (self.sweep.param == "concurrency") != closed:
@@ -252,7 +327,7 @@ class Scenario(Strict):
 
 # ---- loading ----------------------------------------------------------------------------------
 # Fields whose value is a union: pydantic puts the branch tag after them in error locations.
-_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu"}
+_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu", "draft_gpu"}
 
 
 def _path(loc: tuple) -> tuple[str, str | None]:

@@ -98,28 +98,26 @@ class RooflineLatency:
             self._head_cache[n_logits] = v
         return v
 
-    def _time(self, t: int, pairs: float, kv_pos: float, n_logits: int) -> np.ndarray:
-        """Components from the batch's sufficient statistics (see forward)."""
+    def _parts(self, t: int, pairs: float, kv_pos: float, n_logits: int) -> tuple:
+        """(linear, attention, communication, overhead) from the batch's sufficient statistics."""
         attn = self.model.n_layers * max(pairs * self._attn_flops_per_qk / self._attn_flops,
                                          (kv_pos * self._kv_bytes_per_pos
                                           + t * self._q_bytes_per_tok) / self._bw)
-        comm = 0.0
-        if self.tp > 1:
-            comm = self._comm_per_token * t + self._comm_fixed
-        return np.array([self._linear(t) + self._lm_head(n_logits), attn, comm,
-                         self.params.forward_overhead_s])
+        comm = self._comm_per_token * t + self._comm_fixed if self.tp > 1 else 0.0
+        return (self._linear(t) + self._lm_head(n_logits), attn, comm, self.params.forward_overhead_s)
 
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
         t = int(q.sum())
         # Each query attends to the cache plus the causal part of its own block.
         pairs = float(np.dot(q, ctx)) + float(np.dot(q, q + 1)) / 2.0
-        return self._time(t, pairs, float(ctx.sum()) + t, n_logits)
+        return np.array(self._parts(t, pairs, float(ctx.sum()) + t, n_logits))
 
     def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
         """Sum of `steps` single-token forwards of the batch, the cache growing by one each time."""
         n, c0 = ctx.shape[0], float(ctx.sum())
-        total = np.zeros(4)
+        lin = att = com = ovh = 0.0
         for j in range(steps):
-            c = c0 + n * j
-            total += self._time(n, c + n, c + n, n_logits)
-        return total
+            c = c0 + n * (j + 1)
+            a, b, d, e = self._parts(n, c, c, n_logits)
+            lin, att, com, ovh = lin + a, att + b, com + d, ovh + e
+        return np.array((lin, att, com, ovh))

@@ -1,0 +1,410 @@
+"""Fit the roofline's efficiencies to measured profiles, and carry them to GPUs without a profile.
+
+`calibrate(profiles)` fits, by least squares on the log of predicted / measured time:
+  - compute_efficiency and memory_efficiency on the per-layer non_attention rows, each point
+    weighted by its share of the log(tokens) axis so that decode-sized and prefill-sized batches
+    count alike (the Vidur grid is linear above 256 tokens and would otherwise be all prefill);
+  - attention_compute_efficiency on the attention rows, where the profile has any (memory
+    efficiency held at its non-attention value).
+Everything else stays at its RooflineParams default. Small-batch kernel floors (a few
+microseconds per kernel, ~10 kernels a layer) need a per-layer fixed cost that RooflineParams
+does not have: the calibration also fits one (`layer_overhead_fit`) to show what it would buy, and
+uses it in the returned params once RooflineParams gains a `layer_overhead_s` field.
+
+The per-layer predictions come from `layer_terms` / `attention_time`, pure functions that
+reproduce RooflineLatency's arithmetic (tests check they agree with RooflineLatency.forward).
+
+`derived_params(gpu)` returns the calibration of `gpu` itself, or else that of the nearest
+calibrated GPU: efficiencies are fractions of datasheet peak, so a RooflineLatency built for the
+new GPU with the carried efficiencies scales by its own datasheet.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass, replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from simulator import __version__
+from simulator.catalog import BYTES_PER_DTYPE, GPU, GPUS, MODELS, ModelArch
+from simulator.errors import SpecsimError
+from simulator.latency.roofline import RooflineParams
+from simulator.profiles import Profile, load_profile
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_VERSION = 1
+CALIBRATION_KEYS = ("format_version", "gpu", "params", "fitted", "residuals", "default_residuals",
+                    "layer_overhead_fit", "sources", "profile_source", "date", "command",
+                    "specsim_version", "notes")
+FITTED_NON_ATTENTION = ("compute_efficiency", "memory_efficiency")
+FITTED_ATTENTION = ("attention_compute_efficiency",)
+HAS_LAYER_OVERHEAD = "layer_overhead_s" in RooflineParams.field_names()
+SMALL_T = 256  # residuals are also reported for decode/verify-sized batches (T <= 256) apart
+WEIGHTING_NOTE = ("non_attention points are weighted by their share of the log(tokens) axis in "
+                  "the fit, so that decode-sized and prefill-sized batches count alike")
+PER_LAYER_NOTE = (
+    "params.layer_overhead_s fitted with the efficiencies" if HAS_LAYER_OVERHEAD else
+    "RooflineParams has no per-layer fixed cost, so params holds the fit without one; "
+    "layer_overhead_fit shows the fit with one (seconds per layer, added to every layer's "
+    "non-attention time) and its residuals")
+
+# Architecture generation of the catalogue GPUs (not a datasheet figure, so not in catalog.py):
+# used to pick the calibrated GPU whose kernels reach similar fractions of peak.
+ARCHITECTURE = {"a100-80gb-sxm": "nvidia-ampere", "a40": "nvidia-ampere",
+                "l40s": "nvidia-ada", "l4": "nvidia-ada",
+                "h100-sxm": "nvidia-hopper", "h100-pcie": "nvidia-hopper", "h200-sxm": "nvidia-hopper",
+                "b200": "nvidia-blackwell", "mi300x": "amd-cdna3", "mi325x": "amd-cdna3"}
+
+# Roofline terms of one layer's non-attention work, in the order of RooflineLatency's GEMM list.
+GEMM_TERMS = ("qkv", "o", "mlp_up", "mlp_down")
+TERMS = (*GEMM_TERMS, "elementwise")
+# Which Vidur / profiler operators each roofline term stands for (for per-operator reports).
+VIDUR_OPS = {"qkv": ("attn_pre_proj",), "o": ("attn_post_proj",), "mlp_up": ("mlp_up_proj",),
+             "mlp_down": ("mlp_down_proj",),
+             "elementwise": ("input_layernorm", "attn_rope", "post_attention_layernorm", "mlp_act",
+                             "add")}
+
+
+# ---- the roofline, per layer ---------------------------------------------------------------------
+
+def layer_terms(model: ModelArch, gpu: GPU, tp: int, dtype: str, params: RooflineParams,
+                tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """Seconds of each non-attention term of ONE layer at T = tokens (RooflineLatency's formulas)."""
+    t = np.asarray(tokens, dtype=float)
+    by = BYTES_PER_DTYPE[dtype]
+    flops = gpu.peak_flops(dtype) * params.compute_efficiency
+    bw = gpu.bandwidth_tbps * 1e12 * params.memory_efficiency
+    m = model
+    heads = m.n_heads // tp
+    kv_heads = max(1, -(-m.n_kv_heads // tp))
+    gemms = [(m.hidden, (heads + 2 * kv_heads) * m.head_dim), (heads * m.head_dim, m.hidden),
+             (m.hidden, (2 if m.gated_mlp else 1) * m.ffn // tp), (m.ffn // tp, m.hidden)]
+    out = {}
+    for name, (k, n) in zip(GEMM_TERMS, gemms):
+        out[name] = np.maximum(2.0 * t * k * n / flops, (k * n + t * (k + n)) * by / bw)
+    out["elementwise"] = t * (8 * m.hidden + 3 * m.ffn / tp) * by / bw
+    return out
+
+
+def attention_time(model: ModelArch, gpu: GPU, tp: int, dtype: str, params: RooflineParams,
+                   batch: np.ndarray, q: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """Seconds of one layer's attention for `batch` sequences of q query tokens over ctx cached."""
+    b, q, ctx = (np.asarray(x, dtype=float) for x in (batch, q, ctx))
+    by = BYTES_PER_DTYPE[dtype]
+    m = model
+    heads = m.n_heads // tp
+    kv_heads = max(1, -(-m.n_kv_heads // tp))
+    t = b * q
+    pairs = b * (q * ctx + q * (q + 1) / 2.0)
+    kv_pos = b * ctx + t
+    compute = pairs * 4.0 * heads * m.head_dim / (gpu.peak_flops(dtype) * params.attention_compute_efficiency)
+    memory = (kv_pos * 2.0 * kv_heads * m.head_dim * by + t * 2.0 * heads * m.head_dim * by) / (
+        gpu.bandwidth_tbps * 1e12 * params.memory_efficiency)
+    return np.maximum(compute, memory)
+
+
+# ---- what a profile is a profile of ----------------------------------------------------------------
+
+def profile_model(profile: Profile) -> ModelArch:
+    """The architecture of a profile's model: the catalogue's, or the Vidur shape in its notes."""
+    name = profile.meta.model
+    if name in MODELS:
+        return MODELS[name]
+    notes = profile.meta.notes
+    shape = notes.get("vidur_shape") if isinstance(notes, dict) else None
+    if not isinstance(shape, dict):
+        raise SpecsimError(f"{profile.csv_path}: model {name!r} is not in the catalogue and the "
+                           f"sidecar's notes carry no 'vidur_shape' to build it from")
+    try:
+        return ModelArch(name, "llama", 1, int(shape["n_embd"]), int(shape["n_head"]),
+                         int(shape["n_kv_head"]), int(shape["n_embd"]) // int(shape["n_head"]),
+                         int(shape["n_expanded_embd"]), int(shape["vocab_size"]), 0.0,
+                         gated_mlp=bool(shape["use_gated_mlp"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise SpecsimError(f"{profile.csv_path}: notes.vidur_shape is incomplete ({e}); expected "
+                           f"n_head, n_kv_head, n_embd, n_expanded_embd, vocab_size, use_gated_mlp") from None
+
+
+def profile_gpu(profile: Profile) -> GPU:
+    name = profile.meta.gpu
+    if name not in GPUS:
+        raise SpecsimError(f"{profile.csv_path}: gpu {name!r} is not in the GPU catalogue; "
+                           f"calibration needs its datasheet (one of {', '.join(GPUS)})")
+    return GPUS[name]
+
+
+# ---- fitting ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Series:
+    model: ModelArch
+    tp: int
+    dtype: str
+    tokens: np.ndarray
+    measured: np.ndarray
+    weight: np.ndarray
+
+
+def _log_spacing_weights(tokens: np.ndarray) -> np.ndarray:
+    """Each point's share of the log(tokens) axis; sums to 1 over the series."""
+    lt = np.log(tokens)
+    if len(lt) < 2:
+        return np.ones_like(lt)
+    w = np.gradient(lt)
+    return w / w.sum()
+
+
+def _non_attention_series(profiles: list[Profile]) -> list[_Series]:
+    out = []
+    for p in profiles:
+        tab = p.table("non_attention")
+        order = np.argsort(tab["tokens"])
+        tokens = tab["tokens"][order].astype(float)
+        out.append(_Series(profile_model(p), p.meta.tp, p.meta.dtype, tokens,
+                           tab["median_s"][order], _log_spacing_weights(tokens)))
+    return out
+
+
+def layer_non_attention(model: ModelArch, gpu: GPU, tp: int, dtype: str, params: RooflineParams,
+                        tokens: np.ndarray, layer_overhead_s: float | None = None) -> np.ndarray:
+    """Seconds of one layer's non-attention work at T = tokens: the sum of layer_terms, plus a
+    per-layer fixed cost (params.layer_overhead_s if RooflineParams has that field)."""
+    if layer_overhead_s is None:
+        layer_overhead_s = getattr(params, "layer_overhead_s", 0.0)
+    return sum(layer_terms(model, gpu, tp, dtype, params, tokens).values()) + layer_overhead_s
+
+
+def _predict_non_attention(s: _Series, gpu: GPU, params: RooflineParams,
+                           layer_overhead_s: float | None = None):
+    return layer_non_attention(s.model, gpu, s.tp, s.dtype, params, s.tokens, layer_overhead_s)
+
+
+def _fit(residual_fn, x0: list[float], lower: list[float], upper: list[float]) -> np.ndarray:
+    """Least squares from a few starting points (the max() in the roofline has kinks)."""
+    best = None
+    for scale in (1.0, 0.6, 1.4):
+        start = np.clip(np.array(x0) * scale, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
+        r = least_squares(residual_fn, start, bounds=(lower, upper), x_scale="jac")
+        if best is None or r.cost < best.cost:
+            best = r
+    return best.x
+
+
+def _err_stats(pred: np.ndarray, meas: np.ndarray) -> dict:
+    rel = np.abs(pred / meas - 1.0)
+    return {"points": int(len(rel)), "median_abs_rel_err": float(np.median(rel)),
+            "max_abs_rel_err": float(np.max(rel)), "rms_log_err": float(np.sqrt(np.mean(np.log(pred / meas) ** 2)))}
+
+
+@dataclass
+class Calibration:
+    """A fitted RooflineParams plus how well it fits, where it came from, and the alternative fit
+    with a per-layer fixed cost."""
+
+    gpu: str
+    params: RooflineParams
+    fitted: list[str]
+    residuals: dict
+    default_residuals: dict
+    layer_overhead_fit: dict
+    sources: list[str]
+    profile_source: str
+    date: str
+    command: str
+    specsim_version: str = __version__
+    notes: str = f"{WEIGHTING_NOTE}. {PER_LAYER_NOTE}"
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in CALIBRATION_KEYS if k != "format_version"}
+        d["params"] = asdict(self.params)
+        return {"format_version": CALIBRATION_VERSION, **d}
+
+
+def _residual_report(series: list[_Series], attn: list, gpu: GPU, params: RooflineParams,
+                     layer_overhead_s: float | None = None) -> dict:
+    rep = {}
+    if series:
+        pred = np.concatenate([_predict_non_attention(s, gpu, params, layer_overhead_s) for s in series])
+        meas = np.concatenate([s.measured for s in series])
+        small = np.concatenate([s.tokens for s in series]) <= SMALL_T
+        rep["non_attention"] = _err_stats(pred, meas)
+        for key, sel in ((f"non_attention T<={SMALL_T}", small), (f"non_attention T>{SMALL_T}", ~small)):
+            if sel.any():
+                rep[key] = _err_stats(pred[sel], meas[sel])
+    if attn:
+        pred = np.concatenate([attention_time(m, gpu, tp, dt, params, b, q, c) for m, tp, dt, b, q, c, _ in attn])
+        meas = np.concatenate([y for *_, y in attn])
+        rep["attention"] = _err_stats(pred, meas)
+    return rep
+
+
+def calibrate_full(profiles: Profile | list[Profile], command: str | None = None) -> Calibration:
+    """Fit RooflineParams to one or more profiles of the same GPU; see the module docstring."""
+    profiles = [profiles] if isinstance(profiles, Profile) else list(profiles)
+    if not profiles:
+        raise SpecsimError("calibrate: no profiles given")
+    gpus = {p.meta.gpu for p in profiles}
+    if len(gpus) != 1:
+        raise SpecsimError(f"calibrate: profiles of several GPUs ({', '.join(sorted(gpus))}); "
+                           f"calibrate one GPU at a time")
+    gpu = profile_gpu(profiles[0])
+    series = _non_attention_series(profiles)
+    defaults = RooflineParams()
+
+    def res_lin(x, with_overhead=False):
+        p = replace(defaults, compute_efficiency=x[0], memory_efficiency=x[1])
+        c = x[2] if with_overhead else 0.0
+        return np.concatenate([np.sqrt(s.weight / len(series))
+                               * np.log(_predict_non_attention(s, gpu, p, c) / s.measured)
+                               for s in series])
+
+    x = _fit(res_lin, [defaults.compute_efficiency, defaults.memory_efficiency], [0.01, 0.01], [1.0, 1.0])
+    xo = _fit(lambda v: res_lin(v, True), [x[0], x[1], 1e-5], [0.01, 0.01, 0.0], [1.0, 1.0, 1e-3])
+    params_o = replace(defaults, compute_efficiency=float(xo[0]), memory_efficiency=float(xo[1]))
+    fitted = list(FITTED_NON_ATTENTION)
+    if HAS_LAYER_OVERHEAD:  # the roofline can express the per-layer cost: use that fit
+        params_o = replace(params_o, layer_overhead_s=float(xo[2]))
+        params = params_o
+        fitted.append("layer_overhead_s")
+    else:
+        params = replace(defaults, compute_efficiency=float(x[0]), memory_efficiency=float(x[1]))
+
+    attn = []
+    for p in profiles:
+        tab = p.table("attention")
+        if len(tab["batch"]):
+            attn.append((profile_model(p), p.meta.tp, p.meta.dtype, tab["batch"], tab["q"],
+                         tab["ctx"], tab["median_s"]))
+    if attn:
+        def res_attn(v):
+            pa = replace(params, attention_compute_efficiency=v[0])
+            return np.concatenate([np.sqrt(1.0 / len(y)) * np.log(
+                attention_time(m, gpu, tp, dt, pa, b, q, c) / y) for m, tp, dt, b, q, c, y in attn])
+        xa = _fit(res_attn, [defaults.attention_compute_efficiency], [0.01], [1.0])
+        params = replace(params, attention_compute_efficiency=float(xa[0]))
+        params_o = replace(params_o, attention_compute_efficiency=float(xa[0]))
+        fitted += list(FITTED_ATTENTION)
+
+    src = sorted({p.meta.source for p in profiles})
+    return Calibration(
+        gpu=gpu.name, params=params, fitted=fitted,
+        residuals=_residual_report(series, attn, gpu, params),
+        default_residuals=_residual_report(series, attn, gpu, defaults),
+        layer_overhead_fit={"layer_overhead_s": float(xo[2]),
+                            "compute_efficiency": float(xo[0]), "memory_efficiency": float(xo[1]),
+                            "residuals": _residual_report(series, [], gpu, params_o, float(xo[2]))},
+        sources=[str(p.csv_path) for p in profiles], profile_source=", ".join(src),
+        date=date.today().isoformat(),
+        command=command or shlex.join(["specsim", "calibrate", *[str(p.csv_path) for p in profiles]]))
+
+
+def calibrate(profile: Profile | list[Profile]) -> RooflineParams:
+    """RooflineParams fitted to a measured profile (or several of one GPU)."""
+    return calibrate_full(profile).params
+
+
+# ---- saved calibrations and derived GPUs -----------------------------------------------------------
+
+def calibration_path(gpu_name: str, root: Path | str = Path("profiles")) -> Path:
+    return Path(root) / gpu_name / CALIBRATION_FILE
+
+
+def save_calibration(cal: Calibration, root: Path | str = Path("profiles")) -> Path:
+    path = calibration_path(cal.gpu, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_calibration(path: Path | str) -> Calibration:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecsimError(f"{path}: calibration file not found") from None
+    except json.JSONDecodeError as e:
+        raise SpecsimError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise SpecsimError(f"{path}: expected a JSON object with keys {', '.join(CALIBRATION_KEYS)}")
+    missing = [k for k in CALIBRATION_KEYS if k not in d]
+    unknown = [k for k in d if k not in CALIBRATION_KEYS]
+    if missing or unknown:
+        raise SpecsimError(f"{path}: " + "; ".join(
+            ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+            + ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []))
+            + f"; expected {', '.join(CALIBRATION_KEYS)}")
+    if d["format_version"] != CALIBRATION_VERSION:
+        raise SpecsimError(f"{path}: key 'format_version' is {d['format_version']!r}, expected "
+                           f"{CALIBRATION_VERSION}")
+    raw = d["params"]
+    names = RooflineParams.field_names()
+    if not isinstance(raw, dict) or set(raw) - set(names):
+        bad = sorted(set(raw) - set(names)) if isinstance(raw, dict) else raw
+        raise SpecsimError(f"{path}: key 'params' has unknown field(s) {bad}; expected "
+                           f"{', '.join(names)}")
+    for k, v in raw.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise SpecsimError(f"{path}: params.{k} is {v!r}, expected a finite number >= 0")
+    if d["gpu"] != path.parent.name:
+        raise SpecsimError(f"{path}: key 'gpu' is {d['gpu']!r} but the file sits under "
+                           f"{path.parent.name!r} (expected <gpu>/{CALIBRATION_FILE})")
+    fields = {k: d[k] for k in CALIBRATION_KEYS if k not in ("format_version", "params")}
+    return Calibration(params=RooflineParams(**raw), **fields)
+
+
+def _distance(a: GPU, b: GPU) -> tuple[int, float]:
+    """Same architecture first, then the closest ridge point (FLOP/byte) in log terms."""
+    arch_a, arch_b = ARCHITECTURE.get(a.name), ARCHITECTURE.get(b.name)
+    same = arch_a is not None and arch_a == arch_b
+    return (0 if same else 1, abs(math.log(a.ridge_flop_per_byte / b.ridge_flop_per_byte)))
+
+
+def derived_params(gpu: GPU, root: Path | str = Path("profiles")) -> tuple[RooflineParams, str] | None:
+    """RooflineParams for `gpu` from the saved calibrations under `root`, and where they came from.
+
+    `gpu`'s own calibration if it has one ("calibrated on ..."); else the nearest calibrated GPU's
+    ("derived: ..."): the same architecture generation if any (its kernels and libraries reach
+    similar fractions of peak), else the closest ridge point, which decides which ops are
+    compute- and which memory-bound at serving batch sizes and so which efficiency matters.
+    Efficiencies are fractions of datasheet peak and carry across by the new datasheet; the
+    fixed-time params (overheads, all-reduce latency) carry across unchanged. None if nothing
+    under `root` is calibrated.
+    """
+    root = Path(root)
+    own = calibration_path(gpu.name, root)
+    if own.is_file():
+        cal = load_calibration(own)
+        return cal.params, f"calibrated on {gpu.name} ({cal.profile_source})"
+    candidates = []
+    for path in sorted(root.glob(f"*/{CALIBRATION_FILE}")) if root.is_dir() else []:
+        name = path.parent.name
+        if name in GPUS:
+            candidates.append((_distance(gpu, GPUS[name]), name, path))
+    if not candidates:
+        return None
+    _, name, path = min(candidates)
+    cal = load_calibration(path)
+    fitted = ", ".join(f.replace("_efficiency", "") for f in cal.fitted)
+    return cal.params, (f"derived: calibrated on {name} ({cal.profile_source}; fitted {fitted}), "
+                        f"scaled by datasheet to {gpu.name}")
+
+
+def load_gpu_profiles(paths: list[Path | str]) -> list[Profile]:
+    """Profiles from CSV/JSON paths or GPU directories (every <model>/tp<k>.csv under them)."""
+    out = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise SpecsimError(f"{p}: no such profile file or GPU directory")
+        if p.is_dir():
+            found = sorted(p.glob("*/tp*.csv"))
+            if not found:
+                raise SpecsimError(f"{p}: no profiles (<model>/tp<k>.csv) under this directory")
+            out += [load_profile(f) for f in found]
+        else:
+            out.append(load_profile(p))
+    return out

@@ -1,0 +1,105 @@
+"""`specsim profile`: capture a latency profile of a model on this machine (see simulator/profiler.py).
+
+Writes profiles/<device>/<model>/tp<k>.csv + .json, then checks the new profile against itself:
+each whole-model forward the capture timed directly is compared with the time the measured
+backend composes from the per-layer rows.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from simulator.errors import SpecsimError
+
+_out = Console()
+_err = Console(stderr=True, soft_wrap=True)
+
+
+def _command() -> str | None:
+    """The exact command line when run as `specsim ...`; None (rebuilt from the options) otherwise."""
+    if sys.argv and Path(sys.argv[0]).name == "specsim":
+        return shlex.join(["specsim", *sys.argv[1:]])
+    return None
+
+
+def validation_table(profile) -> list[dict]:
+    """Directly timed forward rows vs the measured backend's composition of the same pass."""
+    from simulator.catalog import MODELS
+    from simulator.latency.profile import ProfileLatency
+
+    model = MODELS[profile.meta.model]
+    backend = ProfileLatency(profile, model, None, profile.meta.tp, profile.meta.dtype)
+    grid = profile.meta.grid if isinstance(profile.meta.grid, dict) else {}
+    fit = {tuple(p) for p in grid.get("forward_points", [])}
+    out = []
+    for r in profile.select("forward"):
+        q, ctx = np.full(r.batch, r.q), np.full(r.batch, r.ctx)
+        try:
+            composed = float(backend.forward(q, ctx, r.batch * r.q).sum())
+        except SpecsimError:
+            continue  # outside the grid (e.g. a skipped attention point)
+        out.append({"role": "overhead fit" if (r.batch, r.q, r.ctx) in fit else "validation",
+                    "batch": r.batch, "q": r.q, "ctx": r.ctx, "direct_s": r.median_s,
+                    "composed_s": composed, "error": composed / r.median_s - 1.0})
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    def profile_cmd(
+        model: str = typer.Option(..., "--model", help="catalogue model name, e.g. llama-3.1-8b"),
+        tp: int = typer.Option(1, "--tp", help="tensor parallelism: the shard one GPU holds is profiled"),
+        device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+        dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)"),
+        grid: str = typer.Option(None, "--grid",
+                                 help="quick (tests: seconds), medium (a CPU: minutes), default (a GPU); "
+                                      "by default medium on cpu, default on cuda"),
+        out: Path = typer.Option(Path("profiles"), "--out", help="profiles root folder"),
+        device_name: str = typer.Option(None, "--device-name",
+                                        help="specsim device name (folder), e.g. h100-sxm; default "
+                                             "cpu-local on a CPU, detected on a GPU"),
+        threads: int = typer.Option(None, "--threads", help="torch CPU threads (1 gives the steadiest CPU timings)"),
+        seed: int = typer.Option(0, "--seed"),
+        max_memory_gb: float = typer.Option(None, "--max-memory-gb",
+                                            help="skip attention points whose working set exceeds this"),
+        forward: bool = typer.Option(True, "--forward/--no-forward", help="time whole-model forwards too"),
+        breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown",
+                                       help="per-operator torch.profiler rows"),
+    ) -> None:
+        """Measure per-layer operator times of MODEL on this machine into a profile."""
+        from simulator.profiler import CaptureOptions, capture_profile
+        from simulator.profiles import write_profile
+
+        try:
+            grid = grid or ("default" if device == "cuda" else "medium")
+            opts = CaptureOptions(model=model, tp=tp, device=device, dtype=dtype, grid=grid,
+                                  device_name=device_name, threads=threads, seed=seed,
+                                  max_memory_gb=max_memory_gb, with_forward=forward,
+                                  with_breakdown=breakdown,
+                                  command=_command(),
+                                  log=lambda m: _err.print(m, highlight=False))
+            prof = capture_profile(opts)
+            path = write_profile(prof, out)
+            rows = validation_table(prof)
+        except SpecsimError as e:
+            _err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2)
+        m = prof.meta
+        _out.print(f"wrote {path} and {path.with_suffix('.json').name}: {len(prof.rows)} rows, "
+                   f"captured in {m.notes['capture_wall_s']} s on {m.device['name']}", highlight=False)
+        fo = "null" if m.forward_overhead_s is None else f"{m.forward_overhead_s * 1e3:.3f} ms"
+        _out.print(f"forward overhead {fo}; {len(m.notes['skipped'])} points skipped", highlight=False)
+        if rows:
+            t = Table(title="whole-model forward: timed directly vs composed from the profile")
+            for c in ("point", "batch", "q", "ctx", "direct ms", "composed ms", "error"):
+                t.add_column(c, justify="right")
+            for r in rows:
+                t.add_row(r["role"], str(r["batch"]), str(r["q"]), str(r["ctx"]), f"{r['direct_s'] * 1e3:.3f}",
+                          f"{r['composed_s'] * 1e3:.3f}", f"{r['error'] * 100:+.1f}%")
+            _out.print(t)

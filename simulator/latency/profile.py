@@ -1,0 +1,349 @@
+"""Measured latency backend: forward-pass time composed from a profile (simulator/profiles.py).
+
+Per forward pass with T = sum(q) tokens (MODEL.md section 5):
+  linear        = n_layers * non_attention(T) + embedding(T) + lm_head(n_logits)
+  attention     = n_layers * sum over groups of attention(batch, q, ctx)
+  communication = 2 * n_layers * allreduce(T)            (tp > 1)
+  overhead      = the profile's forward_overhead_s (the fallback's when null)
+
+Interpolation is piecewise-linear in log space: log time against log T for the per-token ops, and
+multilinear over (log batch, log q, log(1 + ctx)) for attention. It is exact at measured points
+and monotone along every axis: medians are first made non-decreasing (a running maximum along
+each axis; a measured dip is timing noise, more work never costs less).
+
+Attention of a mixed batch: sequences are grouped by q (decode q = 1, verify q = gamma + 1 each
+form one group); a group of n sequences is looked up as one uniform batch (n, q, ctx*) where ctx*
+is the group's MAX context when the profile's attention backend pads the batch to its longest
+sequence (specsim's torch profiler, "...padded"), and its MEAN context otherwise (paged kernels
+do work proportional to sum(ctx) = n * mean). A group whose point the grid does not cover at
+that batch size (prefill chunks are measured at batch 1) is summed sequence by sequence.
+
+Outside the grid (T or batch beyond the largest measured point, ctx beyond the range, a cell the
+KV did not fit) a component comes from the fallback model (a RooflineLatency, ideally calibrated),
+scaled to agree with the nearest measured point so the curve stays continuous; such calls are
+counted in `.stats`, with the share of predicted time that came from measured points.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from simulator.catalog import BYTES_PER_DTYPE, GPU, ModelArch
+from simulator.errors import SpecsimError
+from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, OVERHEAD
+from simulator.latency.roofline import RooflineLatency, RooflineParams
+from simulator.profiles import Profile, find_profile, load_profile, profile_paths
+
+
+MEMO_LIMIT = 200_000  # memoised lookups kept (about 50 MB) before the memo is cleared
+
+
+class _Curve:
+    """time(tokens), piecewise-linear in log-log between measured points; None outside them."""
+
+    def __init__(self, tokens: np.ndarray, times: np.ndarray):
+        order = np.argsort(tokens)
+        self.tokens = tokens[order].astype(np.int64)
+        self.times = np.maximum.accumulate(times[order])
+        self.lx, self.ly = np.log(self.tokens.astype(float)), np.log(self.times)
+        self.lo, self.hi = int(self.tokens[0]), int(self.tokens[-1])
+
+    def __call__(self, t: int) -> float | None:
+        if t < self.lo or t > self.hi:
+            return None
+        return float(math.exp(np.interp(math.log(t), self.lx, self.ly)))
+
+
+class _Grid3:
+    """time(batch, q, ctx), multilinear in (log b, log q, log(1 + ctx)); None outside or at a hole."""
+
+    def __init__(self, batch: np.ndarray, q: np.ndarray, ctx: np.ndarray, times: np.ndarray):
+        self.b_axis, self.q_axis, self.c_axis = (np.unique(a) for a in (batch, q, ctx))
+        vals = np.full((len(self.b_axis), len(self.q_axis), len(self.c_axis)), np.nan)
+        ib = np.searchsorted(self.b_axis, batch)
+        iq = np.searchsorted(self.q_axis, q)
+        ic = np.searchsorted(self.c_axis, ctx)
+        vals[ib, iq, ic] = times
+        hole = np.isnan(vals)
+        for axis in range(3):  # running maximum along each axis, holes kept as holes
+            vals = np.fmax.accumulate(np.where(hole, -np.inf, vals), axis=axis)
+        vals[hole] = np.nan
+        self.logt = np.log(vals)
+        self.axes = [list(np.log(self.b_axis.astype(float))), list(np.log(self.q_axis.astype(float))),
+                     list(np.log1p(self.c_axis.astype(float)))]
+        self.bounds = [(int(a[0]), int(a[-1])) for a in (self.b_axis, self.q_axis, self.c_axis)]
+        self._logt = self.logt.tolist()  # python floats: scalar indexing is much faster
+        self._leg_memo: list[dict] = [{}, {}, {}]
+
+    def clamp(self, b: int, q: int, c: int) -> tuple[int, int, int]:
+        return tuple(min(max(v, lo), hi) for v, (lo, hi) in zip((b, q, c), self.bounds))
+
+    def _legs(self, axis: int, v: int):
+        """The grid indices and weights of value v along one axis; None outside the axis."""
+        memo = self._leg_memo[axis]
+        hit = memo.get(v, memo)
+        if hit is not memo:
+            return hit
+        ax = self.axes[axis]
+        x = math.log1p(v) if axis == 2 else math.log(v)
+        if x < ax[0] - 1e-12 or x > ax[-1] + 1e-12:
+            legs = None
+        else:
+            i = max(0, min(bisect.bisect_right(ax, x) - 1, len(ax) - 1))
+            if i == len(ax) - 1 or abs(x - ax[i]) < 1e-12:
+                legs = ((i, 1.0),)
+            elif abs(x - ax[i + 1]) < 1e-12:
+                legs = ((i + 1, 1.0),)
+            else:
+                w = (x - ax[i]) / (ax[i + 1] - ax[i])
+                legs = ((i, 1.0 - w), (i + 1, w))
+        memo[v] = legs
+        return legs
+
+    def __call__(self, b: int, q: int, c: int) -> float | None:
+        lb, lq, lc = self._legs(0, b), self._legs(1, q), self._legs(2, c)
+        if lb is None or lq is None or lc is None:
+            return None
+        t = self._logt
+        acc = 0.0
+        for i, wi in lb:
+            ti = t[i]
+            for j, wj in lq:
+                tij = ti[j]
+                for k, wk in lc:
+                    v = tij[k]
+                    if v != v:  # NaN: a point the capture skipped
+                        return None
+                    acc += wi * wj * wk * v
+        return math.exp(acc)
+
+
+class ProfileLatency:
+    """Forward-pass time of `model` at `tp` on `gpu` from a measured profile (source "measured")."""
+
+    source = "measured"
+
+    def __init__(self, profile: Profile | str | Path, model: ModelArch, gpu: GPU | None, tp: int = 1,
+                 dtype: str = "bf16", fallback=None):
+        """`fallback`: the latency model for points outside the grid; default a RooflineLatency
+        with default params on `gpu`. With gpu=None and no fallback, a point outside the grid
+        is an error (used to validate a profile against itself)."""
+        if not isinstance(profile, Profile):
+            profile = load_profile(profile, model=model.name, tp=tp)
+        meta = profile.meta
+        where = str(profile.csv_path or f"profile {meta.gpu}/{meta.model}/tp{meta.tp}")
+        if meta.model != model.name:
+            raise SpecsimError(f"{where}: profile is for model {meta.model!r}, not {model.name!r}")
+        if meta.tp != tp:
+            raise SpecsimError(f"{where}: profile is for tp={meta.tp}, not tp={tp}")
+        if meta.dtype != dtype:
+            raise SpecsimError(f"{where}: profile was measured in {meta.dtype}, the deployment asks "
+                               f"for {dtype} (capture a {dtype} profile or set dtype: {meta.dtype})")
+        self.profile, self.model, self.gpu, self.tp, self.dtype = profile, model, gpu, tp, dtype
+        if fallback is None and gpu is not None:
+            fallback = RooflineLatency(model, gpu, tp, dtype)
+        self.fallback = fallback
+        self._where = where
+        self.L = model.n_layers
+        self.step_overhead_s = (meta.step_overhead_s if meta.step_overhead_s is not None
+                                else self.fallback.step_overhead_s if fallback is not None else 0.0)
+        if meta.forward_overhead_s is not None:
+            self._overhead, self._overhead_measured = float(meta.forward_overhead_s), True
+        else:
+            self._overhead = float(self._fb(np.array([1]), np.array([0]), 0)[OVERHEAD])
+            self._overhead_measured = False
+
+        def curve(op):
+            t = profile.table(op)
+            return _Curve(t["tokens"], t["median_s"]) if len(t["tokens"]) else None
+        self._na, self._emb, self._head, self._ar = (curve(op) for op in
+                                                     ("non_attention", "embedding", "lm_head", "allreduce"))
+        a = profile.table("attention")
+        self._attn = _Grid3(a["batch"], a["q"], a["ctx"], a["median_s"]) if len(a["batch"]) else None
+        self.ctx_stat = "max" if "padded" in meta.attention_backend else "mean"
+        # Memoised per-component lookups: key -> (seconds, from_measured_points).
+        self._memo: dict[tuple, tuple[float, bool]] = {}
+        self._calls = self._fallback_calls = 0
+        self._t_total = self._t_measured = 0.0
+        self._component_fallbacks = {"non_attention": 0, "embedding": 0, "lm_head": 0, "attention": 0,
+                                     "allreduce": 0}
+
+    # ---------------------------------------------------------------------------- fallback parts
+    def _fb(self, q, ctx, n_logits):
+        if self.fallback is None:
+            raise SpecsimError(f"{self._where}: a forward pass (q={list(q)[:8]}, ctx={list(ctx)[:8]}, "
+                               f"n_logits={n_logits}) is outside the profile's grid and no fallback "
+                               f"latency model was given")
+        return self.fallback.forward(np.asarray(q, dtype=np.int64), np.asarray(ctx, dtype=np.int64), n_logits)
+
+    def _fb_part(self, op: str, *key) -> float:
+        """The fallback's time for one op (per layer where the op is per layer)."""
+        if op == "non_attention":
+            (t,) = key
+            return float(self._fb([t], [0], 0)[LINEAR]) / self.L
+        if op == "lm_head":
+            (n,) = key
+            return float(self._fb([1], [0], n)[LINEAR] - self._fb([1], [0], 0)[LINEAR])
+        if op == "embedding":  # a gather of t rows: memory-bound, as the roofline charges it
+            (t,) = key
+            self._fb([1], [0], 0)  # (raises when there is no fallback)
+            eff = getattr(getattr(self.fallback, "params", None), "memory_efficiency", 1.0)
+            return t * self.model.hidden * BYTES_PER_DTYPE[self.dtype] / (self.gpu.bandwidth_tbps * 1e12 * eff)
+        if op == "allreduce":
+            (t,) = key
+            return float(self._fb([t], [0], 0)[COMMUNICATION]) / (2 * self.L)
+        b, q, c = key
+        return float(self._fb(np.full(b, q), np.full(b, c), 0)[ATTENTION]) / self.L
+
+    def _anchored(self, op: str, key: tuple, edge_key: tuple, edge_time: float | None) -> float:
+        """Fallback time scaled to match the measured time at the nearest grid point."""
+        fb = self._fb_part(op, *key)
+        if edge_time is None:
+            return fb
+        fb_edge = self._fb_part(op, *edge_key)
+        return edge_time * fb / fb_edge if fb_edge > 0 else fb
+
+    # ---------------------------------------------------------------------------- lookups
+    def _per_token(self, op: str, curve: _Curve | None, t: int) -> tuple[float, bool]:
+        key = (op, t)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        v = curve(t) if curve is not None else None
+        if v is not None:
+            res = (v, True)
+        else:
+            self._component_fallbacks[op] += 1
+            if curve is None:
+                res = (self._fb_part(op, t), False)
+            else:
+                edge = curve.lo if t < curve.lo else curve.hi
+                res = (self._anchored(op, (t,), (edge,), curve(edge)), False)
+        self._memo[key] = res
+        return res
+
+    def _attention_uniform(self, n: int, q: int, c: int) -> tuple[float, bool]:
+        """One layer's attention for n sequences of q query tokens over c cached tokens."""
+        key = ("attention", n, q, c)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        g = self._attn
+        v = g(n, q, c) if g is not None else None
+        if v is not None:
+            res = (v, True)
+        else:
+            edge = g.clamp(n, q, c) if g is not None else None
+            edge_t = g(*edge) if g is not None else None
+            if edge_t is None and n > 1 and g is not None and g(1, q, c) is not None:
+                # A hole at this batch size that batch 1 covers (prefill chunks are measured at
+                # batch 1): one sequence at a time.
+                res = (n * g(1, q, c), True)
+            else:
+                self._component_fallbacks["attention"] += 1
+                res = (self._anchored("attention", (n, q, c), edge, edge_t) if g is not None
+                       else self._fb_part("attention", n, q, c), False)
+        if len(self._memo) > MEMO_LIMIT:  # contexts keep growing over a run: bound the memory
+            self._memo.clear()
+        self._memo[key] = res
+        return res
+
+    def _attention(self, q: np.ndarray, ctx: np.ndarray) -> tuple[float, float]:
+        """(seconds, seconds from measured points) of one layer's attention over the batch."""
+        stat = np.max if self.ctx_stat == "max" else np.mean
+        q0 = int(q[0])
+        if q.size == 1 or (q.min() == q.max()):
+            t, ok = self._attention_uniform(int(q.size), q0, int(round(float(stat(ctx)))))
+            return t, (t if ok else 0.0)
+        total = measured = 0.0
+        counts = np.bincount(q)
+        qs = np.flatnonzero(counts)
+        if self.ctx_stat == "max":
+            cstat = [int(ctx[q == v].max()) for v in qs.tolist()]
+        else:
+            cstat = (np.bincount(q, weights=ctx)[qs] / counts[qs]).tolist()
+        for qv, n, c in zip(qs.tolist(), counts[qs].tolist(), cstat):
+            t, ok = self._attention_uniform(n, qv, int(round(c)))
+            total += t
+            measured += t if ok else 0.0
+        return total, measured
+
+    # ---------------------------------------------------------------------------- interface
+    def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
+        T = int(q.sum())
+        L = self.L
+        na, na_ok = self._per_token("non_attention", self._na, T)
+        emb, emb_ok = self._per_token("embedding", self._emb, T)
+        linear = L * na + emb
+        lin_meas = (L * na if na_ok else 0.0) + (emb if emb_ok else 0.0)
+        fell_back = not (na_ok and emb_ok)
+        if n_logits:
+            head, head_ok = self._per_token("lm_head", self._head, int(n_logits))
+            linear += head
+            lin_meas += head if head_ok else 0.0
+            fell_back |= not head_ok
+        attn, attn_meas = self._attention(q, ctx)
+        fell_back |= attn_meas < attn
+        attn, attn_meas = L * attn, L * attn_meas
+        comm = comm_meas = 0.0
+        if self.tp > 1:
+            ar, ar_ok = self._per_token("allreduce", self._ar, T)
+            comm = 2 * L * ar
+            comm_meas = comm if ar_ok else 0.0
+            fell_back |= not ar_ok
+        over = self._overhead
+        self._calls += 1
+        self._fallback_calls += fell_back
+        self._t_total += linear + attn + comm + over
+        self._t_measured += lin_meas + attn_meas + comm_meas + (over if self._overhead_measured else 0.0)
+        return np.array([linear, attn, comm, over])
+
+    @property
+    def stats(self) -> dict:
+        """calls, fallback_calls (calls with any component outside the grid), measured_share
+        (fraction of predicted seconds from measured points), fallback lookups per component."""
+        return {
+            "calls": self._calls,
+            "fallback_calls": self._fallback_calls,
+            "measured_share": self._t_measured / self._t_total if self._t_total > 0 else 1.0,
+            "fallback_lookups": dict(self._component_fallbacks),
+            "profile": str(self.profile.csv_path) if self.profile.csv_path else None,
+        }
+
+
+def make_profile_latency(model: ModelArch, gpu: GPU, tp: int, dtype: str, *,
+                         root: Path | str = Path("profiles"), overrides: dict | None = None,
+                         field: str = "latency") -> ProfileLatency:
+    """The measured backend for a deployment: the profile of (gpu, model, tp) under `root`.
+
+    Its fallback (outside the grid) is a roofline with the GPU's saved calibration, or the
+    nearest calibrated GPU's (simulator/calibrate.py), else default params; a scenario's
+    `latency.params` override either.
+    """
+    path = find_profile(gpu.name, model.name, tp, root)
+    if path is None:
+        csv_path, _ = profile_paths(root, gpu.name, model.name, tp)
+        raise SpecsimError(f"{field}.backend: 'profile' needs a measured profile of "
+                           f"{model.name} at tp={tp} on {gpu.name}, expected at {csv_path}; capture one "
+                           f"with `specsim profile --model {model.name} --tp {tp} --device-name "
+                           f"{gpu.name}` or use backend 'roofline'")
+    profile = load_profile(path, model=model.name, tp=tp, gpu=gpu.name)
+    params = RooflineParams()
+    from simulator.calibrate import GPUS, calibration_path, derived_params, load_calibration
+    if gpu.name in GPUS:
+        got = derived_params(gpu, root)
+        if got is not None:
+            params = got[0]
+    elif calibration_path(gpu.name, root).is_file():
+        params = load_calibration(calibration_path(gpu.name, root)).params
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(RooflineParams.field_names()))
+    if unknown:
+        raise SpecsimError(f"{field}.params: unknown roofline parameter(s) {unknown}")
+    params = replace(params, **overrides)
+    fallback = RooflineLatency(model, gpu, tp, dtype, params)
+    return ProfileLatency(profile, model, gpu, tp, dtype, fallback)

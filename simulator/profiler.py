@@ -1,0 +1,577 @@
+"""`specsim profile`: measure a model's per-layer operator times on this machine into a profile.
+
+The model is built in plain torch (simulator/torch_models.py) at the shapes ONE GPU holds under
+tensor parallelism `tp`, with random weights. Per grid point: warm-up calls, then timed repeats
+(CUDA events on a GPU, perf_counter on a CPU; no profiler attached), stored as median/p10/p90.
+A separate torch.profiler pass over a few points gives the per-operator breakdown
+(`op:<parent op>/<aten op>` rows: device self time on a GPU, CPU self time on a CPU).
+
+What each op times (the split mirrors Block.forward, so the parts add up to a layer):
+  non_attention  Block.non_attention_parts over [1, T] tokens (norm, QKV, RoPE, O, norm, MLP, adds)
+  attention      KV-cache write of the q new tokens + gather of ctx+q positions + attention() with
+                 the lower-right causal mask, for `batch` sequences (the padded torch implementation)
+  embedding      embed_tokens over T tokens;  lm_head: final norm + [T, hidden] x [hidden, vocab/tp]
+  forward        the whole model's forward (all layers, logits for every position), timed directly
+The fixed cost of a forward beyond its parts (Python dispatch, bookkeeping) is the median residual
+direct - composed over the smallest forward points (T <= 4), clipped at 0 (`forward_overhead_s`).
+With tp > 1 and one device, all-reduce rows are derived from the datasheet interconnect (noted).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import math
+import os
+import platform
+import shlex
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import simulator
+from simulator.catalog import BYTES_PER_DTYPE, GPUS, MODELS, ModelArch
+from simulator.errors import SpecsimError
+from simulator.latency.roofline import RooflineParams
+from simulator.profiles import Profile, ProfileMeta, ProfileRow
+
+ATTENTION_BACKEND = "torch-sdpa-padded"  # gather to the batch's max context, masked (torch_models)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The points a capture measures, and how hard it measures each."""
+
+    name: str
+    tokens: tuple[int, ...]  # non_attention, embedding, lm_head
+    batches: tuple[int, ...]
+    decode_q: tuple[int, ...]  # query tokens per sequence for decode/verify (1..gamma+1)
+    prefill_q: tuple[int, ...]  # prefill chunk lengths, measured at batch 1
+    contexts: tuple[int, ...]  # cached tokens, for both
+    forward_points: tuple[tuple[int, int, int], ...]  # (batch, q, ctx), on the grid: overhead fit
+    validation_points: tuple[tuple[int, int, int], ...]  # forward points off the grid: validation
+    breakdown_tokens: tuple[int, ...]
+    breakdown_attention: tuple[tuple[int, int, int], ...]
+    warmup: int = 2
+    min_repeats: int = 5
+    max_repeats: int = 50
+    budget_s: float = 0.2  # timed seconds per point beyond min_repeats
+    profiler_iters: int = 3
+    passes: int = 3  # timed passes over the whole grid (see _Timer.measure_points)
+
+    def attention_points(self) -> list[tuple[int, int, int]]:
+        pts = [(b, q, c) for b in self.batches for q in self.decode_q for c in self.contexts]
+        pts += [(1, q, c) for q in self.prefill_q for c in self.contexts]
+        return sorted(set(pts))
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["forward_points"] = [list(p) for p in self.forward_points]
+        d["validation_points"] = [list(p) for p in self.validation_points]
+        d["breakdown_attention"] = [list(p) for p in self.breakdown_attention]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _geo(lo: int, hi: int, steps_per_octave: int) -> tuple[int, ...]:
+    """Integers from lo to hi spaced evenly in log (2 or 3 points per doubling)."""
+    n = int(round(math.log2(hi / lo) * steps_per_octave)) + 1
+    return tuple(sorted({int(round(v)) for v in np.geomspace(lo, hi, n)}))
+
+
+GRIDS: dict[str, Grid] = {
+    # Seconds on a CPU for a tiny model: tests and smoke runs.
+    "quick": Grid("quick", tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), batches=(1, 2, 4, 8),
+                  decode_q=(1, 2, 4), prefill_q=(32, 128), contexts=(0, 16, 64, 256),
+                  forward_points=((1, 1, 16), (2, 4, 16), (4, 1, 64), (1, 128, 0)),
+                  validation_points=((4, 4, 100), (6, 1, 40), (1, 48, 0)),
+                  breakdown_tokens=(8, 128), breakdown_attention=((4, 1, 64),),
+                  warmup=1, min_repeats=9, max_repeats=18, budget_s=0.05, profiler_iters=2, passes=3),
+    # A few minutes on a CPU for a tiny model: the committed cpu-local profiles.
+    "medium": Grid("medium", tokens=_geo(1, 4096, 2), batches=(1, 2, 4, 8, 16, 32),
+                   decode_q=(1, 2, 4, 6, 8), prefill_q=(16, 32, 64, 128, 256, 512),
+                   contexts=(0, 64, 128, 256, 512, 1024, 2048),
+                   forward_points=((1, 1, 64), (2, 1, 128), (1, 4, 64), (8, 1, 256), (4, 4, 512),
+                                   (32, 1, 1024), (1, 128, 0), (1, 512, 512)),
+                   validation_points=((3, 1, 100), (12, 1, 700), (24, 5, 1500), (6, 3, 300), (1, 200, 300)),
+                   breakdown_tokens=(1, 64, 1024), breakdown_attention=((8, 1, 512), (1, 256, 0)),
+                   warmup=1, min_repeats=16, max_repeats=48, budget_s=0.2, passes=8),
+    # A GPU: T up to 16k, batches up to 256, contexts up to 32k, prefill chunks up to 2048.
+    "default": Grid("default", tokens=_geo(1, 16384, 2), batches=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                    decode_q=(1, 2, 4, 6, 8), prefill_q=(128, 256, 512, 1024, 2048),
+                    contexts=(0, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+                    forward_points=((1, 1, 128), (2, 1, 256), (1, 4, 128), (8, 1, 1024), (16, 4, 2048),
+                                    (64, 1, 1024), (1, 2048, 0), (128, 1, 4096)),
+                    validation_points=((3, 1, 700), (48, 1, 3000), (24, 5, 1500), (96, 3, 6000),
+                                       (1, 1500, 3000)),
+                    breakdown_tokens=(1, 64, 1024, 8192),
+                    breakdown_attention=((32, 1, 4096), (1, 2048, 0)),
+                    warmup=3, min_repeats=10, max_repeats=100, budget_s=0.2, passes=2),
+}
+
+
+# ---------------------------------------------------------------------------------------- timing
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def steady_cpu_allocator() -> str:
+    """Make glibc keep freed memory instead of returning it to the OS, process-wide.
+
+    By default glibc serves large blocks (past a threshold that moves with the allocation history)
+    with fresh mmap pages, so a tensor of a few MB can cost a page fault per 4 KiB on every call
+    and an op's time depends on what ran before it (measured here: the same attention call 6 ms
+    or 45 ms). Fixing the mmap threshold at its 32 MiB maximum and never trimming makes repeated
+    forwards reuse their memory. A real CPU engine compared with a CPU profile should call this too.
+    Returns a description for the profile's notes.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        int_max = 2**31 - 1  # mallopt takes a C int: a larger value would wrap (to 0: trim always)
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, int_max) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return ("glibc mallopt: mmap threshold 32 MiB, no trimming (steady_cpu_allocator)" if ok
+            else "default allocator (mallopt unavailable)")
+
+
+class _Timer:
+    """Time of fn() per call: CUDA events on a GPU; on a CPU, the calling thread's CPU time when
+    torch runs single-threaded (immune to other processes time-slicing a shared machine, which
+    otherwise doubles some samples), else wall time (perf_counter)."""
+
+    def __init__(self, torch, device):
+        self.torch, self.cuda = torch, device.type == "cuda"
+        single = torch.get_num_threads() == 1
+        self.clock = time.thread_time if single else time.perf_counter
+        self.description = ("CUDA events per call" if self.cuda else
+                            "time.thread_time per call (CPU time of the single torch thread)" if single
+                            else "time.perf_counter per call (wall time)")
+
+    def measure(self, fn: Callable[[], object], warmup: int, min_repeats: int, max_repeats: int,
+                budget_s: float) -> list[float]:
+        torch = self.torch
+        for _ in range(warmup):
+            fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        times: list[float] = []
+        spent = 0.0
+        while len(times) < min_repeats or (len(times) < max_repeats and spent < budget_s):
+            if self.cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                b.synchronize()
+                dt = a.elapsed_time(b) / 1e3
+            else:
+                t0 = self.clock()
+                fn()
+                dt = self.clock() - t0
+            times.append(dt)
+            spent += dt
+        return times
+
+    def measure_points(self, points: list[tuple[tuple, Callable[[], Callable]]], g: Grid,
+                       log: Callable[[str], None]) -> dict[tuple, np.ndarray]:
+        """Samples per point key, taken in `g.passes` passes over all the points: a burst of
+        load from elsewhere on the machine then spoils a fraction of each point's samples (which
+        the median ignores) rather than all the samples of a few points."""
+        out: dict[tuple, list[float]] = {k: [] for k, _ in points}
+        per = lambda n: max(1, math.ceil(n / g.passes))
+        for i in range(g.passes):
+            t0 = time.perf_counter()
+            for key, build in points:
+                out[key] += self.measure(build(), g.warmup, per(g.min_repeats), per(g.max_repeats),
+                                         g.budget_s / g.passes)
+            log(f"  pass {i + 1}/{g.passes}: {len(points)} points in {time.perf_counter() - t0:.1f}s")
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _row(op: str, b: int, q: int, ctx: int, tokens: int, t: np.ndarray) -> ProfileRow:
+    p10, med, p90 = np.percentile(t, [10, 50, 90])
+    return ProfileRow(op, b, q, ctx, tokens, float(med), float(p10), float(p90), int(t.size))
+
+
+# ------------------------------------------------------------------------------------- metadata
+def _device_info(torch, device) -> dict:
+    if device.type == "cuda":
+        prop = torch.cuda.get_device_properties(device)
+        driver = None
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+        return {"name": prop.name, "memory_bytes": int(prop.total_memory), "driver": driver,
+                "cuda": torch.version.cuda, "torch": torch.__version__}
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"name": f"{name} (CPU, {os.cpu_count()} cores)", "memory_bytes": int(mem), "driver": None,
+            "cuda": None, "torch": torch.__version__}
+
+
+def default_device_name(torch, device) -> str:
+    """The specsim device name (profile folder) for this machine: cpu-local, or the GPU's catalogue key."""
+    if device.type == "cpu":
+        return "cpu-local"
+    name = torch.cuda.get_device_name(device).lower()
+    for key, words in (("h200-sxm", ("h200",)), ("h100-pcie", ("h100", "pcie")), ("h100-sxm", ("h100",)),
+                       ("a100-80gb-sxm", ("a100",)), ("l40s", ("l40s",)), ("l4", ("l4",)),
+                       ("b200", ("b200",))):
+        if all(w in name for w in words):
+            return key
+    raise SpecsimError(f"cannot tell the specsim device name of GPU '{name}': pass --device-name "
+                       f"(one of {', '.join(sorted(GPUS))}, or a name of your own)")
+
+
+# ---------------------------------------------------------------------------------------- capture
+@dataclass
+class CaptureOptions:
+    model: str
+    tp: int = 1
+    device: str = "cpu"
+    dtype: str | None = None  # default: bf16 on cuda, fp32 on cpu
+    grid: str = "quick"
+    device_name: str | None = None
+    threads: int | None = None
+    seed: int = 0
+    max_memory_gb: float | None = None  # cap on one attention point's working set
+    command: str | None = None
+    with_forward: bool = True
+    with_breakdown: bool = True
+    log: Callable[[str], None] | None = field(default=None, repr=False)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise SpecsimError("specsim profile needs torch: pip install 'specsim[torch]'") from None
+    return torch
+
+
+def capture_profile(opts: CaptureOptions) -> Profile:
+    """Measure the profile described by `opts` on this machine and return it (not written)."""
+    torch = _torch()
+    from simulator import torch_models as tm
+
+    if opts.model not in MODELS:
+        raise SpecsimError(f"unknown model '{opts.model}'; valid names: {', '.join(sorted(MODELS))}")
+    arch: ModelArch = MODELS[opts.model]
+    why = arch.check_tp(opts.tp)
+    if why:
+        raise SpecsimError(f"--tp {opts.tp}: {why}")
+    if opts.grid not in GRIDS:
+        raise SpecsimError(f"unknown --grid '{opts.grid}'; expected one of {', '.join(GRIDS)}")
+    g = GRIDS[opts.grid]
+    if opts.device not in ("cpu", "cuda"):
+        raise SpecsimError(f"--device '{opts.device}': expected cpu or cuda")
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise SpecsimError("--device cuda: torch sees no CUDA GPU on this machine")
+    device = torch.device(opts.device)
+    dtype = opts.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in torch_dtypes:
+        raise SpecsimError(f"--dtype '{dtype}': expected one of {', '.join(torch_dtypes)}")
+    tdt = torch_dtypes[dtype]
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    log = opts.log or (lambda s: None)
+    gpu_name = opts.device_name or default_device_name(torch, device)
+    allocator = steady_cpu_allocator() if device.type == "cpu" else "torch CUDA caching allocator"
+    timer = _Timer(torch, device)
+    by = BYTES_PER_DTYPE[dtype]
+    gen = torch.Generator(device=device)
+    gen.manual_seed(opts.seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=tdt)
+
+    mem_cap = _memory_cap(torch, device, opts.max_memory_gb)
+    t_start = time.perf_counter()
+    rows: list[ProfileRow] = []
+    skipped: list[str] = []
+    measured: dict[tuple, float] = {}  # (op, batch, q, ctx, tokens) -> median, for the overhead fit
+
+    # Rotate over copies of the weights / KV so that each timed call finds them in the cache as a
+    # real forward does: a single layer re-run back to back would sit in the last-level cache,
+    # while in a forward the same layer comes back only after all the others. So: as many distinct
+    # layers as the model has (up to what overflows the cache twice), and cold copies of the LM
+    # head / embedding / KV unless the whole model fits in the cache.
+    llc = _cache_bytes(torch, device)
+    flush = 2 * llc if arch.weight_bytes(dtype) / opts.tp > llc else 0
+    layer_bytes = (arch.attn_params_per_layer + arch.mlp_params_per_layer) / opts.tp * by
+    n_rot = int(min(16, arch.n_layers, max(1, math.ceil(2 * llc / layer_bytes))))
+    layer_model = tm.build_model(arch, tp=opts.tp, n_layers=n_rot, dtype=tdt, device=device, seed=opts.seed)
+    s = layer_model.shape
+    blocks = list(layer_model.layers)
+    lm_w = layer_model.lm_head.weight[: -(-s.vocab // opts.tp)]  # the vocab/tp shard of the LM head
+    lm_ws = _copies(lm_w, flush)
+    embeds = [layer_model.embed] + [torch.nn.Embedding.from_pretrained(w) for w in
+                                    _copies(layer_model.embed.weight, flush)[1:]]
+
+    def embed(table, ids, pos):  # Transformer.embed_tokens with a rotating copy of the table
+        x = table(ids)
+        return x if layer_model.pos_embed is None else x + layer_model.pos_embed(pos)
+
+    def per_token_fns(T):
+        x = randn(1, T, s.hidden)
+        pos = torch.arange(T, device=device)[None, :]
+        ids = torch.randint(0, s.vocab, (1, T), generator=gen, device=device)
+        blk, lmw, emb = itertools.cycle(blocks), itertools.cycle(lm_ws), itertools.cycle(embeds)
+        return {
+            "non_attention": lambda: next(blk).non_attention_parts(x, pos),
+            "embedding": lambda: embed(next(emb), ids, pos),
+            "lm_head": lambda: torch.nn.functional.linear(layer_model.norm(x), next(lmw)),
+        }
+
+    def attention_fn(b, q, ctx):
+        n = ctx + q
+        one = 2 * b * n * s.n_kv_heads * s.head_dim * by
+        n_caches = int(min(32, max(1, math.ceil(flush / one)))) if flush else 1
+        caches = itertools.cycle([tm.KVCache(1, b, n, s.n_kv_heads, s.head_dim, tdt, device)
+                                  for _ in range(n_caches)])
+        slots = torch.arange(b, device=device)
+        pos = (ctx + torch.arange(q, device=device))[None, :].expand(b, q)
+        qt, k, v = randn(b, s.n_heads, q, s.head_dim), randn(b, q, s.n_kv_heads, s.head_dim), \
+            randn(b, q, s.n_kv_heads, s.head_dim)
+        kv_lens = torch.full((b,), n, dtype=torch.long, device=device)
+
+        def fn():
+            cache = next(caches)
+            cache.write(0, slots, pos, k, v)
+            kk, vv = cache.gather(0, slots, n)
+            return tm.attention(qt, kk, vv, kv_lens)
+        return fn
+
+    def attention_bytes(b, q, ctx):
+        n = ctx + q
+        kv = 2 * b * n * s.n_kv_heads * s.head_dim * by
+        # cache + gathered copy + GQA-expanded copy + scores/mask (fp32 on the math path)
+        return 2 * kv + kv * s.n_heads / s.n_kv_heads + 3 * b * s.n_heads * q * n * 4
+
+    points: list[tuple[tuple, Callable[[], Callable]]] = []
+    for T in g.tokens:
+        for op in ("non_attention", "embedding", "lm_head"):
+            points.append(((op, 0, 0, 0, T), lambda T=T, op=op: per_token_fns(T)[op]))
+    for (b, q, ctx) in g.attention_points():
+        if ctx + q > arch.max_position:
+            skipped.append(f"attention b={b} q={q} ctx={ctx}: beyond max_position {arch.max_position}")
+            continue
+        need = attention_bytes(b, q, ctx)
+        if need > mem_cap:
+            skipped.append(f"attention b={b} q={q} ctx={ctx}: needs ~{need / 2**30:.1f} GiB > "
+                           f"cap {mem_cap / 2**30:.1f} GiB")
+            continue
+        points.append((("attention", b, q, ctx, b * q), lambda b=b, q=q, ctx=ctx: attention_fn(b, q, ctx)))
+    full = None
+    if opts.with_forward:
+        full = tm.build_model(arch, tp=opts.tp, dtype=tdt, device=device, seed=opts.seed)
+        points += _forward_points(torch, full, g, by, device, mem_cap, skipped)
+    log(f"{len(points)} points, {len(skipped)} skipped")
+
+    with torch.inference_mode():
+        samples = timer.measure_points(points, g, log)
+        for key, t in samples.items():
+            r = _row(*key, t)
+            rows.append(r)
+            measured[r.key] = r.median_s
+        forward_overhead, fwd_notes = None, {}
+        if full is not None:
+            forward_overhead, fwd_notes = _fit_forward_overhead(len(full.layers), measured)
+            del full
+
+        if opts.with_breakdown:
+            log("per-operator breakdown (torch.profiler)")
+            pts = [("non_attention", 0, 0, 0, T, per_token_fns(T)["non_attention"])
+                   for T in g.breakdown_tokens if ("non_attention", 0, 0, 0, T) in measured]
+            pts += [("attention", b, q, c, b * q, attention_fn(b, q, c))
+                    for (b, q, c) in g.breakdown_attention if ("attention", b, q, c, b * q) in measured]
+            for parent, b, q, c, T, fn in pts:
+                rows += _breakdown(torch, device, parent, b, q, c, T, fn, g.profiler_iters)
+
+    allreduce_rows, ar_note = _allreduce_rows(arch, opts.tp, gpu_name, dtype, g)
+    rows += allreduce_rows
+    wall = time.perf_counter() - t_start
+    log(f"captured {len(rows)} rows in {wall:.1f}s")
+
+    meta = ProfileMeta(
+        model=arch.name, tp=opts.tp, dtype=dtype, device=_device_info(torch, device), gpu=gpu_name,
+        attention_backend=ATTENTION_BACKEND, mode="eager",
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        grid=g.describe(), command=opts.command or _default_command(opts),
+        specsim_version=simulator.__version__, step_overhead_s=None,
+        forward_overhead_s=forward_overhead, source="specsim-profiler",
+        notes={
+            "timing": timer.description,
+            "torch_threads": torch.get_num_threads(),
+            "allocator": allocator,
+            "layers_timed": "one layer at the tp shard shape; per-layer ops are for ONE layer",
+            "attention": "KV write + gather of ctx+q positions + SDPA with lower-right causal mask; "
+                         "a batch is padded to its longest context",
+            "lm_head": f"final norm + GEMM over the vocab/tp shard ({lm_w.shape[0]} rows)",
+            "step_overhead_s": "not measured (engine-specific): the fallback's value is used",
+            "forward_overhead": fwd_notes,
+            "allreduce": ar_note,
+            "skipped": skipped,
+            "capture_wall_s": round(wall, 2),
+        },
+    )
+    return Profile(meta=meta, rows=rows)
+
+
+def _cache_bytes(torch, device) -> int:
+    """Last-level cache size (GPU L2, CPU L3), to size the copies that keep timed reads cold."""
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
+    for idx in (3, 2):
+        try:
+            txt = open(f"/sys/devices/system/cpu/cpu0/cache/index{idx}/size").read().strip()
+            return int(txt[:-1]) * {"K": 2**10, "M": 2**20}[txt[-1]]
+        except (OSError, ValueError, KeyError):
+            continue
+    return 32 * 2**20
+
+
+def _copies(w, flush: int) -> list:
+    """`w` plus enough clones of it that cycling through them overflows a cache of `flush` bytes."""
+    n = int(min(16, max(1, math.ceil(flush / (w.numel() * w.element_size()))))) if flush else 1
+    return [w] + [w.clone() for _ in range(n - 1)]
+
+
+def _memory_cap(torch, device, max_gb: float | None) -> float:
+    if max_gb is not None:
+        return max_gb * 2**30
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.7 * free
+    try:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        avail = 8 * 2**30
+    return min(0.25 * avail, 4 * 2**30)  # a CPU capture should not push the machine into swap
+
+
+def _forward_points(torch, model, g: Grid, by: int, device, mem_cap: float, skipped: list[str]):
+    """Whole-model forward points (logits for every position), each as (key, builder)."""
+    sh = model.shape
+    pts = []
+    for (b, q, ctx) in dict.fromkeys(g.forward_points + g.validation_points):
+        kv = len(model.layers) * 2 * b * (ctx + q) * sh.n_kv_heads * sh.head_dim * by
+        if kv > mem_cap:
+            skipped.append(f"forward b={b} q={q} ctx={ctx}: KV cache ~{kv / 2**30:.1f} GiB > cap")
+            continue
+
+        def build(b=b, q=q, ctx=ctx):
+            cache = model.new_cache(b, ctx + q)
+            slots = torch.arange(b)
+            ids = torch.randint(0, sh.vocab, (b, q), device=device)
+
+            def fn():
+                cache.lens[:] = ctx
+                return model(ids, cache, slots)
+            return fn
+        pts.append((("forward", b, q, ctx, b * q), build))
+    return pts
+
+
+OVERHEAD_MAX_TOKENS = 4
+
+
+def _fit_forward_overhead(n_layers: int, measured: dict[tuple, float]):
+    """The fixed cost of a forward beyond its parts: median residual over the small points."""
+    residuals = {}
+    for (op, b, q, ctx, T), t in measured.items():
+        if op != "forward":
+            continue
+        parts = [("non_attention", 0, 0, 0, T), ("attention", b, q, ctx, T), ("embedding", 0, 0, 0, T),
+                 ("lm_head", 0, 0, 0, T)]
+        if any(p not in measured for p in parts):
+            continue  # not on the grid: validation only
+        composed = n_layers * (measured[parts[0]] + measured[parts[1]]) + measured[parts[2]] + measured[parts[3]]
+        residuals[(b, q, ctx)] = t - composed
+    if not residuals:
+        return None, {"method": "no forward point on the measured grid"}
+    # The smallest passes: there the parts are small, so the residual is mostly the fixed cost
+    # and not the parts' own timing error (which grows with the work).
+    small = sorted(residuals, key=lambda p: p[0] * p[1])
+    small = [p for p in small if p[0] * p[1] <= OVERHEAD_MAX_TOKENS] or small[:1]
+    overhead = max(0.0, float(np.median([residuals[p] for p in small])))
+    notes = {"method": f"median over forward points with T <= {OVERHEAD_MAX_TOKENS} of (direct forward "
+                       f"- composed parts), clipped at 0",
+             "residual_s": {f"b{p[0]}_q{p[1]}_ctx{p[2]}": round(v, 9) for p, v in residuals.items()}}
+    return overhead, notes
+
+
+def _breakdown(torch, device, parent, b, q, ctx, T, fn, iters) -> list[ProfileRow]:
+    """Per-operator self time of fn() from torch.profiler, averaged over `iters` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    fn()
+    with profile(activities=acts) as prof:
+        for _ in range(iters):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(float(getattr(e, attr)) for e in events)
+    if cuda and total <= 0:
+        raise SpecsimError(f"torch.profiler returned zero CUDA device time for {parent} b={b} q={q} "
+                           f"ctx={ctx}: the CUDA activity was not recorded (check CUPTI / the torch build)")
+    rows = []
+    for e in events:
+        us = float(getattr(e, attr))
+        if us <= 0:
+            continue
+        t = us / 1e6 / iters
+        rows.append(ProfileRow(f"op:{parent}/{e.key}", b, q, ctx, T, t, t, t, iters))
+    return rows
+
+
+def _allreduce_rows(arch, tp, gpu_name, dtype, g) -> tuple[list[ProfileRow], str]:
+    if tp == 1:
+        return [], "tp = 1: no all-reduce"
+    gpu = GPUS.get(gpu_name)
+    if gpu is None:
+        return [], (f"tp = {tp} but '{gpu_name}' has no catalogue interconnect: no all-reduce rows "
+                    f"(the backend uses its fallback for communication)")
+    p = RooflineParams()
+    link = gpu.interconnect_gbps * 1e9 / 2 * p.interconnect_efficiency
+    rows = []
+    for T in g.tokens:
+        t = p.allreduce_latency_s + 2 * (tp - 1) / tp * T * arch.hidden * BYTES_PER_DTYPE[dtype] / link
+        rows.append(ProfileRow("allreduce", 0, 0, 0, T, t, t, t, 1))
+    return rows, (f"DERIVED, not measured (one device here): ring all-reduce over {gpu.interconnect} "
+                  f"{gpu.interconnect_gbps} GB/s bidirectional x efficiency {p.interconnect_efficiency} "
+                  f"+ {p.allreduce_latency_s} s latency")
+
+
+def _default_command(opts: CaptureOptions) -> str:
+    """The command line that reproduces this capture (when the real one is not at hand)."""
+    parts = ["specsim", "profile", "--model", opts.model, "--tp", str(opts.tp), "--device", opts.device,
+             "--grid", opts.grid]
+    for flag, v in (("--dtype", opts.dtype), ("--device-name", opts.device_name),
+                    ("--threads", opts.threads), ("--max-memory-gb", opts.max_memory_gb)):
+        if v is not None:
+            parts += [flag, str(v)]
+    if opts.seed:
+        parts += ["--seed", str(opts.seed)]
+    parts += [] if opts.with_forward else ["--no-forward"]
+    parts += [] if opts.with_breakdown else ["--no-breakdown"]
+    return shlex.join(parts)

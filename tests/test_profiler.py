@@ -1,0 +1,272 @@
+"""`specsim profile` on this CPU: a quick-grid capture of tiny-draft, the files it writes, the
+loader's checks on corrupted copies, and the composed-vs-direct forward time of the model."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import simulator
+from simulator import torch_models as tm
+from simulator.catalog import MODELS
+from simulator.cli import app
+from simulator.errors import SpecsimError
+from simulator.latency.profile import ProfileLatency
+from simulator.profiler import GRIDS, CaptureOptions, capture_profile
+from simulator.profiles import (CSV_COLUMNS, DEVICE_KEYS, SIDECAR_KEYS, find_profile, load_profile,
+                                write_profile)
+
+torch.set_num_threads(1)
+MODEL = "tiny-draft"
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory):
+    """One quick-grid capture through the CLI, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("profiles")
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, ["profile", "--model", MODEL, "--grid", "quick", "--out", str(root),
+                                   "--threads", "1"])
+    wall = time.perf_counter() - t0
+    assert res.exit_code == 0, res.output
+    path = find_profile("cpu-local", MODEL, 1, root)
+    assert path is not None
+    return root, path, wall, res.output
+
+
+def _copy(captured, tmp_path):
+    root, path, *_ = captured
+    dst = tmp_path / "profiles"
+    shutil.copytree(root, dst)
+    return dst / "cpu-local" / MODEL / "tp1.csv"
+
+
+def test_quick_capture_is_fast_and_complete(captured):
+    root, path, wall, output = captured
+    assert wall < 60, f"quick capture took {wall:.1f} s"
+    assert "wrote" in output and "validation" in output
+    prof = load_profile(path, model=MODEL, tp=1, gpu="cpu-local")
+    m = prof.meta
+    d = json.loads(path.with_suffix(".json").read_text())
+    assert list(d) == list(SIDECAR_KEYS)
+    assert set(d["device"]) == set(DEVICE_KEYS)
+    assert m.format_version == 1 and m.source == "specsim-profiler" and m.mode == "eager"
+    assert m.dtype == "fp32" and m.gpu == "cpu-local" and m.model == MODEL and m.tp == 1
+    assert m.device["memory_bytes"] > 0 and m.device["torch"] == torch.__version__
+    assert m.device["cuda"] is None and m.device["name"]
+    assert m.specsim_version == simulator.__version__
+    assert m.command.startswith("specsim profile --model tiny-draft")
+    assert m.grid["name"] == "quick" and m.date
+    assert m.forward_overhead_s is not None and m.forward_overhead_s >= 0
+    assert m.notes["torch_threads"] == 1 and "thread_time" in m.notes["timing"]
+    assert path.read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+    for r in prof.rows:
+        for t in (r.median_s, r.p10_s, r.p90_s):
+            assert math.isfinite(t) and t > 0
+        assert r.p10_s <= r.median_s <= r.p90_s and r.samples >= 1
+    g = GRIDS["quick"]
+    for op in ("non_attention", "embedding", "lm_head"):
+        assert sorted(prof.table(op)["tokens"].tolist()) == list(g.tokens)
+        assert all(r.samples >= g.min_repeats for r in prof.select(op))
+    attn = {(r.batch, r.q, r.ctx) for r in prof.select("attention")}
+    assert attn == set(g.attention_points())
+    fwd = {(r.batch, r.q, r.ctx) for r in prof.select("forward")}
+    assert fwd == set(g.forward_points) | set(g.validation_points)
+    breakdown = [r for r in prof.rows if r.op.startswith("op:")]
+    assert any(r.op.startswith("op:non_attention/aten::") for r in breakdown)
+    assert any(r.op.startswith("op:attention/aten::") for r in breakdown)
+    assert not prof.select("allreduce")  # tp = 1
+
+
+def test_per_layer_times_grow_with_work(captured):
+    """Sanity of what was timed: a 512-token layer costs more than a 1-token one; a long-context
+    attention more than a short one."""
+    prof = load_profile(captured[1])
+    na = {r.tokens: r.median_s for r in prof.select("non_attention")}
+    assert na[512] > 3 * na[1]
+    at = {(r.batch, r.q, r.ctx): r.median_s for r in prof.select("attention")}
+    assert at[(8, 4, 256)] > at[(1, 1, 0)]
+
+
+def test_round_trip(captured, tmp_path):
+    prof = load_profile(captured[1])
+    out = write_profile(prof, tmp_path)
+    again = load_profile(out)
+    assert again.rows == prof.rows and again.meta == prof.meta
+
+
+def _edit_csv(path, line_no, col, value):
+    lines = path.read_text().splitlines()
+    cells = lines[line_no - 1].split(",")
+    cells[CSV_COLUMNS.index(col)] = value
+    lines[line_no - 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("col,value,expect", [
+    ("median_s", "abc", "line 5, column 'median_s': 'abc' is not a number"),
+    ("median_s", "-0.001", "line 5, column 'median_s'"),
+    ("p90_s", "inf", "line 5, column 'p90_s'"),
+    ("p10_s", "nan", "line 5, column 'p10_s'"),
+    ("batch", "1.5", "line 5, column 'batch': '1.5' is not an integer"),
+    ("op", "mlp", "line 5, column 'op': 'mlp' is not one of"),
+    ("samples", "0", "line 5, column 'samples'"),
+])
+def test_loader_rejects_bad_cells(captured, tmp_path, col, value, expect):
+    path = _copy(captured, tmp_path)
+    _edit_csv(path, 5, col, value)
+    with pytest.raises(SpecsimError) as e:
+        load_profile(path)
+    assert str(path) in str(e.value) and expect in str(e.value)
+
+
+def test_loader_rejects_missing_column(captured, tmp_path):
+    path = _copy(captured, tmp_path)
+    lines = [",".join(l.split(",")[:6] + l.split(",")[7:]) for l in path.read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecsimError, match=r"line 1: missing column\(s\) p10_s") as e:
+        load_profile(path)
+    assert str(path) in str(e.value)
+
+
+def test_loader_rejects_inconsistent_rows(captured, tmp_path):
+    path = _copy(captured, tmp_path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[1]]) + "\n")
+    with pytest.raises(SpecsimError, match=f"line {len(lines) + 1}: duplicate point"):
+        load_profile(path)
+    path.write_text("\n".join(lines + ["attention,2,4,16,9,0.001,0.001,0.001,3"]) + "\n")
+    with pytest.raises(SpecsimError, match="tokens = batch \\* q"):
+        load_profile(path)
+    path.write_text("\n".join(lines + ["non_attention,0,0,0,4000,0.001,0.002,0.003,3"]) + "\n")
+    with pytest.raises(SpecsimError, match="p10_s <= median_s <= p90_s"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (lambda d: d.pop("forward_overhead_s"), "missing sidecar key(s) 'forward_overhead_s'"),
+    (lambda d: d.pop("notes"), "missing sidecar key(s) 'notes'"),
+    (lambda d: d.update(extra=1), "unknown sidecar key(s) 'extra'"),
+    (lambda d: d.update(format_version=2), "key 'format_version' is 2, expected 1"),
+    (lambda d: d["device"].pop("driver"), "key 'device' lacks 'driver'"),
+    (lambda d: d.update(mode="graphs"), "key 'mode' is 'graphs'"),
+    (lambda d: d.update(step_overhead_s=-1), "key 'step_overhead_s' is -1"),
+    (lambda d: d.update(tp=2), "key 'tp' is 2 but the file name says tp1"),
+    (lambda d: d.update(model="tiny-target"), "key 'model' is 'tiny-target' but the profile sits in folder"),
+])
+def test_loader_rejects_bad_sidecar(captured, tmp_path, edit, expect):
+    path = _copy(captured, tmp_path)
+    jp = path.with_suffix(".json")
+    d = json.loads(jp.read_text())
+    edit(d)
+    jp.write_text(json.dumps(d))
+    with pytest.raises(SpecsimError) as e:
+        load_profile(path)
+    assert str(jp) in str(e.value) and expect in str(e.value)
+
+
+def test_loader_checks_what_the_caller_expects(captured, tmp_path):
+    path = _copy(captured, tmp_path)
+    with pytest.raises(SpecsimError, match="key 'model' is 'tiny-draft', expected 'tiny-target'"):
+        load_profile(path, model="tiny-target")
+    with pytest.raises(SpecsimError, match="key 'tp' is 1, expected 4"):
+        load_profile(path, tp=4)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(SpecsimError, match="tp1.json: profile file not found"):
+        load_profile(path)
+    with pytest.raises(SpecsimError, match="incomplete, its pair tp1.json is missing"):
+        find_profile("cpu-local", MODEL, 1, tmp_path / "profiles")
+    assert find_profile("cpu-local", MODEL, 2, tmp_path / "profiles") is None
+
+
+def test_cli_errors_exit_2():
+    res = CliRunner().invoke(app, ["profile", "--model", "nope", "--grid", "quick"])
+    assert res.exit_code == 2 and "unknown model 'nope'" in res.output
+    res = CliRunner().invoke(app, ["profile", "--model", MODEL, "--grid", "huge"])
+    assert res.exit_code == 2 and "unknown --grid 'huge'" in res.output
+    res = CliRunner().invoke(app, ["profile", "--model", MODEL, "--tp", "3"])
+    assert res.exit_code == 2 and "--tp 3: tp=3 must divide the attention head count" in res.output
+    if not torch.cuda.is_available():
+        res = CliRunner().invoke(app, ["profile", "--model", MODEL, "--device", "cuda"])
+        assert res.exit_code == 2 and "torch sees no CUDA GPU" in res.output
+
+
+def _direct_forward_s(model, b, q, ctx, repeats=9):
+    """Median CPU time of the model's whole forward at (b, q, ctx), logits for every position."""
+    cache = model.new_cache(b, ctx + q)
+    slots = torch.arange(b)
+    ids = torch.randint(0, model.shape.vocab, (b, q))
+
+    def fn():
+        cache.lens[:] = ctx
+        model(ids, cache, slots)
+    for _ in range(2):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.thread_time()  # CPU time, as the profiler (single thread) measures
+        fn()
+        ts.append(time.thread_time() - t0)
+    return float(np.median(ts))
+
+
+def _validation_errors(prof, backend):
+    out = []
+    for (b, q, ctx) in GRIDS["quick"].validation_points:
+        (row,) = [r for r in prof.select("forward") if (r.batch, r.q, r.ctx) == (b, q, ctx)]
+        composed = float(backend.forward(np.full(b, q), np.full(b, ctx), b * q).sum())
+        out.append(composed / row.median_s - 1)
+    return np.array(out)
+
+
+def test_composed_forward_matches_direct_forward(captured):
+    """The backend's composition of the tiny model's forward is within 15% of the whole forward
+    (Transformer.forward) timed directly at points off the grid (ctx 100 and 40 lie between grid
+    contexts, T = 6 and 48 between grid token counts), timed in the same passes as the parts.
+    Other processes share this 2-core machine: if a point misses, the capture is taken once more.
+
+    Then an independent cross-check that the capture's forward rows time the real forward: the
+    forward timed here, after the capture, agrees with them within a factor of 2. (Not 15%: the
+    two cores share one 32 MiB L3 and the memory bus, and whatever runs on the other core moves
+    these memory-bound timings by up to ~45% from one minute to the next; CPU time excludes
+    time-slicing but not that. A profiler that timed a no-op or the wrong model would fail it.)"""
+    arch = MODELS[MODEL]
+    prof = load_profile(captured[1])
+    backend = ProfileLatency(prof, arch, None, 1, "fp32")
+    err = _validation_errors(prof, backend)
+    if not np.all(np.abs(err) < 0.15):
+        prof = capture_profile(CaptureOptions(model=MODEL, grid="quick", threads=1, with_breakdown=False))
+        backend = ProfileLatency(prof, arch, None, 1, "fp32")
+        err = _validation_errors(prof, backend)
+    assert np.all(np.abs(err) < 0.15), err
+    assert backend.stats["fallback_calls"] == 0 and backend.stats["measured_share"] == 1.0
+
+    model = tm.build_model(arch, dtype=torch.float32, seed=3)
+    for (b, q, ctx) in GRIDS["quick"].validation_points:
+        (row,) = [r for r in prof.select("forward") if (r.batch, r.q, r.ctx) == (b, q, ctx)]
+        direct = _direct_forward_s(model, b, q, ctx)
+        assert 0.5 < row.median_s / direct < 2.0, (b, q, ctx, row.median_s, direct)
+
+
+def test_allreduce_rows_are_derived_from_the_interconnect():
+    from simulator.profiler import _allreduce_rows
+    g = GRIDS["quick"]
+    rows, note = _allreduce_rows(MODELS["llama-3.1-8b"], 2, "h100-sxm", "bf16", g)
+    assert [r.tokens for r in rows] == list(g.tokens) and note.startswith("DERIVED")
+    t = np.array([r.median_s for r in rows])
+    assert np.all(t > 0) and np.all(np.diff(t) > 0)
+    # 1 token: latency-dominated; 512 tokens x 4096 x 2 bytes over 900/2 GB/s x 0.7, ring factor 1
+    assert t[0] == pytest.approx(8e-6, rel=0.01)
+    assert t[-1] == pytest.approx(8e-6 + 512 * 4096 * 2 / (450e9 * 0.7), rel=1e-6)
+    assert _allreduce_rows(MODELS["llama-3.1-8b"], 1, "h100-sxm", "bf16", g)[0] == []
+    rows, note = _allreduce_rows(MODELS["llama-3.1-8b"], 2, "cpu-local", "bf16", g)
+    assert rows == [] and "no catalogue interconnect" in note
