@@ -28,7 +28,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from simulator import __version__
 from simulator.catalog import BYTES_PER_DTYPE, GPU, GPUS, MODELS, ModelArch
@@ -189,6 +188,7 @@ def _fit(residual_fn, x0: list[float], lower: list[float], upper: list[float]) -
     best = None
     for scale in (1.0, 0.6, 1.4):
         start = np.clip(np.array(x0) * scale, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
+        from scipy.optimize import least_squares  # deferred: slow to import
         r = least_squares(residual_fn, start, bounds=(lower, upper), x_scale="jac")
         if best is None or r.cost < best.cost:
             best = r

@@ -17,6 +17,10 @@ for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile):
 
 
 def main() -> None:
+    import sys
+    # `specsim profile import-vidur DIR` (the spelling) is the same as `specsim import-vidur DIR`.
+    if sys.argv[1:3] == ["profile", "import-vidur"]:
+        del sys.argv[1]
     app()
 
 

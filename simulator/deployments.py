@@ -2,14 +2,24 @@
 
 Everything that needs the catalogues is checked here, with errors that name the field path
 (`deployments[1].tp`) and what was expected.
+
+`acceptance: {sdsl: ...}` is turned into a concrete alpha here (simulator/sdsl.py). With
+`band: true` the runner resolves the deployment three times, as variants "alpha-", "alpha" and
+"alpha+" (named `name[alpha-]`, `name`, `name[alpha+]`), at alpha -/+ the law's RMSE: sqrt of the
+pooled fit's published MSE 0.00128, i.e. 0.0358 (SDSL, arXiv 2603.11053; MODEL.md section 3).
+`gamma: auto` resolves with gamma_auto.GAMMA_MAX as a provisional lookahead (an upper bound for
+the memory plan, enough for `specsim check`); the runner then picks the lookahead at the
+workload's operating point (simulator/gamma_auto.py) and resolves again with it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from simulator import sdsl
 from simulator.catalog import GPU, GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
+from simulator.gamma_auto import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
@@ -44,6 +54,9 @@ class ResolvedDeployment:
     draft_memory: MemoryPlan | None = None  # per dedicated draft GPU
     handshake: Handshake | None = None  # per round, for a dedicated draft
     ssd: SSDConfig | None = None
+    acceptance_sdsl: dict | None = None  # how alpha was derived from the SDSL laws (see sdsl_alpha)
+    gamma_choice: dict | None = None  # gamma: auto: gamma_auto.GammaChoice.as_dict(); set by the runner
+    variant_of: str | None = None  # band variants: the scenario's deployment name
 
     @property
     def gpus(self) -> int:
@@ -55,6 +68,14 @@ class ResolvedDeployment:
         if self.draft_latency is not None:
             sources.add(self.draft_latency.source)
         return "+".join(sorted(sources))
+
+    @property
+    def latency_notes(self) -> dict:
+        """Per model, where its latency backend's numbers come from, in words."""
+        notes = {"target": getattr(self.target_latency, "source_note", None)}
+        if self.draft_latency is not None:
+            notes["draft"] = getattr(self.draft_latency, "source_note", None)
+        return notes
 
 
 def resolve_model(spec: str | InlineModel, field: str) -> ModelArch:
@@ -100,15 +121,67 @@ def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, 
         return IdealLatency(model, gpu, tp, dtype)
     params = roofline_params(cfg, field)
     if cfg.backend == "roofline":
-        return RooflineLatency(model, gpu, tp, dtype, params)
-    from simulator.latency.profile import make_profile_latency  # torch-free, loaded on demand
+        m = RooflineLatency(model, gpu, tp, dtype, params)
+        if cfg.params:
+            m.source_note = f"datasheet peak FLOP/s and bandwidth x efficiencies, scenario params {cfg.params}"
+        return m
     root = Path(cfg.profiles_dir)
     root = root if root.is_absolute() or not (base / root).is_dir() else base / root
+    if cfg.backend == "calibrated":
+        from simulator.calibrate import derived_params
+        got = derived_params(gpu, root)
+        if got is None:
+            raise SpecsimError(f"{field}.backend: 'calibrated' needs a saved calibration under "
+                               f"{root} (run `specsim calibrate`); none found")
+        fitted, how = got
+        m = RooflineLatency(model, gpu, tp, dtype, replace(fitted, **cfg.params))
+        m.source, m.source_note = "derived", how
+        return m
+    from simulator.latency.profile import make_profile_latency  # torch-free, loaded on demand
     return make_profile_latency(model, gpu, tp, dtype, root=root, overrides=cfg.params,
                                 field=field)
 
 
-def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
+BAND_VARIANTS = ("alpha-", "alpha", "alpha+")
+
+
+def band_variants(d: Deployment) -> tuple[str, ...]:
+    """The variants a scenario deployment runs as: three with `band: true`, else one."""
+    return BAND_VARIANTS if d.acceptance is not None and d.acceptance.band else ("alpha",)
+
+
+def sdsl_alpha(acc: Acceptance, draft: ModelArch, target: ModelArch, variant: str,
+               field: str) -> tuple[Acceptance, dict]:
+    """The concrete Acceptance for `acceptance.sdsl` (alpha from the laws, shifted by -/+ RMSE for
+    the band's outer variants), and a record of the derivation for the report."""
+    s = acc.sdsl
+    law = sdsl.ALPHA_LAW
+    info = {"form": "perplexity" if s.draft_ppl is not None else "sizes",
+            "alpha_law": {"A": law.A, "B": law.B, "C": law.C, "rmse": law.rmse}}
+    try:
+        if s.draft_ppl is not None:
+            dppl, tppl = s.draft_ppl, s.target_ppl
+        else:
+            ppl_law = sdsl.PPL_LAWS[s.ppl_law]
+            d_target = s.target_training_tokens or s.training_tokens
+            dppl = sdsl.perplexity(draft.params, s.training_tokens, ppl_law)
+            tppl = sdsl.perplexity(target.params, d_target, ppl_law)
+            info.update(ppl_law=ppl_law.name, draft_params=draft.params, target_params=target.params,
+                        training_tokens=s.training_tokens, target_training_tokens=d_target)
+        band = sdsl.alpha_band(dppl, tppl) if acc.band else None
+        mid = sdsl.alpha_from_ppl(dppl, tppl)
+    except sdsl.SDSLError as e:
+        raise SpecsimError(f"{field}.sdsl: {e}") from None
+    alpha = band[BAND_VARIANTS.index(variant)] if band else mid
+    info.update(draft_ppl=dppl, target_ppl=tppl, alpha_law_mean=mid,
+                band=list(band) if band else None, variant=variant, alpha=alpha)
+    return Acceptance(alpha=alpha, heterogeneity=acc.heterogeneity), info
+
+
+def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
+            gamma: int | None = None) -> ResolvedDeployment:
+    """`variant`: which end of an SDSL band to run ("alpha-", "alpha", "alpha+"); `gamma`: the
+    lookahead chosen for `gamma: auto` (without it, GAMMA_MAX stands in: see the docstring)."""
     f = f"deployments[{index}]"
     target = resolve_model(d.target, f"{f}.target")
     gpu = resolve_gpu(d.gpu, f"{f}.gpu")
@@ -137,7 +210,13 @@ def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
         raise SpecsimError(f"{f}.dtype: {gpu.label} has no FP8 tensor cores")
     if dedicated and d.dtype == "fp8" and draft_gpu.fp8_tflops is None:
         raise SpecsimError(f"{f}.dtype: the draft's {draft_gpu.label} has no FP8 tensor cores")
-    gamma = d.gamma or 0
+    if d.gamma == "auto":
+        gamma = gamma if gamma is not None else GAMMA_MAX
+    else:
+        gamma = d.gamma or 0
+    acceptance, acc_info = d.acceptance, None
+    if acceptance is not None and acceptance.sdsl is not None:
+        acceptance, acc_info = sdsl_alpha(acceptance, draft, target, variant, f"{f}.acceptance")
     sch = d.scheduler
     if d.activation_reserve_gb is not None:
         reserve = d.activation_reserve_gb * 1e9
@@ -170,10 +249,12 @@ def resolve(d: Deployment, index: int, base: Path) -> ResolvedDeployment:
     else:
         price = ((d.tp * gpu.price_per_gpu_hour + n_draft * draft_gpu.price_per_gpu_hour)
                  / (d.tp + n_draft))
-    return ResolvedDeployment(d.name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
-                              d.router, gamma, d.acceptance, sch, d.dtype, mem, tl, dl, price,
+    name = d.name if variant == "alpha" else f"{d.name}[{variant}]"
+    return ResolvedDeployment(name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
+                              d.router, gamma, acceptance, sch, d.dtype, mem, tl, dl, price,
                               d.placement, n_draft, draft_gpu if dedicated else None, draft_mem,
-                              handshake, d.ssd)
+                              handshake, d.ssd, acceptance_sdsl=acc_info,
+                              variant_of=d.name if d.acceptance is not None and d.acceptance.band else None)
 
 
 def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, tp: int,

@@ -9,13 +9,15 @@ import json
 import math
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from simulator.runner import RunResult
 
 SOURCE_MEANING = {
     "measured": "forward passes timed from a latency profile measured on this device",
-    "derived": "roofline with efficiencies calibrated on another measured GPU, scaled by datasheet",
+    "derived": ("roofline with efficiencies fitted to measured profiles: this GPU's, or the nearest "
+                "measured GPU's scaled by datasheet"),
     "roofline": "roofline from datasheet peak FLOP/s and bandwidth with default efficiencies",
     "law": "SDSL's ideal cost model (2 x params / peak FLOP/s per forward pass)",
 }
@@ -69,7 +71,8 @@ def console_table(result: RunResult) -> Table:
     for h, _, _ in COLUMNS:
         t.add_column(h, justify="left" if h in ("design", "latency") else "right")
     for row in result.summary["deployments"]:
-        t.add_row(*[_fmt(g(row), f) if f else str(g(row)) for _, g, f in COLUMNS])
+        # escape: band variants are named like "sd[alpha-]", which rich would read as markup
+        t.add_row(*[_fmt(g(row), f) if f else escape(str(g(row))) for _, g, f in COLUMNS])
     return t
 
 
@@ -101,11 +104,14 @@ def markdown(result: RunResult, scenario_path: str) -> str:
         if row["strategy"] in ("sd", "ssd"):
             acc = (f"alpha {c['alpha']}" if c["alpha"] is not None
                    else f"per-position acceptance {c['per_position']}")
+            if c.get("acceptance_sdsl"):
+                acc = f"alpha {c['alpha']:.4f} ({_sdsl_source(c['acceptance_sdsl'])})"
             where = "colocated"
             if c.get("draft_placement") == "dedicated":
                 where = (f"dedicated {c['draft_gpus']} x {c['draft_gpu']}, handshake "
                          f"{1e6 * c['handshake_fixed_s']:.0f} us + {c['handshake_bytes_per_seq'] / 1e6:.2f} MB/seq")
-            spec += f", draft {c['draft']} ({where}), gamma {c['gamma']}, {acc}"
+            gamma = "auto (see Lookahead)" if c.get("gamma_auto") else c["gamma"]
+            spec += f", draft {c['draft']} ({where}), gamma {gamma}, {acc}"
         if row["strategy"] == "ssd":
             x = c["ssd"]
             spec += (f"; SSD fan-out {x['fanout']['policy']} {row.get('ssd_fanout')}, r {x['r']:g}, "
@@ -116,6 +122,7 @@ def markdown(result: RunResult, scenario_path: str) -> str:
                    f"{m['kv_capacity_tokens']:,} tokens per replica ({m['kv_budget_gb']:.1f} GB/GPU "
                    f"after {m['target_weights_gb'] + m['draft_weights_gb']:.1f} GB weights); "
                    f"${c['price_per_gpu_hour']}/GPU-hour; latency: {row['latency_source']}.")
+    out += _gamma_section(s) + _sdsl_section(s)
     ssd = [r for r in s["deployments"] if r["strategy"] == "ssd"]
     if ssd:
         out += ["", "## SSD pre-speculation", "",
@@ -127,11 +134,83 @@ def markdown(result: RunResult, scenario_path: str) -> str:
     out += ["", "## Where the numbers come from", ""]
     used = sorted({src for r in s["deployments"] for src in r["latency_source"].split("+")})
     out += [f"- **{u}**: {SOURCE_MEANING.get(u, u)}." for u in used]
+    notes = sorted({f"{r['config'][role]} on {r['config']['gpu']}: {note}"
+                    for r in s["deployments"] for role, note in r["latency_notes"].items() if note})
+    out += [f"  - {n}" for n in notes]
     out += ["- Acceptance: sampled per round and per sequence from the stated alpha (Leviathan et al.'s"
             " truncated geometric law) or per-position rates; never a fixed mean.",
             "- Prices are dated scenario inputs (catalogue defaults: November 2026 on-demand list "
             "prices), not constants.", ""]
     return "\n".join(out)
+
+
+def _params(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _sdsl_source(a: dict) -> str:
+    """How an SDSL-derived alpha was obtained, in words."""
+    if a["form"] == "sizes":
+        src = (f"SDSL law from sizes: ppl law {a['ppl_law']}, D = {a['training_tokens']:.3g} tokens, "
+               f"draft ppl {a['draft_ppl']:.3f}, target ppl {a['target_ppl']:.3f}")
+    else:
+        src = f"SDSL law from draft ppl {a['draft_ppl']:g}, target ppl {a['target_ppl']:g}"
+    if a["variant"] != "alpha":
+        sign = "-" if a["variant"] == "alpha-" else "+"
+        src += f"; band end: law mean {a['alpha_law_mean']:.4f} {sign} RMSE {a['alpha_law']['rmse']:.4f}"
+    return src
+
+
+def _gamma_section(s: dict) -> list[str]:
+    rows = [r for r in s["deployments"] if r.get("gamma_choice")]
+    if not rows:
+        return []
+    out = ["", "## Lookahead (gamma: auto)", ""]
+    out += [f"- **{_label(r)}**: gamma {r['gamma_choice']['gamma']}: {r['gamma_choice']['reason']}."
+            for r in rows]
+    return out
+
+
+def _sdsl_section(s: dict) -> list[str]:
+    groups = s.get("sdsl") or []
+    if not groups:
+        return []
+    out = ["", "## SDSL: acceptance from the law, and the optimal draft size", ""]
+    for g in groups:
+        at = "".join(f" at {k} = {v:g}" for k, v in g.get("sweep", {}).items())
+        drafts = g["drafts"]
+        best, near = g["best_by_throughput"], g["nearest_to_n_star"]
+        size = {d["design"]: d["draft_params"] for d in drafts}
+        out += [f"**{g['target']}** ({_params(g['target_params'])}) on {g['tp']} x {g['gpu']}, "
+                f"{g['latency_source']} latencies{at}: the law's optimal draft size is N* = mu*M + M0 = "
+                f"{_params(g['n_star_params'])} (numerical optimum over the laws at D = "
+                f"{g['n_star_training_tokens']:.3g}, {g['n_star_ppl_law']}: "
+                f"{_params(g['n_star_optimizer_params'])}). Highest simulated throughput: **{best}** "
+                f"({_params(size[best])}); the simulated draft nearest N* is {near} "
+                f"({_params(size[near])}).", "",
+                "| design | draft | size | alpha | gamma | tok/s | vs best |",
+                "|---|---|---|---|---|---|---|"]
+        top = max(d["throughput_tokens_per_s"] for d in drafts if d["variant"] == "alpha")
+        out += [f"| {d['design']} | {d['draft']} | {_params(d['draft_params'])} | {d['alpha']:.4f} | "
+                f"{d['gamma']} | {d['throughput_tokens_per_s']:,.0f} | "
+                f"{d['throughput_tokens_per_s'] / top:.2f}x |" for d in drafts]
+        out.append("")
+    band = [r for r in s["deployments"] if r.get("variant_of")]
+    if band:
+        rmse = band[0]["config"]["acceptance_sdsl"]["alpha_law"]["rmse"]
+        out += [f"Uncertainty band (alpha -/+ the law's RMSE, {rmse:.4f}): throughput at each end.",
+                "", "| design | alpha- | alpha | alpha+ |", "|---|---|---|---|"]
+        cells: dict[str, dict] = {}
+        for r in band:
+            key = r["variant_of"] + "".join(f" @{k}={v:g}" for k, v in r.get("sweep", {}).items())
+            a = r["config"]["acceptance_sdsl"]
+            cells.setdefault(key, {})[a["variant"]] = (
+                f"{r['throughput_tokens_per_s']:,.0f} tok/s (alpha {a['alpha']:.3f}, "
+                f"gamma {r['config']['gamma']})")
+        out += [f"| {k} | " + " | ".join(v.get(x, "-") for x in ("alpha-", "alpha", "alpha+")) + " |"
+                for k, v in cells.items()]
+        out.append("")
+    return out
 
 
 def write(result: RunResult, out_dir: Path, scenario_path: str) -> None:

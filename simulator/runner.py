@@ -4,19 +4,21 @@ Returns plain data (the summary dict and the per-request table); report.py write
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from simulator import __version__
-from simulator.deployments import ResolvedDeployment, resolve
+from simulator import __version__, gamma_auto, sdsl
+from simulator.deployments import ResolvedDeployment, band_variants, resolve
 from simulator.engine import Simulation
 from simulator.errors import SpecsimError
+from simulator.latency.ideal import IdealLatency
 from simulator.metrics import request_table, summarise
-from simulator.scenario import Scenario, SSDConfig
+from simulator.scenario import Deployment, Scenario, SSDConfig, Workload
 from simulator.workload import Requests, generate
 
 
@@ -53,6 +55,77 @@ def _points(sc: Scenario) -> list[tuple[dict | None, Scenario]]:
     return out
 
 
+def _expand(sc: Scenario, base: Path) -> list[tuple[int, Deployment, str, ResolvedDeployment]]:
+    """(scenario index, deployment, band variant, resolved) for every deployment and band variant."""
+    out = [(i, d, v, resolve(d, i, base, variant=v))
+           for i, d in enumerate(sc.deployments) for v in band_variants(d)]
+    names = [dep.name for *_, dep in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SpecsimError(f"deployments: band variants collide with other deployment names: {dup}")
+    return out
+
+
+def choose_gamma(dep: ResolvedDeployment, workload: Workload, req: Requests) -> gamma_auto.GammaChoice:
+    """`gamma: auto` for one (resolved) deployment under one workload (simulator/gamma_auto.py)."""
+    alpha = dep.acceptance.alpha
+    if isinstance(dep.target_latency, IdealLatency):
+        ratio = dep.target_latency.peak_flops / dep.draft_latency.peak_flops
+        return gamma_auto.choose_closed_form(alpha, dep.draft.params, dep.target.params, ratio)
+    prompt_mean, output_mean = float(req.prompt.mean()), float(req.output.mean())
+    max_seqs = min(dep.scheduler.max_num_seqs, req.n)
+    if req.concurrency is not None:
+        point = gamma_auto.closed_loop_point(min(req.concurrency, req.n), dep.replicas, max_seqs,
+                                             prompt_mean, output_mean)
+    else:
+        rate = getattr(workload.arrival, "rate_per_s", None)
+        if rate is None:  # trace replay: its mean arrival rate
+            span = float(req.arrival.max() - req.arrival.min())
+            rate = (req.n - 1) / span if span > 0 else float("inf")
+        point = gamma_auto.open_loop_point(dep.target_latency, dep.draft_latency, alpha,
+                                           rate / dep.replicas, prompt_mean, output_mean, max_seqs)
+    return gamma_auto.choose_by_latency(dep.target_latency, dep.draft_latency, alpha, point)
+
+
+def sdsl_summary(rows: list[dict], deps: list[ResolvedDeployment]) -> list[dict]:
+    """Per target (and sweep point): the SDSL law's optimal draft size next to the drafts the
+    scenario simulated with law-derived acceptance, ranked by simulated throughput.
+
+    `rows` and `deps` are aligned: the summary row of each simulated deployment and its
+    resolved deployment (whose gamma may differ between sweep points)."""
+    groups: dict[tuple, list[tuple[dict, ResolvedDeployment]]] = {}
+    for row, dep in zip(rows, deps, strict=True):
+        if dep.acceptance_sdsl is None:
+            continue
+        point = tuple(row.get("sweep", {}).items())
+        key = (dep.target.name, dep.gpu.name, dep.tp, dep.latency_source, point)
+        groups.setdefault(key, []).append((row, dep))
+    out = []
+    for (target, gpu, tp, source, point), group in groups.items():
+        dep0 = group[0][1]
+        m, info = dep0.target.params, dep0.acceptance_sdsl
+        d = info.get("training_tokens", sdsl.DEFAULT_TRAINING_TOKENS)
+        law = sdsl.PPL_LAWS[info.get("ppl_law", sdsl.BESIROGLU_2024.name)]
+        n_star = sdsl.optimal_draft_size_linear(m)
+        drafts = sorted(({"design": row["name"], "draft": dep.draft.name,
+                          "draft_params": dep.draft.params, "variant": dep.acceptance_sdsl["variant"],
+                          "alpha": dep.acceptance.alpha, "gamma": dep.gamma,
+                          "throughput_tokens_per_s": row["throughput_tokens_per_s"]}
+                         for row, dep in group), key=lambda r: -r["throughput_tokens_per_s"])
+        central = [r for r in drafts if r["variant"] == "alpha"]  # band ends left out of the verdict
+        nearest = min(central, key=lambda r: abs(math.log(r["draft_params"] / n_star)))
+        entry = {"target": target, "gpu": gpu, "tp": tp, "latency_source": source,
+                 "target_params": m, "n_star_params": n_star,
+                 "n_star_optimizer_params": sdsl.optimal_draft_size(m, d, law).n_params,
+                 "n_star_training_tokens": d, "n_star_ppl_law": law.name,
+                 "best_by_throughput": central[0]["design"], "nearest_to_n_star": nearest["design"],
+                 "drafts": drafts}
+        if point:
+            entry["sweep"] = dict(point)
+        out.append(entry)
+    return out
+
+
 def _describe(dep: ResolvedDeployment) -> dict:
     d = {"target": dep.target.name, "draft": dep.draft.name if dep.draft else None,
          "gpu": dep.gpu.name, "tp": dep.tp, "replicas": dep.replicas,
@@ -71,6 +144,10 @@ def _describe(dep: ResolvedDeployment) -> dict:
                  draft_memory=dep.draft_memory.as_dict())
     if dep.strategy == "ssd":
         d["ssd"] = (dep.ssd or SSDConfig()).model_dump()
+    if dep.acceptance_sdsl is not None:
+        d["acceptance_sdsl"] = dep.acceptance_sdsl
+    if dep.gamma_choice is not None:
+        d["gamma_auto"] = True
     return d
 
 
@@ -104,12 +181,17 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                  progress: Callable[[str, int], Callable[[int], None]] | None = None) -> RunResult:
     """Simulate every (sweep point, deployment). `progress(label, total)` returns an advance callback."""
     seed = sc.seed if seed is None else seed
-    deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
-    rows, tables = [], []
+    expanded = _expand(sc, base)
+    rows, tables, used = [], [], []
     for point, psc in _points(sc):
         req = generate(psc.workload, seed, base)
-        for i, dep in enumerate(deps):
-            check_fits(dep, req, f"deployments[{i}]")
+        for i, (index, d, variant, dep) in enumerate(expanded):
+            if d.gamma == "auto":  # chosen at this sweep point's operating point, then re-resolved
+                choice = choose_gamma(dep, psc.workload, req)
+                dep = replace(resolve(d, index, base, variant=variant, gamma=choice.gamma),
+                              gamma_choice=choice.as_dict())
+            used.append(dep)
+            check_fits(dep, req, f"deployments[{index}]")
             label = dep.name + (f" {point}" if point else "")
             sim = Simulation(dep, req, seed=seed * 7919 + i,
                              progress=progress(label, req.n) if progress else None)
@@ -122,9 +204,14 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                 row["sweep"] = point
             row.update(m)
             row["latency_source"] = dep.latency_source
+            row["latency_notes"] = dep.latency_notes
             row["latency_stats"] = {"target": getattr(dep.target_latency, "stats", None),
                                     "draft": getattr(dep.draft_latency, "stats", None)}
             row["config"] = _describe(dep)
+            if dep.variant_of is not None:
+                row["variant_of"] = dep.variant_of
+            if dep.gamma_choice is not None:
+                row["gamma_choice"] = dep.gamma_choice
             rows.append(row)
             t = request_table(rec)
             t.insert(0, "deployment", dep.name)
@@ -139,4 +226,6 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
     for design, ref in (sc.compare if sc.sweep is not None else []):
         pair = [r for r in rows if r["name"] in (design, ref)]
         summary.setdefault("crossover", []).extend(crossover(pair, ref, sc.sweep.param))
+    if any(d.acceptance_sdsl is not None for d in used):
+        summary["sdsl"] = sdsl_summary(rows, used)
     return RunResult(summary, pd.concat(tables, ignore_index=True))

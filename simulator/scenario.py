@@ -155,22 +155,54 @@ class Heterogeneity(Strict):
     concentration: PositiveFloat
 
 
+class SDSLAcceptance(Strict):
+    """alpha from the SDSL laws (simulator/sdsl.py): from perplexities via the affine law, or from
+    the catalogue's parameter counts and training tokens via the perplexity law first."""
+    draft_ppl: Annotated[float, Field(gt=1)] | None = None
+    target_ppl: Annotated[float, Field(gt=1)] | None = None
+    training_tokens: PositiveFloat | None = None  # D of both models (the draft's, if the next is set)
+    target_training_tokens: PositiveFloat | None = None
+    ppl_law: Literal["besiroglu", "chinchilla"] = "besiroglu"
+
+    @model_validator(mode="after")
+    def _form(self):
+        ppl = (self.draft_ppl is not None, self.target_ppl is not None)
+        if any(ppl) and not all(ppl):
+            raise ValueError("give both 'draft_ppl' and 'target_ppl'")
+        if all(ppl) == (self.training_tokens is not None):
+            raise ValueError("give either 'draft_ppl' and 'target_ppl', or 'training_tokens' "
+                             "(parameter counts then come from the model catalogue)")
+        if self.training_tokens is None and (self.target_training_tokens is not None
+                                             or self.ppl_law != "besiroglu"):
+            raise ValueError("'target_training_tokens' and 'ppl_law' apply to the "
+                             "'training_tokens' form")
+        return self
+
+
 class Acceptance(Strict):
     alpha: Annotated[float, Field(gt=0, le=1)] | None = None
     per_position: list[Annotated[float, Field(ge=0, le=1)]] | None = None
+    sdsl: SDSLAcceptance | None = None
+    # With sdsl: run the deployment at alpha - RMSE, alpha and alpha + RMSE of the law's fit.
+    band: bool = False
     heterogeneity: Heterogeneity | None = None
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.alpha is None) == (self.per_position is None):
-            raise ValueError("give exactly one of 'alpha' or 'per_position'")
+        if sum(x is not None for x in (self.alpha, self.per_position, self.sdsl)) != 1:
+            raise ValueError("give exactly one of 'alpha', 'per_position' or 'sdsl'")
         if self.per_position is not None and self.heterogeneity is not None:
             raise ValueError("'heterogeneity' applies to 'alpha', not to 'per_position'")
+        if self.band and self.sdsl is None:
+            raise ValueError("'band' applies to 'sdsl' (the law's uncertainty band)")
         return self
 
 
 class Latency(Strict):
-    backend: Literal["roofline", "ideal", "profile"] = "roofline"
+    # roofline: datasheet x default efficiencies; calibrated: roofline with the efficiencies fitted
+    # to measured profiles (this GPU's, or the nearest measured GPU's scaled by datasheet);
+    # profile: measured per-operator times; ideal: SDSL's FLOP cost model.
+    backend: Literal["roofline", "calibrated", "profile", "ideal"] = "roofline"
     # Overrides of RooflineParams fields (see simulator/latency/roofline.py), checked by name.
     params: dict[str, float] = Field(default_factory=dict)
     profiles_dir: str = "profiles"
@@ -231,7 +263,7 @@ class Deployment(Strict):
     # 2 x 10 us + n_seqs * (gamma x vocab bf16 logits + token ids) / (0.7 x one-way GB/s).
     handshake_s: Annotated[float, Field(ge=0)] | None = None
     ssd: SSDConfig | None = None
-    gamma: PositiveInt | None = None
+    gamma: PositiveInt | Literal["auto"] | None = None  # auto: see simulator/gamma_auto.py
     acceptance: Acceptance | None = None
     latency: Latency = Field(default_factory=Latency)
     scheduler: Scheduler = Field(default_factory=Scheduler)
@@ -247,7 +279,14 @@ class Deployment(Strict):
             if missing:
                 raise ValueError(f"strategy '{self.strategy}' needs {', '.join(missing)}")
             pp = self.acceptance.per_position
-            if pp is not None and len(pp) != self.gamma:
+            if self.gamma == "auto":
+                if pp is not None:
+                    raise ValueError("gamma: auto needs a single acceptance rate (alpha or sdsl); "
+                                     "per_position fixes the lookahead")
+                if self.strategy != "sd" or self.placement != "colocated":
+                    raise ValueError("gamma: auto applies to strategy 'sd' with a colocated draft; "
+                                     "give a whole gamma here")
+            elif pp is not None and len(pp) != self.gamma:
                 raise ValueError(f"acceptance.per_position has {len(pp)} entries; gamma is {self.gamma}")
         else:
             extra = [k for k in ("draft", "gamma", "acceptance", "draft_placement")
@@ -327,7 +366,8 @@ class Scenario(Strict):
 
 # ---- loading ----------------------------------------------------------------------------------
 # Fields whose value is a union: pydantic puts the branch tag after them in error locations.
-_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu", "draft_gpu"}
+_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu", "draft_gpu",
+                 "gamma"}
 
 
 def _path(loc: tuple) -> tuple[str, str | None]:

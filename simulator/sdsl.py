@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq, minimize_scalar
 from scipy.special import lambertw
 
 from simulator.errors import SpecsimError
@@ -210,6 +209,7 @@ def _lambert_w_lower(log_minus_z: float) -> float:
         w = lambertw(-math.exp(log_minus_z), k=-1)
         return float(w.real)
     target = -log_minus_z
+    from scipy.optimize import brentq  # deferred: scipy.optimize costs ~1 s at CLI start
     return -brentq(lambda u: u - math.log(u) - target, 1.0, 2.0 * target, xtol=1e-14, rtol=1e-15)
 
 
@@ -329,6 +329,7 @@ def optimal_draft_size(target_params: float, training_tokens: float = DEFAULT_TR
                         f"[{n_min:.3g}, {n_max:.3g}] at M = {m:.3g}, D = {training_tokens:.3g}")
     i = int(values.argmax())
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    from scipy.optimize import minimize_scalar
     res = minimize_scalar(lambda u: -t_star(u), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-7})
     log_n = res.x if -res.fun >= values[i] else grid[i]

@@ -83,3 +83,37 @@ def test_catalogue_parameter_counts_match_published():
         if m.name == "opt-350m":  # projects 512-wide embeddings in and out; not modelled
             continue
         assert m.computed_params == pytest.approx(m.params, rel=0.03), m.name
+
+
+def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
+    """`backend: calibrated` is the roofline with fitted efficiencies: H100's own calibration on
+    H100 (from the committed Vidur import), H100's scaled by datasheet on H200; source 'derived'."""
+    from pathlib import Path
+
+    from simulator.calibrate import calibration_path, load_calibration
+    from simulator.deployments import resolve
+    from simulator.errors import SpecsimError
+    from simulator.scenario import parse_scenario
+
+    root = Path(__file__).resolve().parents[1]
+    fitted = load_calibration(calibration_path("h100-sxm", root / "profiles")).params
+
+    def dep(gpu, **latency):
+        sc = parse_scenario({"name": "c", "workload": {"requests": 1, "arrival": {
+            "process": "poisson", "rate_per_s": 1}, "prompt_tokens": {"dist": "fixed", "value": 8},
+            "output_tokens": {"dist": "fixed", "value": 8}}, "deployments": [{
+                "name": "d", "target": "llama-3.1-8b", "gpu": gpu, "strategy": "ar",
+                "latency": {"backend": "calibrated", **latency}}]})
+        return resolve(sc.deployments[0], 0, root)
+
+    for gpu in ("h100-sxm", "h200-sxm"):
+        d = dep(gpu)
+        lat = d.target_latency
+        assert d.latency_source == "derived" and "h100-sxm" in d.latency_notes["target"]
+        assert lat.params.compute_efficiency == fitted.compute_efficiency
+        plain = RooflineLatency(MODELS["llama-3.1-8b"], GPUS[gpu])
+        q, c = np.full(4, 1), np.full(4, 512)
+        assert not np.isclose(lat.forward(q, c, 4).sum(), plain.forward(q, c, 4).sum())
+    assert dep("h100-sxm", params={"compute_efficiency": 0.3}).target_latency.params.compute_efficiency == 0.3
+    with pytest.raises(SpecsimError, match="calibrated.*needs a saved calibration"):
+        dep("h100-sxm", profiles_dir=str(tmp_path))

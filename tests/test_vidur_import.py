@@ -197,3 +197,33 @@ def test_csv_with_missing_column(tmp_path):
     df.rename(columns={"time_stats.add.min": "time_stats.bogus.min"}).to_csv(d / "mlp.csv", index=False)
     with pytest.raises(SpecsimError, match="unknown Vidur operator column.*bogus"):
         import_vidur(tmp_path / "profiling")
+
+
+def test_engine_runs_a_scenario_on_imported_h100_profile(h100_70b):
+    """End to end: the imported real H100 data times a whole scenario (issue 5's acceptance)."""
+    from simulator.runner import run_scenario
+    from simulator.scenario import parse_scenario
+
+    dep = {"target": "llama-3.1-70b", "gpu": "h100-sxm", "tp": 4, "strategy": "ar"}
+    sc = parse_scenario({
+        "name": "vidur-h100", "seed": 3,
+        "workload": {"requests": 60, "arrival": {"process": "closed", "concurrency": 8},
+                     "prompt_tokens": {"dist": "fixed", "value": 512},
+                     "output_tokens": {"dist": "fixed", "value": 32}},
+        "deployments": [
+            dict(dep, name="measured", latency={"backend": "profile", "profiles_dir": str(h100_70b)}),
+            dict(dep, name="roofline"),
+        ]})
+    rows = {r["name"]: r for r in run_scenario(sc, Path(".")).summary["deployments"]}
+    meas, roof = rows["measured"], rows["roofline"]
+    assert meas["latency_source"] == "measured" and roof["latency_source"] == "roofline"
+    assert meas["requests_completed"] == 60 and meas["output_tokens"] == 60 * 32
+    stats = meas["latency_stats"]["target"]
+    # Vidur measures every linear op: those never fall back; a few attention shapes and the
+    # per-step overhead come from the calibrated roofline, and the report says how much.
+    assert stats["calls"] > 0 and stats["measured_share"] > 0.7
+    assert stats["fallback_lookups"]["non_attention"] == 0 == stats["fallback_lookups"]["embedding"]
+    # Decode at batch 8 on a 70B TP4 shard is weight-bound: the measured step and the roofline's
+    # agree on the order of magnitude, and the measured one is slower than the datasheet bound.
+    tpot_m, tpot_r = meas["tpot_s"]["p50"], roof["tpot_s"]["p50"]
+    assert 0.005 < tpot_m < 0.1 and tpot_m > 0.8 * tpot_r

@@ -13,6 +13,7 @@ from simulator.catalog import GPU, ModelArch
 
 class IdealLatency:
     source = "law"
+    source_note = "SDSL cost model: time proportional to FLOPs (MODEL.md section 5)"
     step_overhead_s = 0.0
 
     def __init__(self, model: ModelArch, gpu: GPU, tp: int = 1, dtype: str = "bf16"):

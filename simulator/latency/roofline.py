@@ -44,6 +44,7 @@ class RooflineLatency:
     """Forward-pass time of `model` split `tp` ways on `gpu`, from datasheet rooflines."""
 
     source = "roofline"
+    source_note = "datasheet peak FLOP/s and bandwidth x efficiencies (default RooflineParams)"
 
     def __init__(self, model: ModelArch, gpu: GPU, tp: int = 1, dtype: str = "bf16",
                  params: RooflineParams | None = None):
@@ -113,11 +114,15 @@ class RooflineLatency:
         return np.array(self._parts(t, pairs, float(ctx.sum()) + t, n_logits))
 
     def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
-        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time."""
+        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time.
+
+        Only attention changes from step to step, so the other components are priced once."""
         n, c0 = ctx.shape[0], float(ctx.sum())
-        lin = att = com = ovh = 0.0
-        for j in range(steps):
-            c = c0 + n * (j + 1)
-            a, b, d, e = self._parts(n, c, c, n_logits)
-            lin, att, com, ovh = lin + a, att + b, com + d, ovh + e
-        return np.array((lin, att, com, ovh))
+        lin, _, com, ovh = self._parts(n, 0.0, 0.0, n_logits)
+        flops_per_pair = self._attn_flops_per_qk / self._attn_flops
+        bytes_per_pos, q_bytes = self._kv_bytes_per_pos / self._bw, n * self._q_bytes_per_tok / self._bw
+        att = 0.0
+        for j in range(1, steps + 1):
+            c = c0 + n * j
+            att += max(c * flops_per_pair, c * bytes_per_pos + q_bytes)
+        return np.array((steps * lin, self.model.n_layers * att, steps * com, steps * ovh))
