@@ -11,8 +11,9 @@ from simulator import cli_core  # noqa: E402
 from simulator import cli_sdsl  # noqa: E402
 from simulator import cli_calibrate  # noqa: E402
 from simulator import cli_profile  # noqa: E402
+from simulator import cli_fidelity  # noqa: E402
 
-for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile):
+for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile, cli_fidelity):
     _module.register(app)
 
 

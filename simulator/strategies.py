@@ -97,8 +97,18 @@ class SpeculativeStrategy(Strategy):
             k = sample_accepted(rng, alpha, self.gamma)
         return Outcome(k + 1, k)
 
+    # Query tokens per sequence in a round's first draft forward. 1: the draft's KV holds every
+    # token but the pending one. 2: it lags by two (as simulator/real_engine.py keeps it, so that
+    # an all-accepted round needs no extra draft pass); the first step re-feeds the last two.
+    draft_first_q = 1
+
     def draft_time(self, b: StepBatch) -> float:
-        if b.n_dec == b.q.shape[0]:
+        if b.n_dec == b.q.shape[0] and self.draft_first_q > 1:
+            k = self.draft_first_q
+            d = self.draft.forward(np.full(b.n_dec, k), np.maximum(b.ctx - (k - 1), 0), b.n_dec)
+            if self.gamma > 1:
+                d = d + decode_steps(self.draft, b.ctx + 1, self.gamma - 1, b.n_dec)
+        elif b.n_dec == b.q.shape[0]:
             d = decode_steps(self.draft, b.ctx, self.gamma, b.n_dec)
         else:
             d = self.draft.forward(np.where(b.is_dec, 1, b.q), b.ctx, b.n_dec + b.n_pre_done)
