@@ -241,7 +241,8 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
         handshake = (Handshake(d.handshake_s) if d.handshake_s is not None
                      else Handshake.from_link(link, gamma, target.vocab))
     tl = make_latency(d.latency, target, gpu, d.tp, d.dtype, base, f"{f}.latency")
-    dl = (make_latency(d.latency, draft, draft_gpu, draft_tp, d.dtype, base, f"{f}.latency")
+    dcfg, dfield = (d.latency, "latency") if d.draft_latency is None else (d.draft_latency, "draft_latency")
+    dl = (make_latency(dcfg, draft, draft_gpu, draft_tp, d.dtype, base, f"{f}.{dfield}")
           if draft else None)
     n_draft = draft_tp if dedicated else 0
     if d.price_per_gpu_hour is not None:

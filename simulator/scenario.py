@@ -266,6 +266,9 @@ class Deployment(Strict):
     gamma: PositiveInt | Literal["auto"] | None = None  # auto: see simulator/gamma_auto.py
     acceptance: Acceptance | None = None
     latency: Latency = Field(default_factory=Latency)
+    # The draft's backend when it differs from the target's (e.g. a measured target profile and
+    # no draft profile: draft_latency: {backend: calibrated}); default: the same as `latency`.
+    draft_latency: Latency | None = None
     scheduler: Scheduler = Field(default_factory=Scheduler)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
@@ -289,7 +292,7 @@ class Deployment(Strict):
             elif pp is not None and len(pp) != self.gamma:
                 raise ValueError(f"acceptance.per_position has {len(pp)} entries; gamma is {self.gamma}")
         else:
-            extra = [k for k in ("draft", "gamma", "acceptance", "draft_placement")
+            extra = [k for k in ("draft", "gamma", "acceptance", "draft_placement", "draft_latency")
                      if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"strategy 'ar' takes no {', '.join(extra)} (did you mean strategy: sd?)")

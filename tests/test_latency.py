@@ -117,3 +117,26 @@ def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
     assert dep("h100-sxm", params={"compute_efficiency": 0.3}).target_latency.params.compute_efficiency == 0.3
     with pytest.raises(SpecsimError, match="calibrated.*needs a saved calibration"):
         dep("h100-sxm", profiles_dir=str(tmp_path))
+
+
+def test_draft_latency_overrides_the_drafts_backend():
+    from pathlib import Path
+
+    from simulator.deployments import resolve
+    from simulator.errors import SpecsimError
+    from simulator.scenario import parse_scenario
+
+    root = Path(__file__).resolve().parents[1]
+    base = {"name": "d", "target": "llama-3.1-8b", "gpu": "h100-sxm"}
+
+    def sc(**dep):
+        return parse_scenario({"name": "c", "workload": {"requests": 1, "arrival": {
+            "process": "poisson", "rate_per_s": 1}, "prompt_tokens": {"dist": "fixed", "value": 8},
+            "output_tokens": {"dist": "fixed", "value": 8}}, "deployments": [dict(base, **dep)]})
+
+    d = resolve(sc(strategy="sd", draft="llama-3.2-1b", gamma=3, acceptance={"alpha": 0.6},
+                   draft_latency={"backend": "calibrated"}).deployments[0], 0, root)
+    assert d.target_latency.source == "roofline" and d.draft_latency.source == "derived"
+    assert d.latency_source == "derived+roofline"
+    with pytest.raises(SpecsimError, match="draft_latency"):
+        sc(strategy="ar", draft_latency={"backend": "calibrated"})
