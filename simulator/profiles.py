@@ -199,14 +199,19 @@ def _load_meta(json_path: Path) -> ProfileMeta:
     return ProfileMeta(**d)
 
 
-def _check_meta(d: dict, where: str) -> None:
-    missing = [k for k in SIDECAR_KEYS if k not in d]
+def _check_keys(d: dict, keys, where: str, what: str) -> None:
+    """Exactly `keys` in `d`: missing and unknown keys are errors naming them."""
+    missing = [k for k in keys if k not in d]
     if missing:
-        raise SpecsimError(f"{where}: missing sidecar key(s) {', '.join(map(repr, missing))}")
-    unknown = [k for k in d if k not in SIDECAR_KEYS]
+        raise SpecsimError(f"{where}: missing {what} key(s) {', '.join(map(repr, missing))}")
+    unknown = [k for k in d if k not in keys]
     if unknown:
-        raise SpecsimError(f"{where}: unknown sidecar key(s) {', '.join(map(repr, unknown))}; "
-                           f"expected only {', '.join(SIDECAR_KEYS)}")
+        raise SpecsimError(f"{where}: unknown {what} key(s) {', '.join(map(repr, unknown))}; "
+                           f"expected only {', '.join(keys)}")
+
+
+def _check_meta(d: dict, where: str) -> None:
+    _check_keys(d, SIDECAR_KEYS, where, "sidecar")
     if d["format_version"] != FORMAT_VERSION or isinstance(d["format_version"], bool):
         raise SpecsimError(f"{where}: key 'format_version' is {d['format_version']!r}, "
                            f"expected {FORMAT_VERSION}")
@@ -226,13 +231,7 @@ def _check_meta(d: dict, where: str) -> None:
     dev = d["device"]
     if not isinstance(dev, dict):
         raise SpecsimError(f"{where}: key 'device' must be an object with keys {', '.join(DEVICE_KEYS)}")
-    missing = [k for k in DEVICE_KEYS if k not in dev]
-    if missing:
-        raise SpecsimError(f"{where}: key 'device' lacks {', '.join(map(repr, missing))}")
-    unknown = [k for k in dev if k not in DEVICE_KEYS]
-    if unknown:
-        raise SpecsimError(f"{where}: key 'device' has unknown key(s) {', '.join(map(repr, unknown))}; "
-                           f"expected only {', '.join(DEVICE_KEYS)}")
+    _check_keys(dev, DEVICE_KEYS, where, "device")
     if not isinstance(dev["name"], str) or not dev["name"]:
         raise SpecsimError(f"{where}: key 'device.name' is {dev['name']!r}, expected a non-empty string")
     mem = dev["memory_bytes"]

@@ -157,7 +157,7 @@ def test_loader_rejects_inconsistent_rows(captured, tmp_path):
     (lambda d: d.pop("notes"), "missing sidecar key(s) 'notes'"),
     (lambda d: d.update(extra=1), "unknown sidecar key(s) 'extra'"),
     (lambda d: d.update(format_version=2), "key 'format_version' is 2, expected 1"),
-    (lambda d: d["device"].pop("driver"), "key 'device' lacks 'driver'"),
+    (lambda d: d["device"].pop("driver"), "missing device key(s) 'driver'"),
     (lambda d: d.update(mode="graphs"), "key 'mode' is 'graphs'"),
     (lambda d: d.update(step_overhead_s=-1), "key 'step_overhead_s' is -1"),
     (lambda d: d.update(tp=2), "key 'tp' is 2 but the file name says tp1"),
