@@ -100,7 +100,7 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
         at = c["stops_paying_at"]
         out.print(f"{c['design']} vs {c['baseline']}: "
                   + (f"stops paying at {c['param']} = {at:g}" if at is not None
-                     else f"pays across the whole {c['param']} sweep"))
+                     else f"pays across the whole {c['param']} sweep"), markup=False)
     out.print(f"[dim]wrote {target}/summary.md, summary.json, requests.csv "
               f"({time.monotonic() - t0:.1f} s wall)[/]")
 
