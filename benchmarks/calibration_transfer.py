@@ -129,4 +129,8 @@ def main(vidur: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR)
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("vidur_dir", nargs="?", type=Path, default=DEFAULT_DIR,
+                    help=f"Vidur's profiling directory (default {DEFAULT_DIR})")
+    main(ap.parse_args().vidur_dir)

@@ -53,6 +53,12 @@ def register(app: typer.Typer) -> None:
         profiles_dir: Path = typer.Option(Path("profiles"), "--profiles-dir",
                                           help="where --reuse-profile looks (<dir>/<device>/<model>/tp1.*)"),
         device_name: str = typer.Option(None, "--device-name", help="profile device folder (default cpu-local)"),
+        repeats: int = typer.Option(2, "--repeats",
+                                    help="real runs per mode and concurrency, interleaved AR, SD, SD, AR; "
+                                         "the point's real metrics are their median"),
+        max_drift: float = typer.Option(0.15, "--max-drift",
+                                        help="rerun (once) a real run whose canary changed by more than this "
+                                             "fraction between before and after (0: never)"),
     ) -> None:
         """Real vs simulated throughput, TTFT, TPOT and crossover on this machine."""
         from simulator.fidelity import FidelityConfig, run_fidelity, write_outputs
@@ -63,7 +69,8 @@ def register(app: typer.Typer) -> None:
                                  temperature=temperature, residual_scale=residual_scale,
                                  prompt_mean=prompt_mean, output_mean=output_mean, seed=seed,
                                  profile_grid=profile_grid, reuse_profile=reuse_profile,
-                                 profiles_dir=str(profiles_dir), device_name=device_name)
+                                 profiles_dir=str(profiles_dir), device_name=device_name,
+                                 repeats=repeats, max_drift=max_drift)
             res = run_fidelity(cfg, out, log=lambda m: _err.print(m, highlight=False))
             paths = write_outputs(res, out)
         except SpecsimError as e:

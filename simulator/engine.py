@@ -114,6 +114,7 @@ class Replica:
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
         self.chunked = sch.chunked_prefill
+        self.max_prefills = sch.max_prefills_per_step  # None: no limit on prefilling rows per step
         self.blocks_total = dep.memory.kv_capacity_tokens // self.bs
         self.strategy = strategy
         self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
@@ -174,10 +175,12 @@ class Replica:
             used = int(per[:keep].sum())
         return used
 
-    def _admit(self, q: np.ndarray, used: int, left: int, whole: bool) -> np.ndarray:
-        """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow."""
+    def _admit(self, q: np.ndarray, used: int, left: int, whole: bool, cap: int | None = None) -> np.ndarray:
+        """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
+        most `cap` of them (the step's remaining prefill slots; None = no limit)."""
         st, new, chunks = self.st, [], []
-        while self.waiting and self.ids.shape[0] + len(new) < self.max_seqs and left > 0:
+        while (self.waiting and self.ids.shape[0] + len(new) < self.max_seqs and left > 0
+               and (cap is None or len(new) < cap)):
             r = self.waiting[0]
             p = int(st.prefill_target[r])
             chunk = p if whole else min(p, left)
@@ -207,7 +210,7 @@ class Replica:
             running_need = comp + (self.qdec + self.lookahead)
             used = int(((running_need + (self.bs - 1)) // self.bs).sum())
             if self.waiting and n < self.max_seqs and used <= self.blocks_total:
-                q = self._admit(np.zeros(n, np.int64), used, self.budget, whole=True)
+                q = self._admit(np.zeros(n, np.int64), used, self.budget, whole=True, cap=self.max_prefills)
                 if q.shape[0] > n:
                     return q, np.zeros(q.shape[0], bool)
             used = self._fit(running_need)
@@ -221,6 +224,8 @@ class Replica:
         else:
             left = self.budget - n_dec * self.qdec
             rem = np.where(is_dec, 0, tgt - comp)
+            if self.max_prefills is not None:  # only the first max_prefills partial prefills run
+                rem[np.cumsum(~is_dec) > self.max_prefills] = 0
             before = np.cumsum(rem) - rem  # partial prefills continue in admission order
             q = np.where(is_dec, self.qdec, np.clip(left - before, 0, rem))
             left -= int(q.sum()) - n_dec * self.qdec
@@ -230,7 +235,10 @@ class Replica:
             keep = self.ids.shape[0]
             self.max_blocks_used = max(self.max_blocks_used, used)
             return q[:keep], is_dec[:keep]
-        q = self._admit(q, used, left, whole=False)
+        cap = None
+        if self.max_prefills is not None:
+            cap = max(0, self.max_prefills - int(np.count_nonzero(~is_dec & (q > 0))))
+        q = self._admit(q, used, left, whole=False, cap=cap)
         if q.shape[0] > n:
             is_dec = np.concatenate([is_dec, np.zeros(q.shape[0] - n, bool)])
         return q, is_dec

@@ -12,12 +12,24 @@ Steps (run_fidelity):
      passes are in the profile; this is the rest of a serving step).
   5. simulate: a scenario built as a dict and validated like YAML (closed loop, the measured
      per-position acceptance, the `profile` latency backend, a scheduler configured as the real
-     loop schedules: whole prompts in prefill-only steps, then decode steps of the whole batch);
-     the host overhead becomes the target's per-step overhead.
+     loop schedules: whole prompts ONE per prefill-only step (`max_prefills_per_step: 1`), then
+     decode steps of the whole batch); the host overhead is charged per step by its kind and
+     batch (HostOverheadLatency): a decode step of b sequences pays the measured AR step / SD
+     round at batch b, a prefill step one sampled token per prompt.
   6. compare: throughput, TTFT P50/P99, TPOT mean/P50/P99 and mean tokens per round, real vs
      simulated; the crossover concurrency (where SD stops beating AR) in each; per-iteration
      diagnostics (measured forward time / the time the profile charges for the same batch)
      that say where the error comes from.
+
+Measuring on a shared machine (step 2). The speed of this CPU drifts by tens of percent within
+minutes (other tenants). So the real runs of one concurrency are interleaved AR, SD, SD, AR
+(`repeats` = 2 gives each mode two runs placed symmetrically in time, cancelling a linear drift)
+and the point's real metrics are the median (mean of two) over its runs. Around every run a
+short "canary" (fixed target and draft forward passes, `canary`) is timed and divided by what the
+profile charges for the same passes: canary ratio 1 = the machine runs at the speed it was
+profiled at. A run whose canary moved by more than `max_drift` between before and after is
+discarded and run again (once; the rerun is kept whatever its drift). The canary is REPORTED
+(per run and per point in fidelity.json, per point in table.md), never used to scale a result.
 
 Pure functions (metrics, comparison, errors, crossover) are separate from the steps that time
 things. Everything except the real timings is deterministic given the seed.
@@ -68,6 +80,8 @@ class FidelityConfig:
     profiles_dir: str = "profiles"
     device_name: str | None = None  # profile folder; default cpu-local on a CPU
     threads: int = 1
+    repeats: int = 2  # real runs per (mode, concurrency), interleaved AR, SD, SD, AR, ...
+    max_drift: float = 0.15  # rerun a real run whose canary moved more than this (0: never)
 
     def check(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -82,6 +96,10 @@ class FidelityConfig:
             raise SpecsimError("--requests must be >= 1")
         if self.temperature < 0:
             raise SpecsimError("--temperature must be >= 0")
+        if self.repeats < 1:
+            raise SpecsimError("--repeats must be >= 1")
+        if self.max_drift < 0:
+            raise SpecsimError("--max-drift must be >= 0")
 
     @property
     def gpu_name(self) -> str:
@@ -97,14 +115,15 @@ def scenario_dict(cfg: FidelityConfig, concurrency: int, profiles_root: Path,
                   acceptance: dict | None = None) -> dict:
     """The simulated side of one concurrency point, as a scenario dict (validated like YAML).
 
-    Scheduler = what run_real does: no chunked prefill (a step either prefills whole new prompts
-    or decodes the whole running batch), an unlimited token budget (every new prompt is admitted
-    at once), at most `concurrency` sequences, KV memory that never binds."""
+    Scheduler = what run_real does: no chunked prefill (a step either prefills a whole new prompt
+    or decodes the whole running batch), one prompt per prefill step (run_real prefills new
+    requests one forward each, before the decode step), an unlimited token budget, at most
+    `concurrency` sequences, KV memory that never binds."""
     gpu = {"name": cfg.gpu_name, "label": f"fidelity device ({cfg.device})", **CPU_GPU}
     common = {"target": cfg.target, "gpu": gpu, "dtype": "fp32" if cfg.device == "cpu" else "bf16",
               "latency": {"backend": "profile", "profiles_dir": str(profiles_root)},
               "scheduler": {"max_num_seqs": int(concurrency), "max_num_batched_tokens": 1 << 20,
-                            "chunked_prefill": False, "block_size": 16},
+                            "chunked_prefill": False, "block_size": 16, "max_prefills_per_step": 1},
               "activation_reserve_gb": 0.5}
     sd = {"name": "sd", "strategy": "sd", "draft": cfg.draft, "gamma": cfg.gamma,
           "acceptance": acceptance or {"alpha": 0.5}, **common}
@@ -176,6 +195,8 @@ def compare(points: list[dict]) -> pd.DataFrame:
     rows = []
     for p in points:
         row = {"mode": p["mode"], "concurrency": int(p["concurrency"]), "alpha": p.get("alpha")}
+        if "canary" in p:  # machine speed vs the profile during the point's real runs (reported only)
+            row["canary"], row["canary_drift"] = p["canary"], p.get("canary_drift")
         for m in METRICS:
             a, b = p["real"][m], p["sim"][m]
             row[f"{m}_real"], row[f"{m}_sim"] = a, b
@@ -232,6 +253,40 @@ def crossovers(table: pd.DataFrame) -> dict:
     res["distance"] = crossover_distance(grid, res["real"], res["predicted"])
     res["ok"] = res["distance"] <= 1
     return res
+
+
+def interleaved_order(repeats: int) -> list[str]:
+    """Run order of one concurrency point: AR, SD, SD, AR, AR, SD, ... (ABBA blocks), so that
+    each mode's runs sit symmetrically in time and a linear drift of the machine cancels."""
+    out = []
+    for i in range(repeats):
+        out += ["ar", "sd"] if i % 2 == 0 else ["sd", "ar"]
+    return out
+
+
+def median_metrics(runs: list[dict]) -> dict:
+    """Per-metric median over repeated real runs (the mean of two)."""
+    keys = runs[0].keys()
+    return {k: float(np.median([r[k] for r in runs])) for k in keys}
+
+
+def merge_diagnostics(diags: list[dict]) -> dict:
+    """Diagnostics of repeated runs: seconds summed, ratio_total over the sums, ratio_median as
+    the median of the runs' medians."""
+    if len(diags) == 1:
+        return diags[0]
+    out = {}
+    parts = {k[: -len("_measured_s")] for d in diags for k in d if k.endswith("_measured_s")}
+    for p in sorted(parts):
+        ds = [d for d in diags if f"{p}_measured_s" in d]
+        meas = sum(d[f"{p}_measured_s"] for d in ds)
+        pred = sum(d[f"{p}_predicted_s"] for d in ds)
+        out[f"{p}_measured_s"], out[f"{p}_predicted_s"] = meas, pred
+        out[f"{p}_ratio_total"] = meas / pred if pred > 0 else float("nan")
+        out[f"{p}_ratio_median"] = float(np.median([d[f"{p}_ratio_median"] for d in ds]))
+    out["mean_batch"] = float(np.mean([d["mean_batch"] for d in diags]))
+    out["iterations"] = int(sum(d["iterations"] for d in diags))
+    return out
 
 
 # ------------------------------------------------------------------------------- host overhead
@@ -295,6 +350,105 @@ def overhead_at(host: dict, mode: str, batch: float) -> float:
     return float(np.interp(batch, host["batch"], host[f"{mode}_s"]))
 
 
+class HostOverheadLatency:
+    """A target latency backend plus the real loop's host work around each target forward.
+
+    run_real's host work depends on what the step is: a decode step of b sequences samples b
+    tokens (AR) or runs the acceptance rule for b sequences (SD, with gamma draft samplings),
+    a prefill samples one token per prompt. A constant per-step overhead (the backend's
+    step_overhead_s) would charge a prefill step like a decode step at the full concurrency.
+    So the overhead is added per forward by its kind: a decode forward (every q equal to the
+    strategy's query tokens and one logit per query token) pays overhead_at(host, mode, b); any
+    other forward (prefill) pays overhead_at(host, "ar", 1) per sampled logit (one per prompt).
+    Everything else is delegated to the wrapped backend."""
+
+    def __init__(self, inner, host: dict, mode: str, q_decode: int):
+        self.inner, self.host, self.mode, self.q_decode = inner, host, mode, int(q_decode)
+        self.step_overhead_s = 0.0
+        self.source = inner.source
+        self._prefill_s = overhead_at(host, "ar", 1)
+        self._memo: dict[int, float] = {}
+
+    def __getattr__(self, name):  # stats, profile, ... of the wrapped backend
+        return getattr(self.__dict__["inner"], name)
+
+    def host_s(self, q: np.ndarray, n_logits: int) -> float:
+        b = int(q.shape[0])
+        if n_logits == b * self.q_decode and int(q.min()) == int(q.max()) == self.q_decode:
+            v = self._memo.get(b)
+            if v is None:
+                v = self._memo[b] = overhead_at(self.host, self.mode, b)
+            return v
+        return n_logits * self._prefill_s
+
+    def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
+        t = np.array(self.inner.forward(q, ctx, n_logits), dtype=float)
+        t[3] += self.host_s(q, n_logits)
+        return t
+
+
+# ------------------------------------------------------------------------------------- canary
+CANARY_SHAPES = (("target", 1, 1), ("target", 8, 5), ("draft", 8, 1))  # (model, batch, q)
+
+
+@dataclass
+class Canary:
+    """Fixed forward passes, timed like run_real times them (wall clock), against the profile.
+
+    Each shape runs `reps` times over a cache filled to mixed contexts (40..200 tokens, as the
+    workload's); the median is divided by the profile backend's time for the same pass. The
+    result is the machine's current speed relative to when it was profiled (1.0 = same; 1.2 =
+    20% slower now). Used only to report drift and to discard runs taken while it moved."""
+
+    target: object
+    draft: object
+    tlat: object
+    dlat: object
+    reps: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        import torch
+        self._torch = torch
+        rng = np.random.default_rng(self.seed + 17)
+        self._ctx = {b: rng.integers(40, 200, size=b) for b in {b for _, b, _ in CANARY_SHAPES}}
+        dev = self.target.embed.weight.device
+        self._caches = {name: m.new_cache(8, 224) for name, m in (("target", self.target), ("draft", self.draft))}
+        self._ids = {(b, q): torch.randint(0, self.target.shape.vocab, (b, q), device=dev,
+                                           generator=torch.Generator(device=dev).manual_seed(self.seed))
+                     for _, b, q in CANARY_SHAPES}
+        self._sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+
+    def __call__(self) -> dict:
+        torch = self._torch
+        out = {}
+        with torch.inference_mode():
+            for name, b, q in CANARY_SHAPES:
+                model = self.target if name == "target" else self.draft
+                lat = self.tlat if name == "target" else self.dlat
+                cache, ctx = self._caches[name], self._ctx[b]
+                slots = torch.arange(b)
+                ids = self._ids[(b, q)]
+                ts = []
+                for i in range(self.reps + 1):
+                    cache.lens[:b] = torch.as_tensor(ctx)
+                    self._sync()
+                    t0 = time.perf_counter()
+                    model(ids, cache, slots)
+                    self._sync()
+                    if i:  # the first call is a warm-up
+                        ts.append(time.perf_counter() - t0)
+                pred = float(np.sum(lat.forward(np.full(b, q), ctx, b * q)))
+                out[f"{name}_b{b}_q{q}"] = float(np.median(ts)) / pred
+        out["ratio"] = float(np.exp(np.mean(np.log([v for v in out.values()]))))
+        return out
+
+
+def canary_drift(before: dict, after: dict) -> float:
+    """Relative change of the canary ratio over a run (after / before - 1)."""
+    return after["ratio"] / before["ratio"] - 1.0
+
+
 # --------------------------------------------------------------------------------- diagnostics
 def iteration_diagnostics(run, tlat, dlat, gamma: int, overhead_s: float) -> dict:
     """Measured time of each part of the real iterations over what the simulator charges for the
@@ -326,7 +480,7 @@ def iteration_diagnostics(run, tlat, dlat, gamma: int, overhead_s: float) -> dic
             rest = decode_steps(dlat, ctx + 1, gamma - 1, b) if gamma > 1 else 0.0
             rec["draft"][1].append(float((first + rest).sum()))
         rec["host"][0].append(r.t_accept + r.t_other)
-        rec["host"][1].append(overhead_s)
+        rec["host"][1].append(overhead_s(b) if callable(overhead_s) else overhead_s)
     out = {}
     for k, (meas, pred) in rec.items():
         if not meas:
@@ -377,8 +531,11 @@ def _profile_paths(cfg: FidelityConfig, out: Path, log) -> tuple[Path, dict]:
 
 
 def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, acceptance: dict,
-                   overhead_s: dict) -> dict:
-    """Simulated metrics of AR and SD at one concurrency: {"ar": metrics, "sd": metrics}."""
+                   host: dict) -> dict:
+    """Simulated metrics of AR and SD at one concurrency: {"ar": metrics, "sd": metrics}.
+    `host`: measure_host_overhead's table, charged per step by HostOverheadLatency."""
+    from dataclasses import replace
+
     from simulator.deployments import resolve
     from simulator.engine import Simulation
     from simulator.runner import check_fits
@@ -391,7 +548,8 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
     for i, d in enumerate(sc.deployments):
         dep = resolve(d, i, Path.cwd())
         check_fits(dep, req, f"deployments[{i}]")
-        dep.target_latency.step_overhead_s = overhead_s[d.name]
+        q_dec = 1 if d.strategy == "ar" else cfg.gamma + 1
+        dep = replace(dep, target_latency=HostOverheadLatency(dep.target_latency, host, d.name, q_dec))
         sim = Simulation(dep, req, seed=cfg.seed * 7919 + i)
         for rep in sim.replicas:  # run_real's draft cache lags two tokens: first draft step q=2
             if hasattr(rep.strategy, "draft_first_q"):
@@ -402,6 +560,17 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
                               "draft": getattr(dep.draft_latency, "stats", None)}
         out[d.name] = m
     return out
+
+
+def _relpath(x: str) -> str:
+    """An absolute path under the working directory as a relative one (results get committed)."""
+    if x.startswith("/") and "\n" not in x:
+        try:
+            rel = Path(x).resolve().relative_to(Path.cwd().resolve())
+            return str(rel)
+        except ValueError:
+            return x
+    return x
 
 
 def _device_info(device: str) -> dict:
@@ -434,6 +603,8 @@ class FidelityResult:
         def clean(x):
             if isinstance(x, float) and not math.isfinite(x):
                 return None
+            if isinstance(x, str):
+                return _relpath(x)
             if isinstance(x, dict):
                 return {str(k): clean(v) for k, v in x.items()}
             if isinstance(x, (list, tuple)):
@@ -493,41 +664,69 @@ def run_fidelity(cfg: FidelityConfig, out: Path, log: Callable[[str], None] = la
                              residual_scale=cfg.residual_scale)
     else:
         tgt, drf = models
-    points, raw = [], []
+    canary = Canary(tgt, drf, tlat, dlat, seed=cfg.seed)
+    canary()  # warm-up
+    points, runs = [], {}
+    discarded = []
     for c in cfg.concurrency:
-        for mode in ("ar", "sd"):
-            t0 = time.perf_counter()
-            run = run_real(tgt, drf if mode == "sd" else None, prompt_lens=req.prompt, output_lens=req.output,
-                           concurrency=c, mode=mode, gamma=cfg.gamma, temperature=cfg.temperature, seed=cfg.seed)
-            m = real_metrics(run)
-            acc = acceptance_stats(run.rounds, cfg.gamma) if mode == "sd" else None
-            raw.append((c, mode, run, acc))
-            log(f"real {mode} c={c}: {m['throughput']:.1f} tok/s, TPOT {m['tpot_mean'] * 1e3:.1f} ms"
-                + (f", alpha {acc['alpha']:.3f}" if acc else "") + f" ({time.perf_counter() - t0:.0f}s)")
+        for mode in interleaved_order(cfg.repeats):
+            for attempt in (0, 1):
+                t0 = time.perf_counter()
+                before = canary()
+                run = run_real(tgt, drf if mode == "sd" else None, prompt_lens=req.prompt,
+                               output_lens=req.output, concurrency=c, mode=mode, gamma=cfg.gamma,
+                               temperature=cfg.temperature, seed=cfg.seed)
+                after = canary()
+                drift = canary_drift(before, after)
+                m = real_metrics(run)
+                info = {"canary_before": before, "canary_after": after, "drift": drift,
+                        "wall_s": round(time.perf_counter() - t0, 1), "attempt": attempt}
+                log(f"real {mode} c={c}: {m['throughput']:.1f} tok/s, TPOT {m['tpot_mean'] * 1e3:.1f} ms, "
+                    f"canary {before['ratio']:.2f} -> {after['ratio']:.2f} ({info['wall_s']:.0f}s)")
+                if attempt == 0 and cfg.max_drift and abs(drift) > cfg.max_drift:
+                    log(f"  canary moved {drift * 100:+.0f}% (> {cfg.max_drift * 100:.0f}%): discarded, run again")
+                    discarded.append({"mode": mode, "concurrency": int(c), "metrics": m,
+                                      **{k: v for k, v in info.items() if k != "attempt"}})
+                    continue
+                runs.setdefault((c, mode), []).append((run, m, info))
+                break
 
     # ---- simulate each point with what was measured, and diagnose
-    by = {(c, mode): (run, acc) for c, mode, run, acc in raw}
     for c in cfg.concurrency:
-        run_sd, acc = by[(c, "sd")]
+        sd_runs = [r for r, _, _ in runs[(c, "sd")]]
+        acc = acceptance_stats(pd.concat([r.rounds for r in sd_runs], ignore_index=True), cfg.gamma)
         spec = acceptance_spec(acc)
-        over = {"ar": overhead_at(host, "ar", c), "sd": overhead_at(host, "sd", c)}
-        sim = simulate_point(cfg, c, profiles_root, spec, over)
+        sim = simulate_point(cfg, c, profiles_root, spec, host)
         for mode in ("ar", "sd"):
-            run = by[(c, mode)][0]
-            diag = iteration_diagnostics(run, tlat, dlat if mode == "sd" else None, cfg.gamma, over[mode])
+            rs = runs[(c, mode)]
+            over = (lambda b, mode=mode: overhead_at(host, mode, b))
+            diags = [iteration_diagnostics(r, tlat, dlat if mode == "sd" else None, cfg.gamma, over)
+                     for r, _, _ in rs]
             stats = sim[mode].pop("latency_stats")
+            infos = [i for _, _, i in rs]
+            ratios = [x["ratio"] for i in infos for x in (i["canary_before"], i["canary_after"])]
             points.append({"mode": mode, "concurrency": int(c),
                            "alpha": acc["alpha"] if mode == "sd" else None,
                            "per_position": acc["per_position"] if mode == "sd" else None,
-                           "real": real_metrics(run), "sim": sim[mode], "diagnostics": diag,
-                           "host_overhead_s": over[mode], "latency_stats": stats})
+                           "real": median_metrics([m for _, m, _ in rs]), "sim": sim[mode],
+                           "real_runs": [m for _, m, _ in rs], "runs": infos,
+                           "canary": float(np.median(ratios)),
+                           "canary_drift": float(max(abs(i["drift"]) for i in infos)),
+                           "diagnostics": merge_diagnostics(diags),
+                           "host_overhead_s": overhead_at(host, mode, c), "latency_stats": stats})
         log(f"simulated c={c}: AR {sim['ar']['throughput']:.1f}, SD {sim['sd']['throughput']:.1f} tok/s")
     table = compare(points)
     errs = error_summary(table)
     cross = crossovers(table)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    all_ratios = [x["ratio"] for p in points for i in p["runs"] for x in (i["canary_before"], i["canary_after"])]
+    drift = {"canary_shapes": [list(s_) for s_ in CANARY_SHAPES], "max_drift": cfg.max_drift,
+             "ratio_min": float(min(all_ratios)), "ratio_median": float(np.median(all_ratios)),
+             "ratio_max": float(max(all_ratios)),
+             "max_abs_drift_kept": float(max(p["canary_drift"] for p in points)),
+             "discarded_runs": discarded}
     extra = {"device": _device_info(cfg.device), "allocator": allocator, "profiles": prof_info,
-             "host_overhead": host, "dominant_error": dominant_error(points),
+             "host_overhead": host, "dominant_error": dominant_error(points), "drift": drift,
              "workload": {"prompt_tokens": req.prompt.tolist(), "output_tokens": req.output.tolist()},
              "wall_s": round(time.perf_counter() - t_start, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return FidelityResult(config, table, errs, cross, points, extra)
@@ -556,7 +755,9 @@ _LABELS = {"throughput": ("throughput tok/s", 1.0, "{:.1f}"), "ttft_p50": ("TTFT
 
 def markdown_table(res: FidelityResult) -> str:
     t = res.table
-    head = ["mode", "conc."] + [_LABELS[m][0] + " real / sim (err)" for m in METRICS]
+    has_canary = "canary" in t.columns
+    head = ["mode", "conc."] + [_LABELS[m][0] + " real / sim (err)" for m in METRICS] + (
+        ["canary (drift)"] if has_canary else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in t.itertuples(index=False):
         d = r._asdict()
@@ -566,6 +767,8 @@ def markdown_table(res: FidelityResult) -> str:
             a, b, e = d[f"{m}_real"], d[f"{m}_sim"], d[f"{m}_err"]
             cells.append(f"{fmt.format(a * scale)} / {fmt.format(b * scale)} ({e * 100:+.0f}%)"
                          if e == e else "-")
+        if has_canary:
+            cells.append(f"{d['canary']:.2f} ({d['canary_drift'] * 100:.0f}%)")
         lines.append("| " + " | ".join(cells) + " |")
     cfg = res.config
     er = res.errors
@@ -586,6 +789,17 @@ def markdown_table(res: FidelityResult) -> str:
            f"Crossover (first concurrency where SD throughput <= AR): real {fmt_c(cr['real'])}, "
            f"predicted {fmt_c(cr['predicted'])} ({'within one grid point' if cr['ok'] else 'MORE than one grid point apart'}).",
            ""]
+    dr = res.extra.get("drift")
+    if dr:
+        sp = " ".join(f"{c}: {cr['speedup_real'][c]:.2f}/{cr['speedup_sim'][c]:.2f}" for c in cr.get("grid", []))
+        hdr[-1:-1] = [
+            "", f"SD/AR throughput speedup real/predicted by concurrency: {sp}.", "",
+            f"Real runs per point: {cfg.get('repeats', 1)} per mode, interleaved AR, SD, SD, AR; real metrics are "
+            f"their median. Canary (fixed target/draft forwards timed around every run, over what the "
+            f"profile charges; 1.00 = the speed the profile was captured at): {dr['ratio_min']:.2f}..{dr['ratio_max']:.2f} "
+            f"(median {dr['ratio_median']:.2f}); largest change over a kept run {dr['max_abs_drift_kept'] * 100:.0f}%; "
+            f"{len(dr['discarded_runs'])} run(s) discarded and rerun for a canary change > {dr['max_drift'] * 100:.0f}%. "
+            f"The canary is reported, never used to scale results."]
     dom = res.extra.get("dominant_error")
     tail = []
     if dom:

@@ -213,6 +213,9 @@ class Scheduler(Strict):
     max_num_batched_tokens: PositiveInt = 8192
     chunked_prefill: bool = True
     block_size: PositiveInt = 16
+    # At most this many sequences prefill (whole prompts or chunks) in one step; None = no limit.
+    # 1 = one prompt per step, as a naive serving loop (and specsim fidelity's real loop) does.
+    max_prefills_per_step: PositiveInt | None = None
 
 
 class Fanout(Strict):
