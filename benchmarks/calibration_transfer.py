@@ -19,7 +19,6 @@ A figure for the closing note, not a timed test.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
