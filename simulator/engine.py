@@ -118,6 +118,7 @@ class Replica:
         self.blocks_total = dep.memory.kv_capacity_tokens // self.bs
         self.strategy = strategy
         self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
+        self._q_cache: dict[int, np.ndarray] = {}
         self.process = env.process(self.run())
 
     @property
@@ -165,6 +166,14 @@ class Replica:
             self.waiting.appendleft(int(r))
 
     # ---- scheduling -------------------------------------------------------------------------
+    def _uniform_q(self, n: int) -> np.ndarray:
+        """full(n, qdec), shared between steps (read-only: nobody writes into a step's q)."""
+        q = self._q_cache.get(n)
+        if q is None:
+            q = self._q_cache[n] = np.full(n, self.qdec)
+            q.flags.writeable = False
+        return q
+
     def _fit(self, need: np.ndarray) -> int:
         """KV blocks for `need` tokens per row; preempts from the tail if they do not fit."""
         per = (need + (self.bs - 1)) // self.bs
@@ -218,7 +227,7 @@ class Replica:
             n = self.ids.shape[0]
             return np.full(n, self.qdec), np.ones(n, bool)
         if n_dec == n:
-            q = np.full(n, self.qdec)
+            q = self._uniform_q(n)
             left = self.budget - n * self.qdec
             need = comp + (self.qdec + self.lookahead)
         else:
@@ -284,7 +293,9 @@ class Replica:
             if completes is None:  # every row decoded: whole-column updates
                 left = S[:, OUT] - S[:, GEN]
                 e = np.minimum(outcome.tokens, left)
-                S[:, COMP:RTOK + 1] += e[:, None]
+                S[:, COMP] += e  # three 1-D adds are cheaper than one broadcast over a 2-D slice
+                S[:, GEN] += e
+                S[:, RTOK] += e
                 S[:, ROUNDS] += 1
                 if outcome.accepted is not None:
                     S[:, ACC] += outcome.accepted

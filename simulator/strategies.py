@@ -9,6 +9,7 @@ can change the step's time, as in SSD), then step_time() prices it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -35,6 +36,15 @@ class StepBatch:
     n_dec: int
     n_pre_done: int  # prefill chunks that complete their prompt (go through the LM head)
 
+    @property
+    def all_decode(self) -> bool:
+        """Every sequence decodes (each puts the strategy's query_tokens into the target pass)."""
+        return self.n_dec == self.q.shape[0]
+
+    @cached_property
+    def ctx_sum(self) -> float:
+        return float(self.ctx.sum())
+
 
 class Strategy:
     """Autoregressive decoding: one target forward per step, one token per decoding sequence."""
@@ -46,6 +56,8 @@ class Strategy:
 
     def __init__(self, target: LatencyModel):
         self.target = target
+        # Backends that price a uniform decode batch from its sums (roofline): the fast path.
+        self._target_uniform = getattr(target, "decode_batch", None)
         self.target_busy = np.zeros(4)  # seconds per latency component
         self.draft_busy = np.zeros(4)
 
@@ -53,7 +65,11 @@ class Strategy:
         return Outcome(1)
 
     def target_time(self, b: StepBatch) -> float:
-        t = self.target.forward(b.q, b.ctx, b.n_dec * self.query_tokens + b.n_pre_done)
+        n_logits = b.n_dec * self.query_tokens + b.n_pre_done
+        if self._target_uniform is not None and b.all_decode:
+            t = self._target_uniform(b.n_dec, self.query_tokens, b.ctx_sum, n_logits)
+        else:
+            t = self.target.forward(b.q, b.ctx, n_logits)
         t[3] += self.target.step_overhead_s
         self.target_busy += t
         return float(t.sum())
@@ -79,6 +95,7 @@ class SpeculativeStrategy(Strategy):
         per-request alphas the engine passes to sample()."""
         super().__init__(target)
         self.draft, self.gamma = draft, gamma
+        self._draft_steps_sum = getattr(draft, "decode_steps_sum", None)
         self.query_tokens = gamma + 1
         self.lookahead = gamma
         self.drafted_per_round = gamma
@@ -108,7 +125,9 @@ class SpeculativeStrategy(Strategy):
             d = self.draft.forward(np.full(b.n_dec, k), np.maximum(b.ctx - (k - 1), 0), b.n_dec)
             if self.gamma > 1:
                 d = d + decode_steps(self.draft, b.ctx + 1, self.gamma - 1, b.n_dec)
-        elif b.n_dec == b.q.shape[0]:
+        elif b.all_decode and self._draft_steps_sum is not None:
+            d = self._draft_steps_sum(b.n_dec, b.ctx_sum, self.gamma, b.n_dec)
+        elif b.all_decode:
             d = decode_steps(self.draft, b.ctx, self.gamma, b.n_dec)
         else:
             d = self.draft.forward(np.where(b.is_dec, 1, b.q), b.ctx, b.n_dec + b.n_pre_done)

@@ -113,16 +113,26 @@ class RooflineLatency:
         pairs = float(np.dot(q, ctx)) + float(np.dot(q, q + 1)) / 2.0
         return np.array(self._parts(t, pairs, float(ctx.sum()) + t, n_logits))
 
-    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
-        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time.
+    def decode_batch(self, n: int, q: int, ctx_sum: float, n_logits: int) -> np.ndarray:
+        """forward() of n sequences with q query tokens each over ctx_sum cached tokens in all.
 
-        Only attention changes from step to step, so the other components are priced once."""
-        n, c0 = ctx.shape[0], float(ctx.sum())
+        The roofline needs only the batch's sums, so the engine's uniform decode steps (most
+        steps) are priced from scalars; equal to forward(full(n, q), ctx, n_logits)."""
+        t = n * q
+        return np.array(self._parts(t, q * ctx_sum + t * (q + 1) / 2.0, ctx_sum + t, n_logits))
+
+    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
+        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time."""
+        return self.decode_steps_sum(ctx.shape[0], float(ctx.sum()), steps, n_logits)
+
+    def decode_steps_sum(self, n: int, ctx_sum: float, steps: int, n_logits: int) -> np.ndarray:
+        """decode_steps() from the batch's size and cached-token sum. Only attention changes from
+        step to step, so the other components are priced once."""
         lin, _, com, ovh = self._parts(n, 0.0, 0.0, n_logits)
         flops_per_pair = self._attn_flops_per_qk / self._attn_flops
         bytes_per_pos, q_bytes = self._kv_bytes_per_pos / self._bw, n * self._q_bytes_per_tok / self._bw
         att = 0.0
         for j in range(1, steps + 1):
-            c = c0 + n * j
+            c = ctx_sum + n * j
             att += max(c * flops_per_pair, c * bytes_per_pos + q_bytes)
         return np.array((steps * lin, self.model.n_layers * att, steps * com, steps * ovh))
