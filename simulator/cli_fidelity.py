@@ -46,8 +46,9 @@ def register(app: typer.Typer) -> None:
         output_mean: float = typer.Option(48.0, "--output-mean", help="mean output tokens (lognormal, cv 0.5)"),
         seed: int = typer.Option(0, "--seed"),
         out: Path = typer.Option(Path("reports/fidelity"), "--out", help="output folder"),
-        profile_grid: str = typer.Option("medium", "--profile-grid",
-                                         help="profiler grid when capturing: quick, medium or default"),
+        profile_grid: str = typer.Option("medium-densectx", "--profile-grid",
+                                         help="profiler grid when capturing: medium-densectx (medium with a "
+                                              "denser context axis, the default), quick, medium or default"),
         reuse_profile: bool = typer.Option(False, "--reuse-profile",
                                            help="use the profiles under --profiles-dir instead of capturing"),
         profiles_dir: Path = typer.Option(Path("profiles"), "--profiles-dir",

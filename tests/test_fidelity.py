@@ -113,6 +113,46 @@ def test_first_draft_step_q2_charges_more():
     assert s2.draft_time(b) > s1.draft_time(b) > 0
 
 
+def test_host_overhead_by_step_kind():
+    """Decode steps pay the measured AR step / SD round at their batch; prefill steps one sampled
+    token per prompt (not a decode step's overhead at the full concurrency)."""
+    from simulator.fidelity import HostOverheadLatency
+
+    class Flat:
+        source = "measured"
+        stats = {"calls": 0}
+
+        def forward(self, q, ctx, n_logits):
+            return np.array([1.0, 0.0, 0.0, 0.0])
+
+    host = {"batch": [1, 4, 16], "ar_s": [1e-4, 4e-4, 1.6e-3], "sd_s": [1e-3, 2e-3, 5e-3]}
+    sd = HostOverheadLatency(Flat(), host, "sd", 5)
+    assert sd.step_overhead_s == 0.0 and sd.stats == {"calls": 0}  # delegated
+    assert sd.forward(np.full(4, 5), np.full(4, 50), 20)[3] == pytest.approx(2e-3)  # verify, b=4
+    assert sd.forward(np.array([40]), np.array([0]), 1)[3] == pytest.approx(1e-4)  # one prefill
+    assert sd.forward(np.array([5]), np.array([0]), 1)[3] == pytest.approx(1e-4)  # a 5-token prompt
+    ar = HostOverheadLatency(Flat(), host, "ar", 1)
+    assert ar.forward(np.ones(16, np.int64), np.full(16, 9), 16)[3] == pytest.approx(1.6e-3)
+
+
+def test_interleaved_order_and_median():
+    from simulator.fidelity import interleaved_order, median_metrics, merge_diagnostics
+    assert interleaved_order(1) == ["ar", "sd"]
+    assert interleaved_order(2) == ["ar", "sd", "sd", "ar"]
+    assert median_metrics([{"x": 1.0}, {"x": 3.0}]) == {"x": 2.0}
+    d = merge_diagnostics([{"target_measured_s": 2.0, "target_predicted_s": 1.0, "target_ratio_median": 2.0,
+                            "mean_batch": 4.0, "iterations": 10},
+                           {"target_measured_s": 1.0, "target_predicted_s": 1.0, "target_ratio_median": 1.0,
+                            "mean_batch": 2.0, "iterations": 5}])
+    assert d["target_ratio_total"] == pytest.approx(1.5) and d["iterations"] == 15
+
+
+def test_scenario_schedules_one_prefill_per_step():
+    from simulator.scenario import parse_scenario
+    sc = parse_scenario(scenario_dict(FidelityConfig(), 4, ROOT / "profiles", {"alpha": 0.7}))
+    assert all(d.scheduler.max_prefills_per_step == 1 for d in sc.deployments)
+
+
 def test_cli_rejects_bad_concurrency():
     from typer.testing import CliRunner
 
@@ -131,7 +171,7 @@ def test_short_fidelity_run_writes_table_with_finite_errors(tmp_path):
     torch.set_num_threads(1)
     cfg = FidelityConfig(concurrency=(1, 2), requests=4, gamma=3, prompt_mean=16, output_mean=12,
                          prompt_range=(4, 32), output_range=(4, 24), reuse_profile=True,
-                         profiles_dir=str(ROOT / "profiles"))
+                         profiles_dir=str(ROOT / "profiles"), max_drift=0.0)
     res = run_fidelity(cfg, tmp_path)
     paths = write_outputs(res, tmp_path)
     t = pd.read_csv(paths["csv"])
@@ -151,3 +191,9 @@ def test_short_fidelity_run_writes_table_with_finite_errors(tmp_path):
     assert j["profiles"]["tiny-target"]["reused"] is True
     d = j["points"][0]["diagnostics"]
     assert d["target_ratio_total"] > 0 and d["iterations"] > 0
+    # drift is measured and reported (never used to scale): a canary around every real run
+    assert {"ratio_min", "ratio_median", "ratio_max", "discarded_runs"} <= set(j["drift"])
+    p0 = j["points"][0]
+    assert len(p0["runs"]) == cfg.repeats and 0.2 < p0["canary"] < 5
+    assert "canary" in t.columns and "Canary" in md
+    assert "/tmp" not in paths["json"].read_text().replace(str(tmp_path), "")

@@ -59,6 +59,16 @@ def test_decode_steps_equals_repeated_forwards():
     assert np.allclose(decode_steps(lat, ctx, 5, 3), direct)
 
 
+def test_uniform_decode_batch_priced_from_sums_equals_forward():
+    """The engine's fast path for all-decode steps must price exactly what forward() does."""
+    lat = RooflineLatency(MODELS["llama-3.1-70b"], H100, 4)
+    rng = np.random.default_rng(0)
+    for n, q in [(1, 1), (7, 5), (66, 6), (300, 1)]:
+        ctx = rng.integers(0, 8000, n)
+        assert np.allclose(lat.decode_batch(n, q, float(ctx.sum()), n * q),
+                           lat.forward(np.full(n, q), ctx, n * q), rtol=1e-12, atol=0)
+
+
 def test_ideal_cost_model():
     m = MODELS["llama-3.1-8b"]
     lat = IdealLatency(m, H100)
