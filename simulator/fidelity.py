@@ -47,33 +47,22 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
+from simulator.metrics import stops_paying
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 METRICS = ("throughput", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "tpot_p99", "tokens_per_round")
+STEADY_CANARY = 0.10  # table.md also summarises the points whose canary ratio is within this of 1
 # Targets of issue 6: median absolute relative error over the sweep (AR and SD points together).
 TARGETS = {"throughput": 0.10, "tpot_mean": 0.10, "tpot_p99": 0.20}
 REAL_DRAFT_FIRST_Q = 2  # run_real feeds 2 tokens per sequence in a round's first draft step
 # The profile grid for fidelity on a CPU: "medium" with a denser context axis (32 apart below 256,
-# 64 up to 512) and q = 5 (gamma 4's verify). CPU attention time is far from smooth in the
-# context: at batch 8 it jumps ~2x between ctx 144 and 176 (SDPA's kernel/blocking and cache
-# thresholds), and the fidelity workload's contexts (50..350) sit right there; interpolating
-# over the powers-of-two contexts of "medium" (128 -> 256) priced a batch-8 attention at
-# ctx 190 ~35% below what it costs. Registered into the profiler's grids under this name.
+# 64 up to 512) and q = 5 (gamma 4's verify). CPU attention time is not smooth in the context:
+# at batch 8 it rises 2.6x between ctx 128 and 256 (0.92 -> 2.4 ms per layer) with a step
+# somewhere between 144 and 192 whose place varies from capture to capture (SDPA blocking and
+# cache thresholds), and the fidelity workload's contexts (50..350) sit right there. The
+# powers-of-two contexts of "medium" interpolate across that step; this grid measures it.
+# Defined in simulator/profiler.py GRIDS under this name (`specsim profile --grid medium-densectx`).
 DENSE_GRID_NAME = "medium-densectx"
-
-
-def _register_dense_grid() -> None:
-    from dataclasses import replace as _replace
-
-    from simulator.profiler import GRIDS
-    if DENSE_GRID_NAME not in GRIDS:
-        GRIDS[DENSE_GRID_NAME] = _replace(
-            GRIDS["medium"], name=DENSE_GRID_NAME, decode_q=(1, 2, 4, 5, 6, 8),
-            contexts=(0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 1024, 2048),
-            min_repeats=12, max_repeats=36, budget_s=0.12, passes=6)
-
-
-_register_dense_grid()
 
 CPU_GPU = {  # the inline device of cpu-local profiles (only the profile's grid times are used)
     "hbm_gb": 16, "bandwidth_tbps": 0.01, "bf16_tflops": 0.1, "interconnect": "none",
@@ -245,12 +234,10 @@ def error_summary(table: pd.DataFrame, targets: dict = TARGETS) -> dict:
 
 
 def crossover(concurrency, ar_throughput, sd_throughput) -> int | None:
-    """The first concurrency at which SD stops beating AR (SD throughput <= AR's); None when SD
-    beats AR at every point of the sweep."""
-    for c, a, s in zip(concurrency, ar_throughput, sd_throughput):
-        if s <= a:
-            return int(c)
-    return None
+    """The concurrency from which SD stops beating AR for good (SD throughput <= AR's there and
+    at every larger point; metrics.stops_paying); None when SD still beats AR at the last point."""
+    at, _ = stops_paying(list(concurrency), [s / a for a, s in zip(ar_throughput, sd_throughput)])
+    return None if at is None else int(at)
 
 
 def crossover_distance(grid, real: int | None, predicted: int | None) -> int:
@@ -812,7 +799,8 @@ def markdown_table(res: FidelityResult) -> str:
            f"Closed loop, {cfg['requests']} requests per point, temperature {cfg['temperature']}, "
            f"torch threads {cfg['threads']}; measured alpha {min(alphas):.3f}..{max(alphas):.3f}. "
            f"Error = simulated / real - 1.",
-           f"Crossover (first concurrency where SD throughput <= AR): real {fmt_c(cr['real'])}, "
+           f"Crossover (the concurrency from which SD throughput stays <= AR's to the end of the "
+           f"sweep; a dip that recovers does not count): real {fmt_c(cr['real'])}, "
            f"predicted {fmt_c(cr['predicted'])} ({'within one grid point' if cr['ok'] else 'MORE than one grid point apart'}).",
            ""]
     dr = res.extra.get("drift")
@@ -826,6 +814,13 @@ def markdown_table(res: FidelityResult) -> str:
             f"(median {dr['ratio_median']:.2f}); largest change over a kept run {dr['max_abs_drift_kept'] * 100:.0f}%; "
             f"{len(dr['discarded_runs'])} run(s) discarded and rerun for a canary change > {dr['max_drift'] * 100:.0f}%. "
             f"The canary is reported, never used to scale results."]
+    if has_canary:  # the same errors over the points measured while the machine ran at profile speed
+        steady = t[(t["canary"] - 1.0).abs() <= STEADY_CANARY]
+        if len(steady):
+            e = error_summary(steady)
+            summary += ["", f"Over the {len(steady)} point(s) whose canary was within {STEADY_CANARY * 100:.0f}% of 1.00 "
+                            "(machine at the speed it was profiled at): "
+                        + ", ".join(f"{m} {e[m]['median_abs'] * 100:.1f}%" for m in TARGETS) + " median abs error."]
     dom = res.extra.get("dominant_error")
     tail = []
     if dom:

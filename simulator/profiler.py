@@ -97,6 +97,18 @@ GRIDS: dict[str, Grid] = {
                    validation_points=((3, 1, 100), (12, 1, 700), (24, 5, 1500), (6, 3, 300), (1, 200, 300)),
                    breakdown_tokens=(1, 64, 1024), breakdown_attention=((8, 1, 512), (1, 256, 0)),
                    warmup=1, min_repeats=16, max_repeats=48, budget_s=0.2, passes=8),
+    # The medium grid with dense contexts where attention time steps on a small CPU (its
+    # place moves between captures): the committed cpu-local profiles used by `specsim fidelity`.
+    "medium-densectx": Grid("medium-densectx", tokens=_geo(1, 4096, 2), batches=(1, 2, 4, 8, 16, 32),
+                            decode_q=(1, 2, 4, 5, 6, 8), prefill_q=(16, 32, 64, 128, 256, 512),
+                            contexts=(0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
+                                      1024, 2048),
+                            forward_points=((1, 1, 64), (2, 1, 128), (1, 4, 64), (8, 1, 256),
+                                            (4, 4, 512), (32, 1, 1024), (1, 128, 0), (1, 512, 512)),
+                            validation_points=((3, 1, 100), (12, 1, 700), (24, 5, 1500), (6, 3, 300),
+                                               (1, 200, 300)),
+                            breakdown_tokens=(1, 64, 1024), breakdown_attention=((8, 1, 512), (1, 256, 0)),
+                            warmup=1, min_repeats=12, max_repeats=36, budget_s=0.12, passes=6),
     # A GPU: T up to 16k, batches up to 256, contexts up to 32k, prefill chunks up to 2048.
     "default": Grid("default", tokens=_geo(1, 16384, 2), batches=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                     decode_q=(1, 2, 4, 6, 8), prefill_q=(128, 256, 512, 1024, 2048),

@@ -17,7 +17,7 @@ from simulator.deployments import ResolvedDeployment, band_variants, resolve
 from simulator.engine import Simulation
 from simulator.errors import SpecsimError
 from simulator.latency.ideal import IdealLatency
-from simulator.metrics import request_table, summarise
+from simulator.metrics import request_table, stops_paying, summarise
 from simulator.scenario import Deployment, Scenario, SSDConfig, Workload
 from simulator.workload import Requests, generate
 
@@ -152,7 +152,8 @@ def _describe(dep: ResolvedDeployment) -> dict:
 
 
 def crossover(summary_rows: list[dict], baseline: str, param: str) -> list[dict]:
-    """Per design: throughput ratio to the baseline at each sweep point, and where it drops to <= 1."""
+    """Per design: throughput ratio to the baseline at each sweep point, and where it stops paying
+    for good (metrics.stops_paying)."""
     by = {}
     for row in summary_rows:
         by.setdefault(row["name"], []).append(row)
@@ -163,14 +164,7 @@ def crossover(summary_rows: list[dict], baseline: str, param: str) -> list[dict]
             continue
         ratios = [(r["sweep"][param], r["throughput_tokens_per_s"] / base[r["sweep"][param]])
                   for r in rows if base.get(r["sweep"][param])]
-        stops = next((x for x, s in ratios if s <= 1.0), None)
-        # Log-linear interpolation between the last point that paid and the first that did not.
-        interp = None
-        for (x0, s0), (x1, s1) in zip(ratios, ratios[1:]):
-            if s0 > 1.0 >= s1:
-                f = (s0 - 1.0) / (s0 - s1)
-                interp = float(np.exp(np.log(x0) + f * (np.log(x1) - np.log(x0))))
-                break
+        stops, interp = stops_paying([x for x, _ in ratios], [r for _, r in ratios])
         out.append({"design": name, "baseline": baseline, "param": param,
                     "speedup": [{param: x, "ratio": s} for x, s in ratios],
                     "stops_paying_at": stops, "stops_paying_at_interpolated": interp})

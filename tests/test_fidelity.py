@@ -61,7 +61,9 @@ def test_crossover_logic():
     grid = [1, 2, 4, 8, 16]
     assert crossover(grid, [10, 20, 30, 40, 50], [15, 25, 31, 39, 45]) == 8
     assert crossover(grid, [10] * 5, [11] * 5) is None  # SD wins everywhere
-    assert crossover(grid, [10] * 5, [9, 12, 12, 12, 12]) == 1  # SD never paid at the first point
+    assert crossover(grid, [10] * 5, [9, 12, 12, 12, 12]) is None  # a dip at batch 1 is not a crossover
+    assert crossover(grid, [10] * 5, [9, 12, 9, 9, 9]) == 4  # stops paying for good from 4
+    assert crossover(grid, [10] * 5, [9, 9, 9, 9, 9]) == 1  # never paid
     assert crossover(grid, [10] * 5, [12, 10, 9, 9, 9]) == 2  # a tie is "stops beating"
     assert crossover_distance(grid, 8, 8) == 0
     assert crossover_distance(grid, 8, 16) == 1
@@ -197,3 +199,11 @@ def test_short_fidelity_run_writes_table_with_finite_errors(tmp_path):
     assert len(p0["runs"]) == cfg.repeats and 0.2 < p0["canary"] < 5
     assert "canary" in t.columns and "Canary" in md
     assert "/tmp" not in paths["json"].read_text().replace(str(tmp_path), "")
+
+
+def test_stops_paying_interpolates_between_last_paying_point_and_crossover():
+    from simulator.metrics import stops_paying
+    at, interp = stops_paying([1, 2, 4, 8], [1.5, 0.9, 1.2, 0.8])
+    assert at == 8 and interp == pytest.approx(4 * 2 ** 0.5)  # ratio 1.2 -> 0.8: halfway in log
+    assert stops_paying([1, 2], [1.1, 1.05]) == (None, None)
+    assert stops_paying([1, 2], [0.9, 0.8]) == (1, None)
