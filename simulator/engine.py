@@ -187,6 +187,9 @@ class Replica:
     def _admit(self, q: np.ndarray, used: int, left: int, whole: bool, cap: int | None = None) -> np.ndarray:
         """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
         most `cap` of them (the step's remaining prefill slots; None = no limit)."""
+        if not self.waiting:  # the common case under load: nothing to admit
+            self.max_blocks_used = max(self.max_blocks_used, used)
+            return q
         st, new, chunks = self.st, [], []
         while (self.waiting and self.ids.shape[0] + len(new) < self.max_seqs and left > 0
                and (cap is None or len(new) < cap)):

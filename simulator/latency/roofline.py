@@ -76,6 +76,7 @@ class RooflineLatency:
         self._comm_fixed = 2.0 * m.n_layers * p.allreduce_latency_s
         self._linear_cache: dict[int, float] = {}
         self._head_cache: dict[int, float] = {}
+        self._fixed_cache: dict[tuple[int, int], tuple] = {}  # (n, n_logits) -> non-attention parts
 
     def _gemm_time(self, tokens: float, k: np.ndarray | float, n: np.ndarray | float):
         flops = 2.0 * tokens * k * n
@@ -128,7 +129,12 @@ class RooflineLatency:
     def decode_steps_sum(self, n: int, ctx_sum: float, steps: int, n_logits: int) -> np.ndarray:
         """decode_steps() from the batch's size and cached-token sum. Only attention changes from
         step to step, so the other components are priced once."""
-        lin, _, com, ovh = self._parts(n, 0.0, 0.0, n_logits)
+        key = (n, n_logits)
+        fixed = self._fixed_cache.get(key)
+        if fixed is None:
+            lin, _, com, ovh = self._parts(n, 0.0, 0.0, n_logits)
+            fixed = self._fixed_cache[key] = (lin, com, ovh)
+        lin, com, ovh = fixed
         flops_per_pair = self._attn_flops_per_qk / self._attn_flops
         bytes_per_pos, q_bytes = self._kv_bytes_per_pos / self._bw, n * self._q_bytes_per_tok / self._bw
         att = 0.0
