@@ -364,7 +364,8 @@ def _distance(a: GPU, b: GPU) -> tuple[int, float]:
     return (0 if same else 1, abs(math.log(a.ridge_flop_per_byte / b.ridge_flop_per_byte)))
 
 
-def derived_params(gpu: GPU, root: Path | str = Path("profiles")) -> tuple[RooflineParams, str] | None:
+def derived_params(gpu: GPU, root: Path | str = Path("profiles"),
+                   nearest: bool = True) -> tuple[RooflineParams, str] | None:
     """RooflineParams for `gpu` from the saved calibrations under `root`, and where they came from.
 
     `gpu`'s own calibration if it has one ("calibrated on ..."); else the nearest calibrated GPU's
@@ -373,13 +374,15 @@ def derived_params(gpu: GPU, root: Path | str = Path("profiles")) -> tuple[Roofl
     compute- and which memory-bound at serving batch sizes and so which efficiency matters.
     Efficiencies are fractions of datasheet peak and carry across by the new datasheet; the
     fixed-time params (overheads, all-reduce latency) carry across unchanged. None if nothing
-    under `root` is calibrated.
+    under `root` is calibrated (or, with nearest=False, if `gpu` itself is not).
     """
     root = Path(root)
     own = calibration_path(gpu.name, root)
     if own.is_file():
         cal = load_calibration(own)
         return cal.params, f"calibrated on {gpu.name} ({cal.profile_source})"
+    if not nearest:
+        return None
     candidates = []
     for path in sorted(root.glob(f"*/{CALIBRATION_FILE}")) if root.is_dir() else []:
         name = path.parent.name

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from simulator.cli_core import user_errors
 from simulator.errors import SpecsimError
 
 _out = Console()
@@ -30,6 +31,7 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
 
 def register(app: typer.Typer) -> None:
     @app.command("fidelity")
+    @user_errors
     def fidelity_cmd(
         device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
         target: str = typer.Option("tiny-target", "--target", help="catalogue model served as the target"),
@@ -64,18 +66,14 @@ def register(app: typer.Typer) -> None:
         """Real vs simulated throughput, TTFT, TPOT and crossover on this machine."""
         from simulator.fidelity import FidelityConfig, run_fidelity, write_outputs
 
-        try:
-            cfg = FidelityConfig(device=device, target=target, draft=draft, gamma=gamma,
-                                 concurrency=parse_concurrency(concurrency), requests=requests,
-                                 temperature=temperature, residual_scale=residual_scale,
-                                 prompt_mean=prompt_mean, output_mean=output_mean, seed=seed,
-                                 profile_grid=profile_grid, reuse_profile=reuse_profile,
-                                 profiles_dir=str(profiles_dir), device_name=device_name,
-                                 repeats=repeats, max_drift=max_drift)
-            res = run_fidelity(cfg, out, log=lambda m: _err.print(m, highlight=False))
-            paths = write_outputs(res, out)
-        except SpecsimError as e:
-            _err.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2)
+        cfg = FidelityConfig(device=device, target=target, draft=draft, gamma=gamma,
+                             concurrency=parse_concurrency(concurrency), requests=requests,
+                             temperature=temperature, residual_scale=residual_scale,
+                             prompt_mean=prompt_mean, output_mean=output_mean, seed=seed,
+                             profile_grid=profile_grid, reuse_profile=reuse_profile,
+                             profiles_dir=str(profiles_dir), device_name=device_name,
+                             repeats=repeats, max_drift=max_drift)
+        res = run_fidelity(cfg, out, log=lambda m: _err.print(m, highlight=False))
+        paths = write_outputs(res, out)
         _out.print(paths["md"].read_text(), highlight=False, markup=False)
         _out.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)

@@ -57,6 +57,9 @@ class ResolvedDeployment:
     acceptance_sdsl: dict | None = None  # how alpha was derived from the SDSL laws (see sdsl_alpha)
     gamma_choice: dict | None = None  # gamma: auto: gamma_auto.GammaChoice.as_dict(); set by the runner
     variant_of: str | None = None  # band variants: the scenario's deployment name
+    # Query tokens per sequence in a colocated draft's first step of a round: 1 when its KV holds
+    # every token but the pending one; 2 when it lags by two (simulator/real_engine.py).
+    draft_first_q: int = 1
 
     @property
     def gpus(self) -> int:
@@ -185,10 +188,9 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     f = f"deployments[{index}]"
     target = resolve_model(d.target, f"{f}.target")
     gpu = resolve_gpu(d.gpu, f"{f}.gpu")
-    for model, tp, key in [(target, d.tp, "tp")]:
-        why = model.check_tp(tp)
-        if why:
-            raise SpecsimError(f"{f}.{key}: {why} of {model.name}")
+    why = target.check_tp(d.tp)
+    if why:
+        raise SpecsimError(f"{f}.tp: {why} of {target.name}")
     dedicated = d.placement == "dedicated"
     draft, draft_tp = None, (d.draft_gpus or 1) if dedicated else (d.draft_tp or d.tp)
     draft_gpu = resolve_gpu(d.draft_gpu, f"{f}.draft_gpu") if d.draft_gpu is not None else gpu

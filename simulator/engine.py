@@ -219,16 +219,14 @@ class Replica:
         if not self.chunked:
             # vLLM v0 without chunked prefill: whole new prompts in a prefill-only step when
             # any fit, otherwise a decode step of the running batch.
-            running_need = comp + (self.qdec + self.lookahead)
-            used = int(((running_need + (self.bs - 1)) // self.bs).sum())
-            if self.waiting and n < self.max_seqs and used <= self.blocks_total:
+            used = self._fit(comp + (self.qdec + self.lookahead))  # preempts when it cannot fit
+            if self.ids.shape[0] == n and self.waiting and n < self.max_seqs:
                 q = self._admit(np.zeros(n, np.int64), used, self.budget, whole=True, cap=self.max_prefills)
                 if q.shape[0] > n:
                     return q, np.zeros(q.shape[0], bool)
-            used = self._fit(running_need)
             self.max_blocks_used = max(self.max_blocks_used, used)
             n = self.ids.shape[0]
-            return np.full(n, self.qdec), np.ones(n, bool)
+            return self._uniform_q(n), np.ones(n, bool)
         if n_dec == n:
             q = self._uniform_q(n)
             left = self.budget - n * self.qdec

@@ -562,11 +562,10 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
         dep = resolve(d, i, Path.cwd())
         check_fits(dep, req, f"deployments[{i}]")
         q_dec = 1 if d.strategy == "ar" else cfg.gamma + 1
-        dep = replace(dep, target_latency=HostOverheadLatency(dep.target_latency, host, d.name, q_dec))
+        # run_real's draft cache lags two tokens: its first draft step feeds q=2
+        dep = replace(dep, target_latency=HostOverheadLatency(dep.target_latency, host, d.name, q_dec),
+                      draft_first_q=REAL_DRAFT_FIRST_Q)
         sim = Simulation(dep, req, seed=cfg.seed * 7919 + i)
-        for rep in sim.replicas:  # run_real's draft cache lags two tokens: first draft step q=2
-            if hasattr(rep.strategy, "draft_first_q"):
-                rep.strategy.draft_first_q = REAL_DRAFT_FIRST_Q
         rec = sim.run()
         m = sim_metrics(rec)
         m["latency_stats"] = {"target": getattr(dep.target_latency, "stats", None),

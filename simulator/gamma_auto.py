@@ -89,7 +89,7 @@ def closed_loop_point(concurrency: int, replicas: int, max_num_seqs: int, prompt
 def ar_step_time(target: LatencyModel, batch: int, context: int) -> float:
     """One AR decode step of `batch` sequences (engine step overhead included)."""
     ones, ctx = np.ones(batch, np.int64), np.full(batch, context, np.int64)
-    return float(target.forward(ones, ctx, batch).sum()) + getattr(target, "step_overhead_s", 0.0)
+    return float(target.forward(ones, ctx, batch).sum()) + target.step_overhead_s
 
 
 def sd_round_time(target: LatencyModel, draft: LatencyModel, gamma: int, batch: int,
@@ -99,7 +99,7 @@ def sd_round_time(target: LatencyModel, draft: LatencyModel, gamma: int, batch: 
     t_draft = float(decode_steps(draft, ctx, gamma, batch).sum())
     q = np.full(batch, gamma + 1, np.int64)
     t_verify = float(target.forward(q, ctx, batch * (gamma + 1)).sum())
-    return t_draft + t_verify + getattr(target, "step_overhead_s", 0.0)
+    return t_draft + t_verify + target.step_overhead_s
 
 
 def ar_throughput(target: LatencyModel, batch: int, context: int) -> float:
@@ -158,10 +158,10 @@ def choose_closed_form(alpha: float, draft_params: float, target_params: float,
     n_eff = draft_params * peak_ratio
     g_star = sdsl.optimal_gamma(alpha, n_eff, target_params)
     t_star = sdsl.optimal_tokens_per_flop(alpha, n_eff, target_params)
-    gamma = sdsl.best_integer_gamma(alpha, n_eff, target_params)
     candidates = sorted({max(1, math.floor(g_star)), max(1, math.ceil(g_star))})
     curve = [{"gamma": k, "tokens_per_flop": sdsl.tokens_per_flop(alpha, k, n_eff, target_params)}
              for k in candidates]
+    gamma = max(curve, key=lambda c: c["tokens_per_flop"])["gamma"]
     reason = (f"closed form (ideal backend): gamma* = {g_star:.3f} (Lambert W, alpha {alpha:.4f}, "
               f"N/M = {n_eff / target_params:.4g}); {gamma} is the better whole lookahead of "
               + " / ".join(f"T({c['gamma']}) = {c['tokens_per_flop'] / t_star:.5f} T*" for c in curve))

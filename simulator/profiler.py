@@ -26,7 +26,7 @@ import platform
 import shlex
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -34,7 +34,7 @@ import numpy as np
 import simulator
 from simulator.catalog import BYTES_PER_DTYPE, GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
-from simulator.latency.roofline import RooflineParams
+from simulator.latency.roofline import RooflineLatency
 from simulator.profiles import Profile, ProfileMeta, ProfileRow
 
 ATTENTION_BACKEND = "torch-sdpa-padded"  # gather to the batch's max context, masked (torch_models)
@@ -97,18 +97,6 @@ GRIDS: dict[str, Grid] = {
                    validation_points=((3, 1, 100), (12, 1, 700), (24, 5, 1500), (6, 3, 300), (1, 200, 300)),
                    breakdown_tokens=(1, 64, 1024), breakdown_attention=((8, 1, 512), (1, 256, 0)),
                    warmup=1, min_repeats=16, max_repeats=48, budget_s=0.2, passes=8),
-    # The medium grid with dense contexts where attention time steps on a small CPU (its
-    # place moves between captures): the committed cpu-local profiles used by `specsim fidelity`.
-    "medium-densectx": Grid("medium-densectx", tokens=_geo(1, 4096, 2), batches=(1, 2, 4, 8, 16, 32),
-                            decode_q=(1, 2, 4, 5, 6, 8), prefill_q=(16, 32, 64, 128, 256, 512),
-                            contexts=(0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
-                                      1024, 2048),
-                            forward_points=((1, 1, 64), (2, 1, 128), (1, 4, 64), (8, 1, 256),
-                                            (4, 4, 512), (32, 1, 1024), (1, 128, 0), (1, 512, 512)),
-                            validation_points=((3, 1, 100), (12, 1, 700), (24, 5, 1500), (6, 3, 300),
-                                               (1, 200, 300)),
-                            breakdown_tokens=(1, 64, 1024), breakdown_attention=((8, 1, 512), (1, 256, 0)),
-                            warmup=1, min_repeats=12, max_repeats=36, budget_s=0.12, passes=6),
     # A GPU: T up to 16k, batches up to 256, contexts up to 32k, prefill chunks up to 2048.
     "default": Grid("default", tokens=_geo(1, 16384, 2), batches=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                     decode_q=(1, 2, 4, 6, 8), prefill_q=(128, 256, 512, 1024, 2048),
@@ -121,6 +109,12 @@ GRIDS: dict[str, Grid] = {
                     breakdown_attention=((32, 1, 4096), (1, 2048, 0)),
                     warmup=3, min_repeats=10, max_repeats=100, budget_s=0.2, passes=2),
 }
+# The medium grid with dense contexts where attention time steps on a small CPU (its place moves
+# between captures): the committed cpu-local profiles used by `specsim fidelity`.
+GRIDS["medium-densectx"] = replace(
+    GRIDS["medium"], name="medium-densectx", decode_q=(1, 2, 4, 5, 6, 8),
+    contexts=(0, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 1024, 2048),
+    min_repeats=12, max_repeats=36, budget_s=0.12, passes=6)
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -563,11 +557,11 @@ def _allreduce_rows(arch, tp, gpu_name, dtype, g) -> tuple[list[ProfileRow], str
     if gpu is None:
         return [], (f"tp = {tp} but '{gpu_name}' has no catalogue interconnect: no all-reduce rows "
                     f"(the backend uses its fallback for communication)")
-    p = RooflineParams()
-    link = gpu.interconnect_gbps * 1e9 / 2 * p.interconnect_efficiency
+    roofline = RooflineLatency(arch, gpu, tp, dtype)
+    p = roofline.params
     rows = []
     for T in g.tokens:
-        t = p.allreduce_latency_s + 2 * (tp - 1) / tp * T * arch.hidden * BYTES_PER_DTYPE[dtype] / link
+        t = roofline.allreduce_s(T)
         rows.append(ProfileRow("allreduce", 0, 0, 0, T, t, t, t, 1))
     return rows, (f"DERIVED, not measured (one device here): ring all-reduce over {gpu.interconnect} "
                   f"{gpu.interconnect_gbps} GB/s bidirectional x efficiency {p.interconnect_efficiency} "

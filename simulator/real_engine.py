@@ -59,7 +59,6 @@ __all__ = [
     "RealRun",
     "run_real",
     "acceptance_stats",
-    "sample_lengths",
 ]
 
 
@@ -173,7 +172,7 @@ def make_pair(
         raise ValueError("the draft must have fewer layers than the target")
     tgt = build_model(t_arch, dtype=dtype, device=device, seed=seed, residual_scale=residual_scale,
                       logit_std=logit_std, untie_embeddings=True)
-    drf = truncated_copy(tgt, d_arch.n_layers, share=True)
+    drf = truncated_copy(tgt, d_arch.n_layers)
     if draft_noise > 0:
         g = torch.Generator(device=tgt.embed.weight.device).manual_seed(seed + 7919)
         with torch.no_grad():
@@ -204,26 +203,6 @@ class RealRun:
     prompts: list[np.ndarray] = field(repr=False)
     wall_s: float = 0.0
 
-    def summary(self) -> dict:
-        r = self.requests
-        out_tok = int(r.output_tokens.sum())
-        ttft = r.first_token - r.arrival
-        dec = (r.output_tokens - 1).clip(lower=1)
-        tpot = ((r.finish - r.first_token) / dec)[r.output_tokens > 1]
-        s = {
-            "mode": self.mode, "gamma": self.gamma, "temperature": self.temperature,
-            "concurrency": self.concurrency, "requests": len(r), "output_tokens": out_tok,
-            "duration_s": float(r.finish.max()), "throughput_tok_s": out_tok / float(r.finish.max()),
-            "ttft_p50": float(ttft.median()), "ttft_p99": float(ttft.quantile(0.99)),
-            "tpot_mean": float(tpot.mean()) if len(tpot) else float("nan"),
-            "tpot_p50": float(tpot.median()) if len(tpot) else float("nan"),
-            "tpot_p99": float(tpot.quantile(0.99)) if len(tpot) else float("nan"),
-            "tokens_per_round": float(self.rounds.emitted.mean()) if len(self.rounds) else float("nan"),
-        }
-        if self.mode == "sd":
-            s.update({f"alpha": acceptance_stats(self.rounds, self.gamma)["alpha"]})
-        return s
-
 
 def acceptance_stats(rounds: pd.DataFrame, gamma: int) -> dict:
     """Measured acceptance from round records (the rule's `accepted`, not the truncated emission).
@@ -244,15 +223,6 @@ def acceptance_stats(rounds: pd.DataFrame, gamma: int) -> dict:
         pos.append(float((k >= i).sum() / reached) if reached else float("nan"))
     return {"alpha": float(k.sum() / trials.sum()), "per_position": pos,
             "mean_accepted": float(k.mean()), "tokens_per_round": float(k.mean() + 1), "rounds": int(len(k))}
-
-
-def sample_lengths(n: int, mean: float, *, cv: float = 0.5, lo: int = 1, hi: int | None = None, seed: int = 0) -> np.ndarray:
-    """Convenience: n integer lengths from a lognormal with the given mean and coefficient of
-    variation, clipped to [lo, hi]."""
-    rng = np.random.default_rng(seed)
-    sigma2 = np.log1p(cv * cv)
-    x = rng.lognormal(np.log(mean) - sigma2 / 2, np.sqrt(sigma2), size=n)
-    return np.clip(np.rint(x), lo, hi if hi is not None else np.inf).astype(np.int64)
 
 
 class _Clock:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from simulator import __version__, gamma_auto, sdsl
@@ -177,13 +176,16 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
     seed = sc.seed if seed is None else seed
     expanded = _expand(sc, base)
     rows, tables, used = [], [], []
+    by_gamma: dict[tuple, ResolvedDeployment] = {}  # gamma: auto, resolved once per chosen gamma
     for point, psc in _points(sc):
         req = generate(psc.workload, seed, base)
         for i, (index, d, variant, dep) in enumerate(expanded):
-            if d.gamma == "auto":  # chosen at this sweep point's operating point, then re-resolved
+            if d.gamma == "auto":  # chosen at this sweep point's operating point
                 choice = choose_gamma(dep, psc.workload, req)
-                dep = replace(resolve(d, index, base, variant=variant, gamma=choice.gamma),
-                              gamma_choice=choice.as_dict())
+                key = (index, variant, choice.gamma)
+                if key not in by_gamma:
+                    by_gamma[key] = resolve(d, index, base, variant=variant, gamma=choice.gamma)
+                dep = replace(by_gamma[key], gamma_choice=choice.as_dict())
             used.append(dep)
             check_fits(dep, req, f"deployments[{index}]")
             label = dep.name + (f" {point}" if point else "")

@@ -90,12 +90,16 @@ class SpeculativeStrategy(Strategy):
     name = "sd"
 
     def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int,
-                 alpha: float | None = None, per_position: list[float] | None = None):
+                 alpha: float | None = None, per_position: list[float] | None = None,
+                 draft_first_q: int = 1):
         """`alpha` set: every request shares it (fast path); None with no per_position: use the
-        per-request alphas the engine passes to sample()."""
+        per-request alphas the engine passes to sample(). `draft_first_q`: query tokens per
+        sequence in a round's first draft forward (1: the draft's KV holds every token but the
+        pending one; 2: it lags by two, as simulator/real_engine.py keeps it so that an
+        all-accepted round needs no extra draft pass, and the first step re-feeds the last two)."""
+        self.draft_first_q = draft_first_q
         super().__init__(target)
         self.draft, self.gamma = draft, gamma
-        self._draft_steps_sum = getattr(draft, "decode_steps_sum", None)
         self.query_tokens = gamma + 1
         self.lookahead = gamma
         self.drafted_per_round = gamma
@@ -114,19 +118,12 @@ class SpeculativeStrategy(Strategy):
             k = sample_accepted(rng, alpha, self.gamma)
         return Outcome(k + 1, k)
 
-    # Query tokens per sequence in a round's first draft forward. 1: the draft's KV holds every
-    # token but the pending one. 2: it lags by two (as simulator/real_engine.py keeps it, so that
-    # an all-accepted round needs no extra draft pass); the first step re-feeds the last two.
-    draft_first_q = 1
-
     def draft_time(self, b: StepBatch) -> float:
-        if b.n_dec == b.q.shape[0] and self.draft_first_q > 1:
+        if b.all_decode and self.draft_first_q > 1:
             k = self.draft_first_q
             d = self.draft.forward(np.full(b.n_dec, k), np.maximum(b.ctx - (k - 1), 0), b.n_dec)
             if self.gamma > 1:
                 d = d + decode_steps(self.draft, b.ctx + 1, self.gamma - 1, b.n_dec)
-        elif b.all_decode and self._draft_steps_sum is not None:
-            d = self._draft_steps_sum(b.n_dec, b.ctx_sum, self.gamma, b.n_dec)
         elif b.all_decode:
             d = decode_steps(self.draft, b.ctx, self.gamma, b.n_dec)
         else:
@@ -152,7 +149,7 @@ def make_strategy(dep) -> Strategy:
                                 shared, acc.per_position)
     if dep.strategy == "sd":
         return SpeculativeStrategy(dep.target_latency, dep.draft_latency, dep.gamma, shared,
-                                   acc.per_position)
+                                   acc.per_position, dep.draft_first_q)
     if dep.strategy == "ssd":
         from simulator.ssd import make_ssd_strategy
         return make_ssd_strategy(dep, shared)

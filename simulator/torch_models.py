@@ -291,10 +291,6 @@ class KVCache:
         p = model.embed.weight
         return cls(len(model.layers), max_seqs, max_len, s.n_kv_heads, s.head_dim, p.dtype, p.device)
 
-    @property
-    def device(self):
-        return self.k.device
-
     def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """k, v token-major [b, s, hkv, d] written at (slots[j], positions[j, i])."""
         idx_s = slots[:, None]
@@ -472,20 +468,16 @@ def build_model(
     return model
 
 
-def truncated_copy(model: Transformer, n_layers: int, share: bool = True) -> Transformer:
-    """A model made of the first `n_layers` layers of `model`, with its embedding, final norm and
-    LM head. With `share` the embedding/norm/head tensors are shared (no copy); the layers are
-    always deep copies so they can be modified (noised, rescaled) independently."""
+def truncated_copy(model: Transformer, n_layers: int) -> Transformer:
+    """A model made of the first `n_layers` layers of `model`, sharing its embedding, final norm
+    and LM head tensors (no copy); the layers are deep copies so they can be modified (noised,
+    rescaled) independently."""
     if not 1 <= n_layers <= len(model.layers):
         raise ValueError("n_layers out of range")
-    shape = ShardShape(**{**model.shape.__dict__, "n_layers": 0})
-    new = Transformer(shape, attn_impl=model.attn_impl, device="meta")  # no allocation
-    new.shape = ShardShape(**{**model.shape.__dict__, "n_layers": n_layers})
-    src = model if share else copy.deepcopy(model)
-    new.embed = src.embed
-    new.pos_embed = src.pos_embed
-    new.norm = src.norm
-    new.lm_head = src.lm_head
+    new = Transformer(dataclasses.replace(model.shape, n_layers=0), attn_impl=model.attn_impl,
+                      device="meta")  # no allocation
+    new.shape = dataclasses.replace(model.shape, n_layers=n_layers)
+    new.embed, new.pos_embed, new.norm, new.lm_head = model.embed, model.pos_embed, model.norm, model.lm_head
     new.layers = nn.ModuleList(copy.deepcopy(model.layers[i]) for i in range(n_layers))
     new.eval()
     new.requires_grad_(False)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.catalog import BYTES_PER_DTYPE, GPU, ModelArch
+from simulator.catalog import GPU, GPUS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, OVERHEAD
 from simulator.latency.roofline import RooflineLatency, RooflineParams
@@ -191,8 +191,7 @@ class ProfileLatency:
         if op == "embedding":  # a gather of t rows: memory-bound, as the roofline charges it
             (t,) = key
             self._fb([1], [0], 0)  # (raises when there is no fallback)
-            eff = getattr(getattr(self.fallback, "params", None), "memory_efficiency", 1.0)
-            return t * self.model.hidden * BYTES_PER_DTYPE[self.dtype] / (self.gpu.bandwidth_tbps * 1e12 * eff)
+            return self.fallback.embedding_s(t)
         if op == "allreduce":
             (t,) = key
             return float(self._fb([t], [0], 0)[COMMUNICATION]) / (2 * self.L)
@@ -332,14 +331,11 @@ def make_profile_latency(model: ModelArch, gpu: GPU, tp: int, dtype: str, *,
                            f"with `specsim profile --model {model.name} --tp {tp} --device-name "
                            f"{gpu.name}` or use backend 'roofline'")
     profile = load_profile(path, model=model.name, tp=tp, gpu=gpu.name)
-    params = RooflineParams()
-    from simulator.calibrate import GPUS, calibration_path, derived_params, load_calibration
-    if gpu.name in GPUS:
-        got = derived_params(gpu, root)
-        if got is not None:
-            params = got[0]
-    elif calibration_path(gpu.name, root).is_file():
-        params = load_calibration(calibration_path(gpu.name, root)).params
+    from simulator.calibrate import derived_params
+    # Inline devices (e.g. cpu-local) use only their own calibration: datasheet scaling from
+    # another GPU means nothing for them.
+    got = derived_params(gpu, root, nearest=gpu.name in GPUS)
+    params = got[0] if got is not None else RooflineParams()
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(RooflineParams.field_names()))
     if unknown:

@@ -83,13 +83,23 @@ class RooflineLatency:
         byts = (k * n + tokens * (k + n)) * self._by
         return np.maximum(flops / self._flops, byts / self._bw)
 
+    def allreduce_s(self, t: float) -> float:
+        """One ring all-reduce of t tokens' hidden states across the tp GPUs (0 at tp 1)."""
+        if self.tp == 1:
+            return 0.0
+        return self.params.allreduce_latency_s + t * self.model.hidden * self._by * self._ar_bytes_factor
+
+    def embedding_s(self, t: int) -> float:
+        """The embedding gather of t rows: memory-bound."""
+        return t * self.model.hidden * self._by / self._bw
+
     def _linear(self, t: int) -> float:
         """Non-attention time of the whole model over t tokens (memoised: t repeats a lot)."""
         v = self._linear_cache.get(t)
         if v is None:
             layer = float(self._gemm_time(float(t), self._gemm_k, self._gemm_n).sum())
             layer += t * self._elementwise_bytes_per_token / self._bw
-            v = self.model.n_layers * layer + t * self.model.hidden * self._by / self._bw  # + embedding
+            v = self.model.n_layers * layer + self.embedding_s(t)
             self._linear_cache[t] = v
         return v
 
@@ -123,12 +133,10 @@ class RooflineLatency:
         return np.array(self._parts(t, q * ctx_sum + t * (q + 1) / 2.0, ctx_sum + t, n_logits))
 
     def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
-        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time."""
-        return self.decode_steps_sum(ctx.shape[0], float(ctx.sum()), steps, n_logits)
+        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time.
 
-    def decode_steps_sum(self, n: int, ctx_sum: float, steps: int, n_logits: int) -> np.ndarray:
-        """decode_steps() from the batch's size and cached-token sum. Only attention changes from
-        step to step, so the other components are priced once."""
+        Only attention changes from step to step, so the other components are priced once."""
+        n, ctx_sum = ctx.shape[0], float(ctx.sum())
         key = (n, n_logits)
         fixed = self._fixed_cache.get(key)
         if fixed is None:
