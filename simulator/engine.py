@@ -8,10 +8,13 @@ preempted and later recomputed. Without chunked prefill, a step runs either new 
 (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
-acceptance.py, both through the deployment's Strategy. State lives in numpy arrays: each replica
-keeps a running table (one row per running sequence, updated by whole-column operations) and
-writes progress back to per-request arrays when a request finishes or is preempted. One SimPy
-event per batch step (plus one per open-loop arrival), never per token.
+acceptance.py, both through the deployment's Strategy. Each replica keeps its decoding
+sequences in a decode table (numpy columns updated by a few whole-column operations per step)
+and its partial prefills, rarely more than one or two, in a list; progress is written back to
+per-request arrays when a request finishes or is preempted. A step is described to the
+strategy by the decode table's context column and sum plus the prefill chunks, so backends that
+price from sums (the roofline) build no per-sequence arrays. One SimPy event per batch step
+(plus one per open-loop arrival), never per token.
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ class Records:
     preemptions: np.ndarray
     replica: np.ndarray
     alpha: np.ndarray
-    itl: np.ndarray  # gaps between successive emissions of a request (s)
+    itl: np.ndarray  # distinct gaps between successive emissions of a request (s) ...
+    itl_count: np.ndarray  # ... and how many times each occurred
     busy_s: np.ndarray  # per replica
     breakdown_s: dict  # component -> seconds summed over steps and replicas
     steps: int
@@ -58,8 +62,8 @@ class Records:
 class _State:
     """Per-request arrays shared by the replicas of one deployment (index = request id).
 
-    Progress of a request lives in its replica's running table while it runs; it is written
-    back here when the request finishes or is preempted.
+    Progress of a decoding request lives in its replica's decode table while it runs; it is
+    written back here when the request finishes or is preempted.
     """
 
     def __init__(self, req: Requests, alpha: np.ndarray):
@@ -77,36 +81,56 @@ class _State:
         self.replica = np.full(n, -1, np.int64)
         self.last_emit = np.full(n, np.nan)
         self.alpha = alpha
-        self.itl = np.empty(1 << 16)
-        self.itl_n = 0
+        # Inter-token gaps as (value, count): a decode step gives every sequence the same gap.
+        self.itl_values: list[float] = []
+        self.itl_counts: list[int] = []
+        self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
 
-    def add_itl(self, gaps: np.ndarray) -> None:
-        end = self.itl_n + gaps.shape[0]
-        if end > self.itl.shape[0]:
-            self.itl = np.resize(self.itl, max(end, 2 * self.itl.shape[0]))
-        self.itl[self.itl_n:end] = gaps
-        self.itl_n = end
+    def itl(self) -> tuple[np.ndarray, np.ndarray]:
+        """All gaps as (values, counts)."""
+        vals = np.concatenate([np.asarray(self.itl_values, float), *self.itl_arrays])
+        counts = np.concatenate([np.asarray(self.itl_counts, np.int64),
+                                 *(np.ones(a.shape[0], np.int64) for a in self.itl_arrays)])
+        return vals, counts
 
 
-# Columns of a replica's running table (int64 rows aligned with its running order). COMP, GEN
-# and RTOK are adjacent so one slice update advances all three.
-COMP, GEN, RTOK, ROUNDS, ACC, TGT, OUT = range(7)
+# Rows of a replica's decode table (int64, one column per decoding sequence, in admission
+# order): request id, KV length, tokens left to generate, accepted draft tokens, and offsets
+# from which rounds (R0 + the replica's decode-step count) and round tokens (T0 - REM) follow,
+# so that a decode step touches only CTX, REM and ACC.
+ID, CTX, REM, ACC, R0, T0 = range(6)
 _EMPTY = np.zeros(0, np.int64)
 
 
+class _Prefill:
+    """A sequence whose prompt (or recompute) is not yet all in its KV cache."""
+
+    __slots__ = ("rid", "comp", "tgt")
+
+    def __init__(self, rid: int, tgt: int):
+        self.rid, self.comp, self.tgt = rid, 0, tgt
+
+
 class Replica:
-    """One model instance (tp GPUs): a SimPy process that runs batch steps while it has work."""
+    """One model instance (tp GPUs): a SimPy process that runs batch steps while it has work.
+
+    Running sequences are the decode table (numpy columns, see ID..T0) followed by the partial
+    prefills (a short list); both in admission order, which is also the preemption order.
+    """
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: _State,
                  strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None]):
         self.env, self.idx, self.dep, self.st, self.rng = env, idx, dep, st, rng
         self.on_finish = on_finish
         self.waiting: deque[int] = deque()
-        # The running table: request ids, int columns (see COMP..OUT), alpha, last emission time.
-        self.ids = _EMPTY
-        self.S = np.zeros((0, 7), np.int64)
-        self.alpha = np.zeros(0)
-        self.last = np.zeros(0)
+        self.D = np.zeros((6, 0), np.int64)
+        self.alpha = np.zeros(0)  # per decoding sequence
+        # Last emission time of every decoding sequence (they emit together), or per sequence
+        # in last_arr when they differ (non-chunked prefill steps leave decodes out).
+        self.last_t: float | None = None
+        self.last_arr: np.ndarray | None = None
+        self.pre: list[_Prefill] = []
+        self.epoch = 0  # decode steps run (rounds of every decoding sequence)
         self.wake: simpy.Event | None = None
         self.busy = 0.0
         self.steps = 0
@@ -118,12 +142,12 @@ class Replica:
         self.blocks_total = dep.memory.kv_capacity_tokens // self.bs
         self.strategy = strategy
         self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
-        self._q_cache: dict[int, np.ndarray] = {}
+        self._run: list[tuple[_Prefill, int]] = []  # this step's prefill chunks
         self.process = env.process(self.run())
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + self.ids.shape[0]
+        return len(self.waiting) + self.D.shape[1] + len(self.pre)
 
     def submit(self, r: int) -> None:
         self.st.replica[r] = self.idx
@@ -131,127 +155,142 @@ class Replica:
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
 
-    # ---- the running table ------------------------------------------------------------------
-    def _add(self, ids: list[int]) -> None:
-        st, a = self.st, np.asarray(ids, np.int64)
-        rows = np.empty((a.shape[0], 7), np.int64)
-        rows[:, COMP] = 0
-        rows[:, GEN], rows[:, RTOK] = st.generated[a], st.round_tokens[a]
-        rows[:, ROUNDS], rows[:, ACC] = st.rounds[a], st.accepted[a]
-        rows[:, TGT], rows[:, OUT] = st.prefill_target[a], st.out[a]
-        self.ids = np.concatenate([self.ids, a])
-        self.S = np.concatenate([self.S, rows])
+    # ---- the decode table -------------------------------------------------------------------
+    def _enter(self, rows: list[_Prefill], now: float) -> None:
+        """Prefills that completed at `now` (and emitted a token then) start decoding."""
+        st, a = self.st, np.fromiter((p.rid for p in rows), np.int64, len(rows))
+        rem = st.out[a] - st.generated[a]
+        cols = np.stack([a, np.fromiter((p.comp for p in rows), np.int64, len(rows)), rem,
+                         st.accepted[a], st.rounds[a] - self.epoch, st.round_tokens[a] + rem])
+        n = self.D.shape[1]
+        if n == 0:
+            self.last_t, self.last_arr = now, None
+        elif self.last_arr is not None or self.last_t != now:
+            old = self.last_arr if self.last_arr is not None else np.full(n, self.last_t)
+            self.last_arr = np.concatenate([old, np.full(len(rows), now)])
+        self.D = np.concatenate([self.D, cols], axis=1)
         self.alpha = np.concatenate([self.alpha, st.alpha[a]])
-        self.last = np.concatenate([self.last, st.last_emit[a]])
 
-    def _remove(self, drop: np.ndarray) -> np.ndarray:
-        """Write the dropped rows' progress back to the shared state; return their ids."""
-        st, ids, rows = self.st, self.ids[drop], self.S[drop]
-        st.generated[ids], st.round_tokens[ids] = rows[:, GEN], rows[:, RTOK]
-        st.rounds[ids], st.accepted[ids] = rows[:, ROUNDS], rows[:, ACC]
-        st.last_emit[ids] = self.last[drop]
+    def _leave(self, drop: np.ndarray) -> np.ndarray:
+        """Write the dropped decode rows' progress back to the shared state; return their ids."""
+        st, D = self.st, self.D
+        ids, rem = D[ID, drop], D[REM, drop]
+        st.generated[ids] = st.out[ids] - rem
+        st.round_tokens[ids] = D[T0, drop] - rem
+        st.rounds[ids] = D[R0, drop] + self.epoch
+        st.accepted[ids] = D[ACC, drop]
         keep = ~drop
-        self.ids, self.S, self.alpha, self.last = self.ids[keep], self.S[keep], self.alpha[keep], self.last[keep]
+        if self.last_arr is None:
+            st.last_emit[ids] = self.last_t
+        else:
+            st.last_emit[ids] = self.last_arr[drop]
+            self.last_arr = self.last_arr[keep]
+        self.D, self.alpha = D[:, keep], self.alpha[keep]
         return ids
 
     def _preempt_tail(self, keep: int) -> None:
-        """Preempt rows keep.. (the most recently admitted): free their KV, recompute later."""
-        drop = np.zeros(self.ids.shape[0], bool)
-        drop[keep:] = True
-        ids = self._remove(drop)
+        """Preempt running sequences keep.. (the most recently admitted): free their KV,
+        recompute later."""
+        n = self.D.shape[1]
+        ids = [p.rid for p in self.pre[max(0, keep - n):]]
+        self.pre = self.pre[:max(0, keep - n)]
+        self._run = [(p, q) for p, q in self._run if p in self.pre]
+        if keep < n:
+            drop = np.zeros(n, bool)
+            drop[keep:] = True
+            ids = [*self._leave(drop).tolist(), *ids]
         st = self.st
-        st.prefill_target[ids] = st.prompt[ids] + st.generated[ids]
-        st.preempt[ids] += 1
-        for r in ids[::-1]:
-            self.waiting.appendleft(int(r))
+        a = np.asarray(ids, np.int64)
+        st.prefill_target[a] = st.prompt[a] + st.generated[a]
+        st.preempt[a] += 1
+        self.waiting.extendleft(reversed(ids))
 
     # ---- scheduling -------------------------------------------------------------------------
-    def _uniform_q(self, n: int) -> np.ndarray:
-        """full(n, qdec), shared between steps (read-only: nobody writes into a step's q)."""
-        q = self._q_cache.get(n)
-        if q is None:
-            q = self._q_cache[n] = np.full(n, self.qdec)
-            q.flags.writeable = False
-        return q
+    def _fit(self, ctx: np.ndarray, ctx_sum: int, pre_per: list[int]) -> tuple[int | None, bool]:
+        """KV blocks this step holds: each decoding row's cache plus its query and lookahead
+        slots, and each prefill's blocks (pre_per). Preempts from the tail when they do not fit.
+        Returns (blocks used, preempted); blocks None when the exact count is not needed: no
+        admission pending and a bound shows neither overflow nor a new peak."""
+        c, bs, n = self.qdec + self.lookahead, self.bs, ctx.shape[0]
+        pre_blocks = sum(pre_per)
+        bound = (ctx_sum + n * (c + bs - 1)) // bs + pre_blocks  # >= the sum of row ceilings
+        if bound <= self.max_blocks_used and not self.waiting:
+            return None, False
+        per = (ctx + (c + bs - 1)) // bs
+        used = int(per.sum()) + pre_blocks
+        if used <= self.blocks_total:
+            self.max_blocks_used = max(self.max_blocks_used, used)
+            return used, False
+        cum = np.cumsum(np.concatenate([per, np.asarray(pre_per, np.int64)]))
+        keep = max(1, int(np.searchsorted(cum, self.blocks_total, side="right")))
+        self._preempt_tail(keep)
+        used = int(cum[keep - 1])
+        self.max_blocks_used = max(self.max_blocks_used, used)
+        return used, True
 
-    def _fit(self, need: np.ndarray) -> int:
-        """KV blocks for `need` tokens per row; preempts from the tail if they do not fit."""
-        per = (need + (self.bs - 1)) // self.bs
-        used = int(per.sum())
-        if used > self.blocks_total:
-            keep = max(1, int(np.searchsorted(np.cumsum(per), self.blocks_total, side="right")))
-            self._preempt_tail(keep)
-            used = int(per[:keep].sum())
-        return used
-
-    def _admit(self, q: np.ndarray, used: int, left: int, whole: bool, cap: int | None = None) -> np.ndarray:
+    def _admit(self, used: int, left: int, whole: bool, cap: int | None) -> None:
         """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
         most `cap` of them (the step's remaining prefill slots; None = no limit)."""
-        if not self.waiting:  # the common case under load: nothing to admit
-            self.max_blocks_used = max(self.max_blocks_used, used)
-            return q
-        st, new, chunks = self.st, [], []
-        while (self.waiting and self.ids.shape[0] + len(new) < self.max_seqs and left > 0
-               and (cap is None or len(new) < cap)):
+        st, admitted = self.st, 0
+        seats = self.max_seqs - self.D.shape[1] - len(self.pre)
+        while self.waiting and admitted < seats and left > 0 and (cap is None or admitted < cap):
             r = self.waiting[0]
             p = int(st.prefill_target[r])
             chunk = p if whole else min(p, left)
             blocks = -(-chunk // self.bs)
-            if used + blocks > self.blocks_total or (whole and p > left and new):
+            if used + blocks > self.blocks_total or (whole and p > left and admitted):
                 break
             self.waiting.popleft()
-            new.append(r)
-            chunks.append(chunk)
+            row = _Prefill(r, p)
+            self.pre.append(row)
+            self._run.append((row, chunk))
+            admitted += 1
             used += blocks
             left -= chunk
         self.max_blocks_used = max(self.max_blocks_used, used)
-        if not new:
-            return q
-        self._add(new)
-        return np.concatenate([q, np.asarray(chunks, np.int64)])
 
-    def _plan(self) -> tuple[np.ndarray, np.ndarray]:
-        """This step's query tokens per running row (0 = sits out) and which rows decode."""
-        S = self.S
-        comp, tgt = S[:, COMP], S[:, TGT]
-        is_dec = comp >= tgt
-        n, n_dec = is_dec.shape[0], int(np.count_nonzero(is_dec))
+    def _plan(self) -> StepBatch | None:
+        """This step's batch: which sequences run and how many tokens each puts in the pass.
+        Leaves the prefill chunks in self._run; None when nothing can run."""
+        self._run = run = []
+        bs = self.bs
+        ctx = self.D[CTX]
+        n = ctx.shape[0]
         if not self.chunked:
             # vLLM v0 without chunked prefill: whole new prompts in a prefill-only step when
-            # any fit, otherwise a decode step of the running batch.
-            used = self._fit(comp + (self.qdec + self.lookahead))  # preempts when it cannot fit
-            if self.ids.shape[0] == n and self.waiting and n < self.max_seqs:
-                q = self._admit(np.zeros(n, np.int64), used, self.budget, whole=True, cap=self.max_prefills)
-                if q.shape[0] > n:
-                    return q, np.zeros(q.shape[0], bool)
-            self.max_blocks_used = max(self.max_blocks_used, used)
-            n = self.ids.shape[0]
-            return self._uniform_q(n), np.ones(n, bool)
-        if n_dec == n:
-            q = self._uniform_q(n)
-            left = self.budget - n * self.qdec
-            need = comp + (self.qdec + self.lookahead)
-        else:
-            left = self.budget - n_dec * self.qdec
-            rem = np.where(is_dec, 0, tgt - comp)
-            if self.max_prefills is not None:  # only the first max_prefills partial prefills run
-                rem[np.cumsum(~is_dec) > self.max_prefills] = 0
-            before = np.cumsum(rem) - rem  # partial prefills continue in admission order
-            q = np.where(is_dec, self.qdec, np.clip(left - before, 0, rem))
-            left -= int(q.sum()) - n_dec * self.qdec
-            need = comp + q + np.where(is_dec, self.lookahead, 0)
-        used = self._fit(need)
-        if self.ids.shape[0] < n:  # preempted: no admissions this step (as vLLM)
-            keep = self.ids.shape[0]
-            self.max_blocks_used = max(self.max_blocks_used, used)
-            return q[:keep], is_dec[:keep]
-        cap = None
-        if self.max_prefills is not None:
-            cap = max(0, self.max_prefills - int(np.count_nonzero(~is_dec & (q > 0))))
-        q = self._admit(q, used, left, whole=False, cap=cap)
-        if q.shape[0] > n:
-            is_dec = np.concatenate([is_dec, np.zeros(q.shape[0] - n, bool)])
-        return q, is_dec
+            # any fit, otherwise a decode step of the running batch (every running row decodes).
+            used, preempted = self._fit(ctx, int(ctx.sum()), [])
+            if not preempted and self.waiting and n < self.max_seqs:
+                self._admit(used, self.budget, whole=True, cap=self.max_prefills)
+                if run:
+                    return StepBatch(self.qdec, _EMPTY, 0, [q for _, q in run], [0] * len(run),
+                                     len(run))
+            ctx = self.D[CTX]
+            return StepBatch(self.qdec, ctx, int(ctx.sum())) if ctx.shape[0] else None
+        left = self.budget - n * self.qdec
+        pre_per = []
+        for i, p in enumerate(self.pre):  # partial prefills continue in admission order
+            q = 0
+            if left > 0 and (self.max_prefills is None or i < self.max_prefills):
+                q = min(p.tgt - p.comp, left)
+                left -= q
+                run.append((p, q))
+            pre_per.append(-(-(p.comp + q) // bs))
+        ctx_sum = int(ctx.sum())
+        used, preempted = self._fit(ctx, ctx_sum, pre_per)
+        if preempted:  # no admissions this step (as vLLM)
+            ctx = self.D[CTX]
+            ctx_sum = int(ctx.sum())
+        elif used is not None:
+            cap = None if self.max_prefills is None else max(0, self.max_prefills - len(run))
+            self._admit(used, left, whole=False, cap=cap)
+        run = self._run
+        if not run and ctx.shape[0] == 0:
+            return None
+        pre_q = [q for _, q in run]
+        pre_ctx = [p.comp for p, _ in run]
+        done = sum(1 for p, q in run if p.comp + q >= p.tgt)
+        return StepBatch(self.qdec, ctx, ctx_sum, pre_q, pre_ctx, done)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _idle(self):
@@ -262,76 +301,69 @@ class Replica:
     def run(self):
         env, strategy = self.env, self.strategy
         while True:
-            if not self.waiting and self.ids.shape[0] == 0:
+            if not self.waiting and not self.pre and self.D.shape[1] == 0:
                 yield from self._idle()
                 continue
-            q, is_dec = self._plan()
-            n, n_dec = q.shape[0], int(np.count_nonzero(is_dec))
-            comp = self.S[:, COMP]
-            if n_dec == n:
-                completes = None
-                batch = StepBatch(q, comp, is_dec, n_dec, 0)
-            else:
-                active = q > 0
-                if not active.any():  # cannot happen with a plan check_fits accepted; never spin
-                    yield from self._idle()
-                    continue
-                completes = ~is_dec & active & (comp + q >= self.S[:, TGT])
-                batch = StepBatch(q[active], comp[active], is_dec[active], n_dec,
-                                  int(np.count_nonzero(completes)))
-            alpha = self.alpha if completes is None else self.alpha[is_dec]
-            outcome = strategy.sample(self.rng, alpha) if n_dec else None
-            dt = strategy.step_time(batch, outcome)
+            b = self._plan()
+            if b is None:  # cannot happen with a plan the memory check accepted; never spin
+                yield from self._idle()
+                continue
+            outcome = strategy.sample(self.rng, self.alpha) if b.n_dec else None
+            dt = strategy.step_time(b, outcome)
             self.busy += dt
             self.steps += 1
             yield env.timeout(dt)
-            self._apply(q, is_dec, outcome, completes, env.now)
+            self._apply(b.n_dec, outcome, env.now)
 
-    def _apply(self, q, is_dec, outcome: Outcome | None, completes, now: float) -> None:
-        st, S = self.st, self.S
-        done = None
-        if outcome is not None:
-            if completes is None:  # every row decoded: whole-column updates
-                left = S[:, OUT] - S[:, GEN]
-                e = np.minimum(outcome.tokens, left)
-                S[:, COMP] += e  # three 1-D adds are cheaper than one broadcast over a 2-D slice
-                S[:, GEN] += e
-                S[:, RTOK] += e
-                S[:, ROUNDS] += 1
-                if outcome.accepted is not None:
-                    S[:, ACC] += outcome.accepted
-                st.add_itl(now - self.last)  # decoding rows have emitted before
-                self.last.fill(now)
-                done = e >= left
+    def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> None:
+        st, finished = self.st, None
+        if n_dec:
+            D = self.D
+            tok, rem = outcome.tokens, D[REM]
+            fin = rem <= tok
+            any_fin = bool(fin.any())
+            e = np.minimum(tok, rem) if any_fin else tok
+            D[CTX] += e
+            rem -= e  # a view: updates D
+            if outcome.accepted is not None:
+                D[ACC] += outcome.accepted
+            self.epoch += 1
+            if self.last_arr is None:
+                st.itl_values.append(now - self.last_t)
+                st.itl_counts.append(n_dec)
             else:
-                idx = np.flatnonzero(is_dec)
-                left = S[idx, OUT] - S[idx, GEN]
-                e = np.minimum(outcome.tokens, left)
-                S[idx, COMP:RTOK + 1] += e[:, None]
-                S[idx, ROUNDS] += 1
-                if outcome.accepted is not None:
-                    S[idx, ACC] += outcome.accepted
-                st.add_itl(now - self.last[idx])
-                self.last[idx] = now
-                done = np.zeros(is_dec.shape[0], bool)
-                done[idx] = e >= left
-        if completes is not None:
-            pre = ~is_dec
-            S[pre, COMP] += q[pre]
-            cidx = np.flatnonzero(completes)
-            if cidx.shape[0]:  # a finished (re)prefill samples one token
-                S[cidx, GEN] += 1
-                last = self.last[cidx]
-                seen = ~np.isnan(last)
-                if seen.any():
-                    st.add_itl(now - last[seen])
-                st.first[self.ids[cidx[~seen]]] = now
-                self.last[cidx] = now
-                fin = np.zeros(is_dec.shape[0], bool)
-                fin[cidx] = S[cidx, GEN] >= S[cidx, OUT]
-                done = fin if done is None else done | fin
-        if done is not None and done.any():
-            ids = self._remove(done)
+                st.itl_arrays.append(now - self.last_arr)
+                self.last_arr = None
+            self.last_t = now
+            if any_fin:
+                finished = [self._leave(fin)]
+        if self._run:
+            movers, ended = [], []
+            for p, q in self._run:
+                p.comp += q
+                if p.comp < p.tgt:
+                    continue
+                r = p.rid  # a finished (re)prefill samples one token
+                g = st.generated[r] = st.generated[r] + 1
+                last = st.last_emit[r]
+                if last != last:  # nan: the request's first token
+                    st.first[r] = now
+                else:
+                    st.itl_values.append(now - last)
+                    st.itl_counts.append(1)
+                if g >= st.out[r]:
+                    st.last_emit[r] = now
+                    ended.append(r)
+                else:
+                    movers.append(p)
+            if movers or ended:
+                self.pre = [p for p in self.pre if p.comp < p.tgt]
+            if movers:
+                self._enter(movers, now)
+            if ended:
+                finished = [*(finished or []), np.asarray(ended, np.int64)]
+        if finished is not None:
+            ids = np.concatenate(finished) if len(finished) > 1 else finished[0]
             st.finish[ids] = now
             self.on_finish(ids.shape[0])
 
@@ -411,16 +443,17 @@ class Simulation:
         strategies = [r.strategy for r in self.replicas]
         duration = float(np.nanmax(st.finish) - np.nanmin(st.arrival)) if st.finish.size else 0.0
         breakdown = {f"target_{k}": float(v)
-                     for k, v in zip(COMPONENTS, sum(x.target_busy for x in strategies))}
+                     for k, v in zip(COMPONENTS, np.sum([x.target_busy for x in strategies], axis=0))}
         if self.dep.draft is not None:
-            breakdown.update({f"draft_{k}": float(v)
-                              for k, v in zip(COMPONENTS, sum(x.draft_busy for x in strategies))})
+            breakdown.update({f"draft_{k}": float(v) for k, v in
+                              zip(COMPONENTS, np.sum([x.draft_busy for x in strategies], axis=0))})
+        itl, itl_count = st.itl()
         return Records(
             arrival=st.arrival, first_token=st.first, finish=st.finish, prompt=st.prompt,
             output=st.out, rounds=st.rounds, accepted=st.accepted,
             drafted=st.rounds * strategies[0].drafted_per_round,
             round_tokens=st.round_tokens, preemptions=st.preempt, replica=st.replica,
-            alpha=st.alpha, itl=st.itl[:st.itl_n].copy(),
+            alpha=st.alpha, itl=itl, itl_count=itl_count,
             busy_s=np.array([r.busy for r in self.replicas]), breakdown_s=breakdown,
             steps=sum(r.steps for r in self.replicas),
             max_kv_blocks_used=max(r.max_blocks_used for r in self.replicas),

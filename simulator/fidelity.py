@@ -370,9 +370,9 @@ class HostOverheadLatency:
     strategy's query tokens and one logit per query token) pays overhead_at(host, mode, b); any
     other forward (prefill) pays overhead_at(host, "ar", 1) per sampled logit (one per prompt).
     Everything else is delegated to the wrapped backend, except the fast paths a strategy may
-    look up (decode_batch, decode_steps), which would bypass this forward."""
+    look up (forward_sums, decode_steps), which would bypass this forward."""
 
-    decode_batch = None
+    forward_sums = None
     decode_steps = None
 
     def __init__(self, inner, host: dict, mode: str, q_decode: int):

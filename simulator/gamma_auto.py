@@ -96,7 +96,7 @@ def sd_round_time(target: LatencyModel, draft: LatencyModel, gamma: int, batch: 
                   context: int) -> float:
     """gamma draft decode steps + one target verify of gamma+1 tokens per sequence + step overhead."""
     ctx = np.full(batch, context, np.int64)
-    t_draft = float(decode_steps(draft, ctx, gamma, batch).sum())
+    t_draft = float(sum(decode_steps(draft, ctx, gamma, batch)))
     q = np.full(batch, gamma + 1, np.int64)
     t_verify = float(target.forward(q, ctx, batch * (gamma + 1)).sum())
     return t_draft + t_verify + target.step_overhead_s

@@ -15,11 +15,24 @@ from simulator.engine import Records
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
 
 
-def distribution(x: np.ndarray) -> dict:
+def distribution(x: np.ndarray, count: np.ndarray | None = None) -> dict:
+    """Mean and percentiles of x, where x[i] occurred count[i] times (once each without count);
+    percentiles interpolate linearly between order statistics, as np.percentile does."""
     if x.size == 0:
         return {"mean": None, **{k: None for k in PERCENTILES}}
-    qs = np.percentile(x, list(PERCENTILES.values()))
-    return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
+    if count is None:
+        qs = np.percentile(x, list(PERCENTILES.values()))
+        return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
+    order = np.argsort(x, kind="stable")
+    xs, cum = x[order], np.cumsum(count[order])
+    n = int(cum[-1])
+    h = (n - 1) * np.array(list(PERCENTILES.values())) / 100.0
+    lo = np.floor(h)
+    # The order statistic at 0-based rank j is the first value whose cumulative count exceeds j.
+    a = xs[np.searchsorted(cum, lo, side="right")]
+    b = xs[np.minimum(np.searchsorted(cum, lo + 1, side="right"), xs.shape[0] - 1)]
+    qs = a + (b - a) * (h - lo)
+    return {"mean": float(np.dot(xs, count[order]) / n), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
 
 
 def request_table(rec: Records) -> pd.DataFrame:
@@ -77,7 +90,7 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
         "throughput_requests_per_s": float(done.sum()) / duration if duration > 0 else 0.0,
         "ttft_s": distribution(ttft),
         "tpot_s": distribution(tpot),
-        "itl_s": distribution(rec.itl),
+        "itl_s": distribution(rec.itl, rec.itl_count),
         "e2e_s": distribution(e2e),
         "mean_tokens_per_round": float(rec.round_tokens.sum() / rounds) if rounds else None,
         "acceptance_rate": float(rec.accepted.sum() / drafted) if drafted else None,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.latency.base import LatencyModel, decode_steps
+from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch
 from simulator.strategies import Outcome, SpeculativeStrategy, StepBatch, Strategy
 
 # Default handshake (MODEL.md section 4: "a handshake with its own latency"): two messages per
@@ -215,9 +215,9 @@ class Handshake:
 
 
 # ---- strategies -------------------------------------------------------------------------------
-def _draft_prefill(draft: LatencyModel, b: StepBatch) -> np.ndarray:
+def _draft_prefill(draft: LatencyModel, b: StepBatch):
     """The dedicated draft's forward over this step's prompt chunks (prefill-only steps)."""
-    return draft.forward(b.q, b.ctx, b.n_pre_done)
+    return forward_batch(draft, 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx, b.n_pre_done)
 
 
 class DedicatedDraftSD(SpeculativeStrategy):
@@ -235,13 +235,11 @@ class DedicatedDraftSD(SpeculativeStrategy):
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         if b.n_dec == 0:
-            d = _draft_prefill(self.draft, b)
-            self.draft_busy += d
-            return max(float(d.sum()), self.target_time(b))
+            return max(charge(self.draft_busy, _draft_prefill(self.draft, b)), self.target_time(b))
         return self.draft_time(b) + self.target_time(b) + self.handshake.time(b.n_dec)
 
     def summary(self, replicas: list[Strategy], duration: float) -> dict:
-        busy = sum(float(s.draft_busy.sum()) for s in replicas)
+        busy = sum(sum(s.draft_busy) for s in replicas)
         return {"draft_gpu_busy_fraction": busy / (len(replicas) * duration) if duration > 0 else 0.0}
 
 
@@ -307,10 +305,9 @@ class SSDStrategy(SpeculativeStrategy):
     def prespeculation(self, b: StepBatch) -> np.ndarray:
         """Glue forward (gamma+1 positions per decoding sequence, prompt chunks riding along),
         then gamma tree-decode steps over n_dec * sum(F_k) branches, on the draft's GPU."""
-        d = self.draft.forward(np.where(b.is_dec, self.gamma + 1, b.q), b.ctx,
-                               b.n_dec * (self.gamma + 1) + b.n_pre_done)
-        ctx = b.ctx[b.is_dec] if b.n_dec != b.q.shape[0] else b.ctx
-        branch_ctx = np.repeat(ctx, self.branches) + np.tile(self.branch_offset, b.n_dec)
+        d = np.asarray(forward_batch(self.draft, self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
+                                     b.pre_ctx, b.n_dec * (self.gamma + 1) + b.n_pre_done))
+        branch_ctx = np.repeat(b.dec_ctx, self.branches) + np.tile(self.branch_offset, b.n_dec)
         ones = np.ones(branch_ctx.shape[0], np.int64)
         for j in range(self.gamma):
             d = d + self.draft.forward(ones, branch_ctx + j, branch_ctx.shape[0])
@@ -319,26 +316,22 @@ class SSDStrategy(SpeculativeStrategy):
     def step_time(self, b: StepBatch, out: SSDOutcome | None) -> float:
         t_v = self.target_time(b)
         if b.n_dec == 0:
-            d = _draft_prefill(self.draft, b)
-            self.draft_busy += d
-            return max(t_v, float(d.sum()))
+            return max(t_v, charge(self.draft_busy, _draft_prefill(self.draft, b)))
         pre = self.prespeculation(b)
-        t_pre = float(pre.sum())
+        t_pre = float(sum(pre))
         t_h = self.handshake.time(b.n_dec)
         n_redraft = int(out.redraft.sum())
         if n_redraft == 0:
-            self.draft_busy += pre
+            charge(self.draft_busy, pre)
             return max(t_v, t_pre) + t_h
         # Whole batch re-drafted: the draft drops the tree when the verify result arrives, so
         # the backup starts at T_verify (Theorem 7's 1 + T_b) and the draft is busy min(T_pre, T_v).
         uses_tree = n_redraft < b.n_dec
-        self.draft_busy += pre if uses_tree or t_pre <= t_v else pre * (t_v / t_pre)
+        charge(self.draft_busy, pre if uses_tree or t_pre <= t_v else np.asarray(pre) * (t_v / t_pre))
         t_b = 0.0
         if not out.fast:
-            ctx = b.ctx[b.is_dec] if b.n_dec != b.q.shape[0] else b.ctx
-            bk = decode_steps(self.draft, ctx[out.redraft], self.gamma, n_redraft)
-            self.draft_busy += bk
-            t_b = float(bk.sum())
+            ctx = b.dec_ctx if n_redraft == b.n_dec else b.dec_ctx[out.redraft]
+            t_b = charge(self.draft_busy, decode_steps(self.draft, ctx, self.gamma, n_redraft))
         return (max(t_v, t_pre) if uses_tree else t_v) + t_b + t_h
 
     def expected_hit_rate(self) -> float | None:
@@ -347,7 +340,7 @@ class SSDStrategy(SpeculativeStrategy):
     def summary(self, replicas: list[Strategy], duration: float) -> dict:
         sr = sum(s.seq_rounds for s in replicas)
         rounds = sum(s.rounds for s in replicas)
-        busy = sum(float(s.draft_busy.sum()) for s in replicas)
+        busy = sum(sum(s.draft_busy) for s in replicas)
         return {
             "cache_hit_rate": sum(s.seq_hits for s in replicas) / sr if sr else None,
             "batch_hit_rate": sum(s.cache_rounds for s in replicas) / rounds if rounds else None,

@@ -9,13 +9,12 @@ can change the step's time, as in SSD), then step_time() prices it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from simulator.acceptance import (sample_accepted, sample_accepted_per_position,
                                   sample_accepted_same_alpha, truncated_geometric_cdf)
-from simulator.latency.base import LatencyModel, decode_steps
+from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch, plus
 
 
 @dataclass
@@ -26,24 +25,59 @@ class Outcome:
     accepted: np.ndarray | None = None  # accepted draft tokens per decoding sequence
 
 
-@dataclass
 class StepBatch:
-    """The sequences of one step that take part in the forward passes."""
+    """The sequences of one step that take part in the forward passes: the decoding sequences
+    (each puts the strategy's query_tokens into the target pass; dec_ctx cached tokens each)
+    and the prefill chunks that run (pre_q[i] prompt tokens over pre_ctx[i] cached).
 
-    q: np.ndarray  # query tokens per sequence in the target pass
-    ctx: np.ndarray  # tokens already in each sequence's KV cache
-    is_dec: np.ndarray  # decoding (True) or prefilling (False)
-    n_dec: int
-    n_pre_done: int  # prefill chunks that complete their prompt (go through the LM head)
+    The engine keeps decoding sequences in numpy columns and the few prefill chunks in lists;
+    backends that price a batch from its sums (the roofline) never need more. `q`, `ctx` and
+    `is_dec` give the per-sequence arrays (decoding first) for the other backends and for SSD.
+    """
+
+    __slots__ = ("q_dec", "dec_ctx", "dec_ctx_sum", "n_dec", "pre_q", "pre_ctx", "n_pre_done",
+                 "_arrays")
+
+    def __init__(self, q_dec: int, dec_ctx: np.ndarray, dec_ctx_sum: int,
+                 pre_q: list[int] = (), pre_ctx: list[int] = (), n_pre_done: int = 0):
+        self.q_dec, self.dec_ctx, self.dec_ctx_sum = q_dec, dec_ctx, dec_ctx_sum
+        self.n_dec = dec_ctx.shape[0]
+        self.pre_q, self.pre_ctx, self.n_pre_done = pre_q, pre_ctx, n_pre_done
+        self._arrays = None
+
+    @classmethod
+    def decoding(cls, q_dec: int, ctx: np.ndarray) -> "StepBatch":
+        """A step in which every sequence decodes."""
+        ctx = np.asarray(ctx, np.int64)
+        return cls(q_dec, ctx, int(ctx.sum()))
 
     @property
     def all_decode(self) -> bool:
-        """Every sequence decodes (each puts the strategy's query_tokens into the target pass)."""
-        return self.n_dec == self.q.shape[0]
+        return not self.pre_q
 
-    @cached_property
-    def ctx_sum(self) -> float:
-        return float(self.ctx.sum())
+    def _build(self) -> tuple:
+        if self._arrays is None:
+            q = np.full(self.n_dec, self.q_dec, np.int64)
+            ctx, is_dec = self.dec_ctx, np.ones(self.n_dec, bool)
+            if self.pre_q:
+                k = len(self.pre_q)
+                q = np.concatenate([q, np.asarray(self.pre_q, np.int64)])
+                ctx = np.concatenate([ctx, np.asarray(self.pre_ctx, np.int64)])
+                is_dec = np.concatenate([is_dec, np.zeros(k, bool)])
+            self._arrays = (q, ctx, is_dec)
+        return self._arrays
+
+    @property
+    def q(self) -> np.ndarray:
+        return self._build()[0]
+
+    @property
+    def ctx(self) -> np.ndarray:
+        return self._build()[1]
+
+    @property
+    def is_dec(self) -> np.ndarray:
+        return self._build()[2]
 
 
 class Strategy:
@@ -56,23 +90,16 @@ class Strategy:
 
     def __init__(self, target: LatencyModel):
         self.target = target
-        # Backends that price a uniform decode batch from its sums (roofline): the fast path.
-        self._target_uniform = getattr(target, "decode_batch", None)
-        self.target_busy = np.zeros(4)  # seconds per latency component
-        self.draft_busy = np.zeros(4)
+        self.target_busy = [0.0] * 4  # seconds per latency component
+        self.draft_busy = [0.0] * 4
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
         return Outcome(1)
 
     def target_time(self, b: StepBatch) -> float:
-        n_logits = b.n_dec * self.query_tokens + b.n_pre_done
-        if self._target_uniform is not None and b.all_decode:
-            t = self._target_uniform(b.n_dec, self.query_tokens, b.ctx_sum, n_logits)
-        else:
-            t = self.target.forward(b.q, b.ctx, n_logits)
-        t[3] += self.target.step_overhead_s
-        self.target_busy += t
-        return float(t.sum())
+        t = forward_batch(self.target, self.query_tokens, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
+                          b.pre_ctx, b.n_dec * self.query_tokens + b.n_pre_done)
+        return charge(self.target_busy, (t[0], t[1], t[2], t[3] + self.target.step_overhead_s))
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         return self.target_time(b)
@@ -97,6 +124,8 @@ class SpeculativeStrategy(Strategy):
         sequence in a round's first draft forward (1: the draft's KV holds every token but the
         pending one; 2: it lags by two, as simulator/real_engine.py keeps it so that an
         all-accepted round needs no extra draft pass, and the first step re-feeds the last two)."""
+        if draft_first_q not in (1, 2):
+            raise ValueError(f"draft_first_q must be 1 or 2, got {draft_first_q}")
         self.draft_first_q = draft_first_q
         super().__init__(target)
         self.draft, self.gamma = draft, gamma
@@ -119,19 +148,16 @@ class SpeculativeStrategy(Strategy):
         return Outcome(k + 1, k)
 
     def draft_time(self, b: StepBatch) -> float:
-        if b.all_decode and self.draft_first_q > 1:
-            k = self.draft_first_q
-            d = self.draft.forward(np.full(b.n_dec, k), np.maximum(b.ctx - (k - 1), 0), b.n_dec)
-            if self.gamma > 1:
-                d = d + decode_steps(self.draft, b.ctx + 1, self.gamma - 1, b.n_dec)
-        elif b.all_decode:
-            d = decode_steps(self.draft, b.ctx, self.gamma, b.n_dec)
+        n, k, ctx, ctx_sum = b.n_dec, self.draft_first_q, b.dec_ctx, b.dec_ctx_sum
+        if b.all_decode and k == 1:
+            d = decode_steps(self.draft, ctx, self.gamma, n, ctx_sum)
         else:
-            d = self.draft.forward(np.where(b.is_dec, 1, b.q), b.ctx, b.n_dec + b.n_pre_done)
-            if b.n_dec and self.gamma > 1:
-                d = d + decode_steps(self.draft, b.ctx[b.is_dec] + 1, self.gamma - 1, b.n_dec)
-        self.draft_busy += d
-        return float(d.sum())
+            # The first draft forward: k tokens per decoding sequence, prompt chunks riding along.
+            d = forward_batch(self.draft, k, ctx, ctx_sum, b.pre_q, b.pre_ctx, n + b.n_pre_done,
+                              shift=k - 1)
+            if n and self.gamma > 1:
+                d = plus(d, decode_steps(self.draft, ctx, self.gamma - 1, n, ctx_sum, start=1))
+        return charge(self.draft_busy, d)
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         return self.draft_time(b) + self.target_time(b)

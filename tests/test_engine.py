@@ -47,6 +47,66 @@ def test_conservation_under_memory_pressure(dep, chunked):
         assert (rec.accepted <= rec.drafted).all()
 
 
+@pytest.mark.parametrize("chunked", [True, False])
+def test_kv_bound_shortcut_changes_nothing(monkeypatch, chunked):
+    """Steps skip the exact KV block count when a bound shows no overflow and no new peak;
+    forcing the exact count every step must give the same run and the same peak."""
+    from simulator.engine import Replica
+    dep = {**SD_8B, "gpu": SMALL_GPU, "gpu_memory_utilization": 0.95,
+           "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096}}
+    d = scenario_dict([dep], requests=120, arrival={"process": "poisson", "rate_per_s": 40},
+                      prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
+                      output={"dist": "uniform", "min": 1, "max": 600})
+    _, fast, _ = simulate(d)
+    fit = Replica._fit
+
+    def exact_fit(self, ctx, ctx_sum, pre_per):
+        peak, self.max_blocks_used = self.max_blocks_used, -1  # the bound never passes
+        try:
+            return fit(self, ctx, ctx_sum, pre_per)
+        finally:
+            self.max_blocks_used = max(peak, self.max_blocks_used)
+
+    monkeypatch.setattr(Replica, "_fit", exact_fit)
+    _, exact, _ = simulate(d)
+    assert exact.preemptions.sum() > 0
+    assert exact.max_kv_blocks_used == fast.max_kv_blocks_used
+    for f in ("finish", "first_token", "rounds", "accepted", "preemptions"):
+        np.testing.assert_array_equal(getattr(exact, f), getattr(fast, f))
+
+
+def test_itl_from_value_counts_matches_expanded_percentiles():
+    """ITL is kept as (gap, count) pairs; its summary must equal np.percentile and the mean of
+    the expanded gaps."""
+    from simulator.metrics import PERCENTILES, distribution
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 7, 500):
+        x = rng.exponential(0.02, size)
+        c = rng.integers(1, 70, size)
+        full = np.repeat(x, c)
+        got = distribution(x, c)
+        want = dict(zip(PERCENTILES, np.percentile(full, list(PERCENTILES.values()))))
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-12)
+        assert got["mean"] == pytest.approx(full.mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_itl_counts_every_emission_gap(chunked):
+    """Without preemption every emission after a request's first is a decode round, so there
+    are exactly sum(rounds) gaps; and a gap is never longer than the request's time decoding.
+    (Without chunked prefill, decodes sit out prefill steps, so their gaps differ per request.)"""
+    dep = {**SD_8B, "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096}}
+    d = scenario_dict([dep], requests=100, arrival={"process": "poisson", "rate_per_s": 20},
+                      prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
+                      output={"dist": "uniform", "min": 1, "max": 300})
+    sim, rec, _ = simulate(d)
+    assert rec.preemptions.sum() == 0
+    assert int(rec.itl_count.sum()) == int(rec.rounds.sum())
+    assert (rec.itl > 0).all()
+    assert rec.itl.max() <= np.max(rec.finish - rec.first_token) + 1e-12
+
+
 def test_sd_never_emits_more_than_left():
     d = scenario_dict([{**SD_8B, "gamma": 8, "acceptance": {"alpha": 0.99}}], requests=50,
                       output={"dist": "uniform", "min": 1, "max": 7})

@@ -108,7 +108,7 @@ def test_first_draft_step_q2_charges_more():
     gpu = resolve_gpu(InlineGPU(name="cpu-local", **CPU_GPU), "gpu")
     lat = {m: make_profile_latency(MODELS[m], gpu, 1, "fp32", root=ROOT / "profiles")
            for m in ("tiny-target", "tiny-draft")}
-    b = StepBatch(np.full(4, 5), np.full(4, 100), np.ones(4, bool), 4, 0)
+    b = StepBatch.decoding(5, np.full(4, 100))
     s1 = SpeculativeStrategy(lat["tiny-target"], lat["tiny-draft"], 4, alpha=0.7)
     s2 = SpeculativeStrategy(lat["tiny-target"], lat["tiny-draft"], 4, alpha=0.7)
     s2.draft_first_q = 2

@@ -57,16 +57,33 @@ def test_decode_steps_equals_repeated_forwards():
     ctx = np.array([10, 500, 2000])
     direct = sum(lat.forward(np.ones(3, int), ctx + j, 3) for j in range(5))
     assert np.allclose(decode_steps(lat, ctx, 5, 3), direct)
+    # start: caches `start` tokens longer; ctx_sum given or not, same result
+    later = sum(lat.forward(np.ones(3, int), ctx + 2 + j, 3) for j in range(4))
+    assert np.allclose(decode_steps(lat, ctx, 4, 3, int(ctx.sum()), start=2), later)
+    assert np.allclose(decode_steps(lat, ctx, 4, 3, start=2), later)
 
 
-def test_uniform_decode_batch_priced_from_sums_equals_forward():
-    """The engine's fast path for all-decode steps must price exactly what forward() does."""
+@pytest.mark.parametrize("shift", [0, 1])
+def test_batch_priced_from_sums_equals_forward(shift):
+    """The engine prices a step from its sums (roofline forward_sums) and must charge exactly
+    what forward() does on the per-sequence arrays: decodes with q tokens each (caches shifted
+    back by `shift`, as a lagging draft's first pass) plus prefill chunks."""
+    from simulator.latency.base import forward_batch
+
+    class ArraysOnly:  # the same backend without its sums fast path
+        forward = RooflineLatency(MODELS["llama-3.1-70b"], H100, 4).forward
+
     lat = RooflineLatency(MODELS["llama-3.1-70b"], H100, 4)
     rng = np.random.default_rng(0)
-    for n, q in [(1, 1), (7, 5), (66, 6), (300, 1)]:
-        ctx = rng.integers(0, 8000, n)
-        assert np.allclose(lat.decode_batch(n, q, float(ctx.sum()), n * q),
-                           lat.forward(np.full(n, q), ctx, n * q), rtol=1e-12, atol=0)
+    for n, q, pre_q, pre_ctx in [(1, 1, [], []), (7, 5, [300], [0]), (66, 6, [], []),
+                                 (300, 1, [2000, 17], [4096, 0]), (0, 3, [512], [0])]:
+        ctx = rng.integers(1, 8000, n)
+        n_logits = n * q + len(pre_q)
+        fast = forward_batch(lat, q, ctx, int(ctx.sum()), pre_q, pre_ctx, n_logits, shift)
+        slow = forward_batch(ArraysOnly(), q, ctx, int(ctx.sum()), pre_q, pre_ctx, n_logits, shift)
+        direct = lat.forward(np.array([q] * n + pre_q), np.array([*(ctx - shift), *pre_ctx]), n_logits)
+        assert np.allclose(fast, direct, rtol=1e-12, atol=0)
+        assert np.allclose(slow, direct, rtol=1e-12, atol=0)
 
 
 def test_ideal_cost_model():

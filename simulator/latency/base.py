@@ -30,13 +30,56 @@ class LatencyModel(Protocol):
         ...
 
 
-def decode_steps(model: LatencyModel, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
-    """Sum of `steps` successive single-token forwards (a draft proposing `steps` tokens).
+def decode_steps(model: LatencyModel, ctx: np.ndarray, steps: int, n_logits: int,
+                 ctx_sum: int | None = None, start: int = 0) -> np.ndarray:
+    """Sum of `steps` successive single-token forwards (a draft proposing `steps` tokens) over
+    caches of ctx + start tokens (ctx_sum: ctx.sum(), when the caller already has it).
 
     Backends may provide a faster `decode_steps` method; this is the generic definition.
     """
     fast = getattr(model, "decode_steps", None)
     if fast is not None:
-        return fast(ctx, steps, n_logits)
+        return fast(ctx, steps, n_logits, ctx_sum, start)
     ones = np.ones(ctx.shape[0], np.int64)
-    return sum((model.forward(ones, ctx + j, n_logits) for j in range(steps)), np.zeros(4))
+    return sum((model.forward(ones, ctx + (start + j), n_logits) for j in range(steps)), np.zeros(4))
+
+
+def forward_batch(model: LatencyModel, q_dec: int, dec_ctx: np.ndarray, dec_ctx_sum: int,
+                  pre_q: list[int], pre_ctx: list[int], n_logits: int, shift: int = 0):
+    """One forward over the decoding sequences (q_dec query tokens each, over caches of
+    dec_ctx - shift tokens; dec_ctx sums to dec_ctx_sum) plus prefill chunks (pre_q[i] tokens
+    over pre_ctx[i] cached). Returns the breakdown over COMPONENTS (an array or a 4-tuple).
+
+    Backends with `forward_sums(tokens, pairs, kv_positions, n_logits)` (the roofline) are
+    priced from the batch's sums, without building arrays. `shift` must not exceed any cache
+    (decoding sequences hold at least their prompt, so shift <= 1 is always safe)."""
+    sums = getattr(model, "forward_sums", None)
+    n = dec_ctx.shape[0]
+    if sums is not None:
+        ctx_sum = dec_ctx_sum - n * shift
+        t, dot, qq = n * q_dec, q_dec * ctx_sum, n * q_dec * (q_dec + 1)
+        for q, c in zip(pre_q, pre_ctx):
+            t, dot, qq, ctx_sum = t + q, dot + q * c, qq + q * (q + 1), ctx_sum + c
+        # Each query attends to the cache plus the causal part of its own block.
+        return sums(t, float(dot) + float(qq) / 2.0, float(ctx_sum) + t, n_logits)
+    ctx = np.maximum(dec_ctx - shift, 0) if shift else dec_ctx
+    q = np.full(n, q_dec, np.int64)
+    if pre_q:
+        q = np.concatenate([q, np.asarray(pre_q, np.int64)])
+        ctx = np.concatenate([ctx, np.asarray(pre_ctx, np.int64)])
+    return model.forward(q, ctx, n_logits)
+
+
+def plus(a, b) -> tuple:
+    """Component-wise sum of two breakdowns (arrays or 4-tuples)."""
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
+
+
+def charge(acc: list[float], t) -> float:
+    """Add breakdown `t` to the running totals `acc`; return its sum (the pass's seconds)."""
+    a, b, c, d = t
+    acc[0] += a
+    acc[1] += b
+    acc[2] += c
+    acc[3] += d
+    return a + b + c + d

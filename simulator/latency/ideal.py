@@ -24,5 +24,6 @@ class IdealLatency:
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
         return self._t.copy()
 
-    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
+    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int,
+                     ctx_sum: int | None = None, start: int = 0) -> np.ndarray:
         return self._t * steps

@@ -124,19 +124,19 @@ class RooflineLatency:
         pairs = float(np.dot(q, ctx)) + float(np.dot(q, q + 1)) / 2.0
         return np.array(self._parts(t, pairs, float(ctx.sum()) + t, n_logits))
 
-    def decode_batch(self, n: int, q: int, ctx_sum: float, n_logits: int) -> np.ndarray:
-        """forward() of n sequences with q query tokens each over ctx_sum cached tokens in all.
+    def forward_sums(self, t: int, pairs: float, kv_pos: float, n_logits: int) -> tuple:
+        """forward() from the batch's sums: t = sum(q), pairs = sum(q*ctx + q(q+1)/2) (query-key
+        pairs), kv_pos = sum(ctx + q). The roofline needs nothing else, so the engine prices its
+        steps without building per-sequence arrays (simulator/latency/base.py forward_batch)."""
+        return self._parts(t, pairs, kv_pos, n_logits)
 
-        The roofline needs only the batch's sums, so the engine's uniform decode steps (most
-        steps) are priced from scalars; equal to forward(full(n, q), ctx, n_logits)."""
-        t = n * q
-        return np.array(self._parts(t, q * ctx_sum + t * (q + 1) / 2.0, ctx_sum + t, n_logits))
-
-    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int) -> np.ndarray:
-        """Sum of `steps` single-token forwards of the batch, the cache growing by one each time.
-
-        Only attention changes from step to step, so the other components are priced once."""
-        n, ctx_sum = ctx.shape[0], float(ctx.sum())
+    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int,
+                     ctx_sum: int | None = None, start: int = 0) -> tuple:
+        """Sum of `steps` single-token forwards of the batch over caches of ctx + start tokens,
+        growing by one each time. Only attention changes from step to step, so the other
+        components are priced once."""
+        n = ctx.shape[0]
+        base = float((int(ctx.sum()) if ctx_sum is None else ctx_sum) + n * start)
         key = (n, n_logits)
         fixed = self._fixed_cache.get(key)
         if fixed is None:
@@ -147,6 +147,6 @@ class RooflineLatency:
         bytes_per_pos, q_bytes = self._kv_bytes_per_pos / self._bw, n * self._q_bytes_per_tok / self._bw
         att = 0.0
         for j in range(1, steps + 1):
-            c = ctx_sum + n * j
+            c = base + n * j
             att += max(c * flops_per_pair, c * bytes_per_pos + q_bytes)
-        return np.array((steps * lin, self.model.n_layers * att, steps * com, steps * ovh))
+        return (steps * lin, self.model.n_layers * att, steps * com, steps * ovh)
