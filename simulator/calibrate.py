@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from simulator import __version__
-from simulator.catalog import BYTES_PER_DTYPE, GPU, GPUS, MODELS, ModelArch
+from simulator.catalog import GPU, GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
-from simulator.latency.roofline import RooflineParams
+from simulator.latency.roofline import GEMM_TERMS, RooflineLatency, RooflineParams
 from simulator.profiles import Profile, load_profile
 
 CALIBRATION_FILE = "calibration.json"
@@ -59,8 +59,7 @@ ARCHITECTURE = {"a100-80gb-sxm": "nvidia-ampere", "a40": "nvidia-ampere",
                 "h100-sxm": "nvidia-hopper", "h100-pcie": "nvidia-hopper", "h200-sxm": "nvidia-hopper",
                 "b200": "nvidia-blackwell", "mi300x": "amd-cdna3", "mi325x": "amd-cdna3"}
 
-# Roofline terms of one layer's non-attention work, in the order of RooflineLatency's GEMM list.
-GEMM_TERMS = ("qkv", "o", "mlp_up", "mlp_down")
+# Roofline terms of one layer's non-attention work (GEMM_TERMS from latency/roofline.py).
 TERMS = (*GEMM_TERMS, "elementwise")
 # Which Vidur / profiler operators each roofline term stands for (for per-operator reports).
 VIDUR_OPS = {"qkv": ("attn_pre_proj",), "o": ("attn_post_proj",), "mlp_up": ("mlp_up_proj",),
@@ -73,38 +72,17 @@ VIDUR_OPS = {"qkv": ("attn_pre_proj",), "o": ("attn_post_proj",), "mlp_up": ("ml
 
 def layer_terms(model: ModelArch, gpu: GPU, tp: int, dtype: str, params: RooflineParams,
                 tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """Seconds of each non-attention term of ONE layer at T = tokens (RooflineLatency's formulas)."""
-    t = np.asarray(tokens, dtype=float)
-    by = BYTES_PER_DTYPE[dtype]
-    flops = gpu.peak_flops(dtype) * params.compute_efficiency
-    bw = gpu.bandwidth_tbps * 1e12 * params.memory_efficiency
-    m = model
-    heads = m.n_heads // tp
-    kv_heads = max(1, -(-m.n_kv_heads // tp))
-    gemms = [(m.hidden, (heads + 2 * kv_heads) * m.head_dim), (heads * m.head_dim, m.hidden),
-             (m.hidden, (2 if m.gated_mlp else 1) * m.ffn // tp), (m.ffn // tp, m.hidden)]
-    out = {}
-    for name, (k, n) in zip(GEMM_TERMS, gemms):
-        out[name] = np.maximum(2.0 * t * k * n / flops, (k * n + t * (k + n)) * by / bw)
-    out["elementwise"] = t * (8 * m.hidden + 3 * m.ffn / tp) * by / bw
-    return out
+    """Seconds of each non-attention term of ONE layer at T = tokens (RooflineLatency's own)."""
+    return RooflineLatency(model, gpu, tp, dtype, params).layer_terms(tokens)
 
 
 def attention_time(model: ModelArch, gpu: GPU, tp: int, dtype: str, params: RooflineParams,
                    batch: np.ndarray, q: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     """Seconds of one layer's attention for `batch` sequences of q query tokens over ctx cached."""
     b, q, ctx = (np.asarray(x, dtype=float) for x in (batch, q, ctx))
-    by = BYTES_PER_DTYPE[dtype]
-    m = model
-    heads = m.n_heads // tp
-    kv_heads = max(1, -(-m.n_kv_heads // tp))
     t = b * q
-    pairs = b * (q * ctx + q * (q + 1) / 2.0)
-    kv_pos = b * ctx + t
-    compute = pairs * 4.0 * heads * m.head_dim / (gpu.peak_flops(dtype) * params.attention_compute_efficiency)
-    memory = (kv_pos * 2.0 * kv_heads * m.head_dim * by + t * 2.0 * heads * m.head_dim * by) / (
-        gpu.bandwidth_tbps * 1e12 * params.memory_efficiency)
-    return np.maximum(compute, memory)
+    return RooflineLatency(model, gpu, tp, dtype, params).layer_attention(
+        t, b * (q * ctx + q * (q + 1) / 2.0), b * ctx + t)
 
 
 # ---- what a profile is a profile of ----------------------------------------------------------------

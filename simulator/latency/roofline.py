@@ -16,6 +16,10 @@ import numpy as np
 from simulator.catalog import BYTES_PER_DTYPE, GPU, ModelArch
 
 
+# The four GEMMs of a layer, in the order of RooflineLatency's GEMM list.
+GEMM_TERMS = ("qkv", "o", "mlp_up", "mlp_down")
+
+
 @dataclass(frozen=True)
 class RooflineParams:
     # Fraction of datasheet dense peak reached by large GEMMs (an H100 bf16 8192^3 matmul ran at
@@ -83,6 +87,20 @@ class RooflineLatency:
         byts = (k * n + tokens * (k + n)) * self._by
         return np.maximum(flops / self._flops, byts / self._bw)
 
+    def layer_terms(self, tokens) -> dict[str, np.ndarray]:
+        """Seconds of each non-attention term of ONE layer at T = tokens (vectorised): the four
+        GEMMs (GEMM_TERMS) and the elementwise work. Calibration fits these to measurements."""
+        t = np.asarray(tokens, dtype=float)
+        out = {name: self._gemm_time(t, k, n) for name, k, n in zip(GEMM_TERMS, self._gemm_k, self._gemm_n)}
+        out["elementwise"] = t * self._elementwise_bytes_per_token / self._bw
+        return out
+
+    def layer_attention(self, t, pairs, kv_pos):
+        """Seconds of ONE layer's attention from the batch's sums (scalars or arrays): query
+        tokens t, query-key pairs, KV positions read."""
+        return np.maximum(pairs * self._attn_flops_per_qk / self._attn_flops,
+                          (kv_pos * self._kv_bytes_per_pos + t * self._q_bytes_per_tok) / self._bw)
+
     def allreduce_s(self, t: float) -> float:
         """One ring all-reduce of t tokens' hidden states across the tp GPUs (0 at tp 1)."""
         if self.tp == 1:
@@ -112,6 +130,7 @@ class RooflineLatency:
 
     def _parts(self, t: int, pairs: float, kv_pos: float, n_logits: int) -> tuple:
         """(linear, attention, communication, overhead) from the batch's sufficient statistics."""
+        # layer_attention on Python floats (np.maximum costs more than the rest of a step's pricing)
         attn = self.model.n_layers * max(pairs * self._attn_flops_per_qk / self._attn_flops,
                                          (kv_pos * self._kv_bytes_per_pos
                                           + t * self._q_bytes_per_tok) / self._bw)
