@@ -267,8 +267,7 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
     sch = d.scheduler
     branches = 1
     if d.strategy == "ssd":
-        fo = (d.ssd or SSDConfig()).fanout
-        branches = fo.budget or fo.f * (gamma + 1)
+        branches = (d.ssd or SSDConfig()).fanout.branches(gamma)
     reserve = activation_reserve_bytes(draft, tp, sch.max_num_batched_tokens, sch.max_num_seqs,
                                        max(branches, gamma + 1), d.dtype)
     reserve += sch.max_num_seqs * branches * gamma * draft.kv_bytes_per_token(tp, d.dtype)

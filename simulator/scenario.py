@@ -236,6 +236,10 @@ class Fanout(Strict):
             raise ValueError("'budget' and 'cap' apply to policy 'geometric'; uniform uses f per position")
         return self
 
+    def branches(self, gamma: int) -> int:
+        """Total branches per sequence: the budget, or f per stopping point."""
+        return self.budget if self.budget is not None else self.f * (gamma + 1)
+
 
 class SSDConfig(Strict):
     """SSD pre-speculation settings (strategy: ssd; see simulator/ssd.py)."""
@@ -313,7 +317,7 @@ class Deployment(Strict):
             raise ValueError(f"'ssd' settings apply to strategy 'ssd' (this is '{self.strategy}')")
         fo = self.ssd.fanout if self.ssd is not None else None
         if fo is not None and fo.policy == "geometric":
-            budget = fo.budget if fo.budget is not None else fo.f * (self.gamma + 1)
+            budget = fo.branches(self.gamma)
             if budget < self.gamma + 1:
                 raise ValueError(f"ssd.fanout.budget ({budget}) is below gamma + 1 = {self.gamma + 1}: "
                                  "every stopping point needs at least one branch")

@@ -233,9 +233,13 @@ class DedicatedDraftSD(SpeculativeStrategy):
         super().__init__(target, draft, gamma, alpha, per_position)
         self.handshake = handshake
 
+    def prefill_only(self, b: StepBatch) -> float:
+        """A step with only prompt chunks: both GPUs prefill them at once."""
+        return max(self.target_time(b), charge(self.draft_busy, _draft_prefill(self.draft, b)))
+
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         if b.n_dec == 0:
-            return max(charge(self.draft_busy, _draft_prefill(self.draft, b)), self.target_time(b))
+            return self.prefill_only(b)
         return self.draft_time(b) + self.target_time(b) + self.handshake.time(b.n_dec)
 
     def summary(self, replicas: list[Strategy], duration: float) -> dict:
@@ -250,7 +254,7 @@ class SSDOutcome(Outcome):
     fast: bool = False  # the backup is random tokens (no draft time)
 
 
-class SSDStrategy(SpeculativeStrategy):
+class SSDStrategy(DedicatedDraftSD):
     """SSD pre-speculation (see the module docstring for the round-time model). Accepted counts
     are sampled as in standard SD (`alpha` shared, or the per-request alphas, or per-position)."""
 
@@ -261,14 +265,13 @@ class SSDStrategy(SpeculativeStrategy):
                  backup: str = "jit", backup_batch_threshold: int | None = None,
                  alpha: float | None = None, per_position: list[float] | None = None,
                  p_stop: np.ndarray | None = None):
-        super().__init__(target, draft, gamma, alpha, per_position)
+        super().__init__(target, draft, gamma, handshake, alpha, per_position)
         self.fanout = np.asarray(fanout, np.int64)
         if self.fanout.shape != (gamma + 1,) or (self.fanout < 1).any():
             raise ValueError(f"fanout needs gamma + 1 = {gamma + 1} entries >= 1, got {fanout}")
         self.r = r
         self.p_hit_k = hit_given_stop(self.fanout, r)
         self.p_stop = p_stop  # for the model's expected hit rate in the summary
-        self.handshake = handshake
         self.all_or_nothing = batch_policy == "all_or_nothing"
         self.backup, self.threshold = backup, backup_batch_threshold
         self.branches = int(self.fanout.sum())
@@ -314,9 +317,9 @@ class SSDStrategy(SpeculativeStrategy):
         return d
 
     def step_time(self, b: StepBatch, out: SSDOutcome | None) -> float:
-        t_v = self.target_time(b)
         if b.n_dec == 0:
-            return max(t_v, charge(self.draft_busy, _draft_prefill(self.draft, b)))
+            return self.prefill_only(b)
+        t_v = self.target_time(b)
         pre = self.prespeculation(b)
         t_pre = float(sum(pre))
         t_h = self.handshake.time(b.n_dec)
@@ -340,11 +343,10 @@ class SSDStrategy(SpeculativeStrategy):
     def summary(self, replicas: list[Strategy], duration: float) -> dict:
         sr = sum(s.seq_rounds for s in replicas)
         rounds = sum(s.rounds for s in replicas)
-        busy = sum(sum(s.draft_busy) for s in replicas)
         return {
             "cache_hit_rate": sum(s.seq_hits for s in replicas) / sr if sr else None,
             "batch_hit_rate": sum(s.cache_rounds for s in replicas) / rounds if rounds else None,
-            "draft_gpu_busy_fraction": busy / (len(replicas) * duration) if duration > 0 else 0.0,
+            **super().summary(replicas, duration),
             "fast_backup_rounds": sum(s.fast_rounds for s in replicas),
             "ssd_fanout": [int(x) for x in self.fanout],
             "ssd_model_hit_rate": self.expected_hit_rate(),
@@ -361,7 +363,7 @@ def make_ssd_strategy(dep, alpha: float | None) -> SSDStrategy:
               if acc.per_position is not None else stop_distribution(acc.alpha, g))
     fo = cfg.fanout
     if fo.policy == "geometric":
-        fanout = optimal_fanout(p_stop, cfg.r, fo.budget or fo.f * (g + 1), fo.cap)
+        fanout = optimal_fanout(p_stop, cfg.r, fo.branches(g), fo.cap)
     else:
         fanout = uniform_fanout(fo.f, g)
     return SSDStrategy(dep.target_latency, dep.draft_latency, g, fanout, cfg.r, dep.handshake,
