@@ -189,6 +189,8 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
             used.append(dep)
             check_fits(dep, req, f"deployments[{index}]")
             label = dep.name + (f" {point}" if point else "")
+            for lat in (dep.target_latency, dep.draft_latency):  # stats per run, not cumulative
+                getattr(lat, "reset_stats", lambda: None)()
             sim = Simulation(dep, req, seed=seed * 7919 + i,
                              progress=progress(label, req.n) if progress else None)
             rec = sim.run()

@@ -165,6 +165,11 @@ class ProfileLatency:
         a = profile.table("attention")
         self._attn = _Grid3(a["batch"], a["q"], a["ctx"], a["median_s"]) if len(a["batch"]) else None
         self.ctx_stat = "max" if "padded" in meta.attention_backend else "mean"
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Start `stats` afresh (one per simulation run). The memo goes too, so that the
+        per-component fallback counts (counted when a lookup is first computed) are the run's."""
         # Memoised per-component lookups: key -> (seconds, from_measured_points).
         self._memo: dict[tuple, tuple[float, bool]] = {}
         self._calls = self._fallback_calls = 0
