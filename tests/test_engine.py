@@ -21,15 +21,19 @@ def simulate(d, index=0):
 SMALL_GPU = {"name": "tiny-gpu", "hbm_gb": 24, "bandwidth_tbps": 1.0, "bf16_tflops": 200}
 
 
+def pressure(dep, chunked, requests, rate, small_gpu=True, max_output=600):
+    """Long, varied prompts under a token budget of 4096; on SMALL_GPU the KV cache overflows."""
+    dep = {**dep, "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096},
+           **({"gpu": SMALL_GPU, "gpu_memory_utilization": 0.95} if small_gpu else {})}
+    return scenario_dict([dep], requests=requests, arrival={"process": "poisson", "rate_per_s": rate},
+                         prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
+                         output={"dist": "uniform", "min": 1, "max": max_output})
+
+
 @pytest.mark.parametrize("dep", [AR_8B, SD_8B], ids=["ar", "sd"])
 @pytest.mark.parametrize("chunked", [True, False])
 def test_conservation_under_memory_pressure(dep, chunked):
-    dep = {**dep, "gpu": SMALL_GPU, "gpu_memory_utilization": 0.95,
-           "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096}}
-    d = scenario_dict([dep], requests=150, arrival={"process": "poisson", "rate_per_s": 50},
-                      prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
-                      output={"dist": "uniform", "min": 1, "max": 600})
-    sim, rec, req = simulate(d)
+    sim, rec, req = simulate(pressure(dep, chunked, 150, 50))
     st = sim.st
     # every arrived request completes exactly once, with exactly its output length
     assert np.isfinite(rec.finish).all()
@@ -52,11 +56,7 @@ def test_kv_bound_shortcut_changes_nothing(monkeypatch, chunked):
     """Steps skip the exact KV block count when a bound shows no overflow and no new peak;
     forcing the exact count every step must give the same run and the same peak."""
     from simulator.engine import Replica
-    dep = {**SD_8B, "gpu": SMALL_GPU, "gpu_memory_utilization": 0.95,
-           "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096}}
-    d = scenario_dict([dep], requests=120, arrival={"process": "poisson", "rate_per_s": 40},
-                      prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
-                      output={"dist": "uniform", "min": 1, "max": 600})
+    d = pressure(SD_8B, chunked, 120, 40)
     _, fast, _ = simulate(d)
     fit = Replica._fit
 
@@ -96,11 +96,7 @@ def test_itl_counts_every_emission_gap(chunked):
     """Without preemption every emission after a request's first is a decode round, so there
     are exactly sum(rounds) gaps; and a gap is never longer than the request's time decoding.
     (Without chunked prefill, decodes sit out prefill steps, so their gaps differ per request.)"""
-    dep = {**SD_8B, "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096}}
-    d = scenario_dict([dep], requests=100, arrival={"process": "poisson", "rate_per_s": 20},
-                      prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
-                      output={"dist": "uniform", "min": 1, "max": 300})
-    sim, rec, _ = simulate(d)
+    sim, rec, _ = simulate(pressure(SD_8B, chunked, 100, 20, small_gpu=False, max_output=300))
     assert rec.preemptions.sum() == 0
     assert int(rec.itl_count.sum()) == int(rec.rounds.sum())
     assert (rec.itl > 0).all()
