@@ -370,9 +370,10 @@ class HostOverheadLatency:
     strategy's query tokens and one logit per query token) pays overhead_at(host, mode, b); any
     other forward (prefill) pays overhead_at(host, "ar", 1) per sampled logit (one per prompt).
     Everything else is delegated to the wrapped backend, except the fast paths a strategy may
-    look up (forward_sums, decode_steps), which would bypass this forward."""
+    look up (forward_sums, forward_uniform, decode_steps), which would bypass this forward."""
 
     forward_sums = None
+    forward_uniform = None
     decode_steps = None
 
     def __init__(self, inner, host: dict, mode: str, q_decode: int):

@@ -136,6 +136,26 @@ def test_host_overhead_by_step_kind():
     ar = HostOverheadLatency(Flat(), host, "ar", 1)
     assert ar.forward(np.ones(16, np.int64), np.full(16, 9), 16)[3] == pytest.approx(1.6e-3)
 
+    # The engine prices steps through forward_batch / decode_steps, which take an inner
+    # backend's fast paths (sums, uniform batches); through the wrapper they must not skip it.
+    from simulator.latency.base import decode_steps, forward_batch
+
+    class Fast(Flat):
+        def forward_sums(self, *a):
+            return (1.0, 0.0, 0.0, 0.0)
+
+        def forward_uniform(self, *a):
+            return np.array([1.0, 0.0, 0.0, 0.0])
+
+        def decode_steps(self, ctx, steps, *a):
+            return (float(steps), 0.0, 0.0, 0.0)
+
+    sd = HostOverheadLatency(Fast(), host, "sd", 5)
+    ctx = np.full(4, 50)
+    assert forward_batch(sd, 5, ctx, 200, [], [], 20)[3] == pytest.approx(2e-3)
+    ar = HostOverheadLatency(Fast(), host, "ar", 1)
+    assert decode_steps(ar, ctx, 3, 4)[3] == pytest.approx(3 * 4e-4)
+
 
 def test_interleaved_order_and_median():
     from simulator.fidelity import interleaved_order, median_metrics, merge_diagnostics

@@ -214,3 +214,21 @@ def test_committed_cpu_profiles(model):
         assert np.all(np.isfinite(out)) and out.sum() > 0
     out = be.forward(np.array([1, 1, 512]), np.array([100, 900, 0]), 3)
     assert be.stats["fallback_calls"] == 0 and be.stats["measured_share"] == 1.0
+
+
+@pytest.mark.parametrize("attention_backend", ["synthetic-paged", "torch-sdpa-padded"])
+def test_uniform_fast_path_equals_forward(tmp_path, attention_backend):
+    """The engine prices decode steps through forward_uniform (no per-sequence q array); it
+    must equal forward() for both context statistics (mean for paged, max for padded), inside
+    and outside the grid (where the fallback's attention is anchored)."""
+    path = write_profile(Profile(_meta(attention_backend=attention_backend), _rows()), tmp_path)
+    fb = RooflineLatency(ARCH, GPU, 1, "fp32")
+    rng = np.random.default_rng(0)
+    for n, q in [(1, 1), (3, 2), (8, 4), (40, 3), (6, 9)]:
+        ctx = rng.integers(1, 600, n)
+        a, b = ProfileLatency(load_profile(path), ARCH, GPU, 1, "fp32", fb), \
+            ProfileLatency(load_profile(path), ARCH, GPU, 1, "fp32", fb)
+        np.testing.assert_array_equal(a.forward_uniform(n, q, ctx, int(ctx.sum()), n * q),
+                                      b.forward(np.full(n, q), ctx, n * q))
+        assert a.stats["calls"] == b.stats["calls"] == 1
+        assert a.stats["fallback_calls"] == b.stats["fallback_calls"]

@@ -62,6 +62,10 @@ def forward_batch(model: LatencyModel, q_dec: int, dec_ctx: np.ndarray, dec_ctx_
             t, dot, qq, ctx_sum = t + q, dot + q * c, qq + q * (q + 1), ctx_sum + c
         # Each query attends to the cache plus the causal part of its own block.
         return sums(t, float(dot) + float(qq) / 2.0, float(ctx_sum) + t, n_logits)
+    if not pre_q and not shift and n:
+        uniform = getattr(model, "forward_uniform", None)  # the profile backend's decode steps
+        if uniform is not None:
+            return uniform(n, q_dec, dec_ctx, dec_ctx_sum, n_logits)
     ctx = np.maximum(dec_ctx - shift, 0) if shift else dec_ctx
     q = np.full(n, q_dec, np.int64)
     if pre_q:

@@ -201,7 +201,11 @@ class ProfileLatency:
             (t,) = key
             return float(self._fb([t], [0], 0)[COMMUNICATION]) / (2 * self.L)
         b, q, c = key
-        return float(self._fb(np.full(b, q), np.full(b, c), 0)[ATTENTION]) / self.L
+        if self.fallback is None:
+            self._fb(np.full(b, q), np.full(b, c), 0)  # raises, naming the batch
+        t = b * q
+        return float(self.fallback.layer_attention(t, float(t * c) + float(t * (q + 1)) / 2.0,
+                                                   float(b * c + t)))
 
     def _anchored(self, op: str, key: tuple, edge_key: tuple, edge_time: float | None) -> float:
         """Fallback time scaled to match the measured time at the nearest grid point."""
@@ -278,7 +282,17 @@ class ProfileLatency:
 
     # ---------------------------------------------------------------------------- interface
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
-        T = int(q.sum())
+        return self._compose(int(q.sum()), n_logits, *self._attention(q, ctx))
+
+    def forward_uniform(self, n: int, q: int, ctx: np.ndarray, ctx_sum: int, n_logits: int) -> np.ndarray:
+        """forward(full(n, q), ctx, n_logits) for a batch whose every sequence has q query tokens
+        (an engine decode step); ctx_sum = ctx.sum()."""
+        c = int(ctx.max()) if self.ctx_stat == "max" else int(round(ctx_sum / n))
+        t, ok = self._attention_uniform(n, q, c)
+        return self._compose(n * q, n_logits, t, t if ok else 0.0)
+
+    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> np.ndarray:
+        """The forward's breakdown from its token count and one layer's attention."""
         L = self.L
         na, na_ok = self._per_token("non_attention", self._na, T)
         emb, emb_ok = self._per_token("embedding", self._emb, T)
@@ -290,7 +304,6 @@ class ProfileLatency:
             linear += head
             lin_meas += head if head_ok else 0.0
             fell_back |= not head_ok
-        attn, attn_meas = self._attention(q, ctx)
         fell_back |= attn_meas < attn
         attn, attn_meas = L * attn, L * attn_meas
         comm = comm_meas = 0.0
