@@ -53,7 +53,7 @@ class ResolvedDeployment:
     draft_gpu: GPU | None = None  # dedicated draft's device
     draft_memory: MemoryPlan | None = None  # per dedicated draft GPU
     handshake: Handshake | None = None  # per round, for a dedicated draft
-    ssd: SSDConfig | None = None
+    ssd: SSDConfig | None = None  # strategy ssd: its settings, defaults filled in
     acceptance_sdsl: dict | None = None  # how alpha was derived from the SDSL laws (see sdsl_alpha)
     gamma_choice: dict | None = None  # gamma: auto: gamma_auto.GammaChoice.as_dict(); set by the runner
     variant_of: str | None = None  # band variants: the scenario's deployment name
@@ -256,8 +256,13 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     return ResolvedDeployment(name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
                               d.router, gamma, acceptance, sch, d.dtype, mem, tl, dl, price,
                               d.placement, n_draft, draft_gpu if dedicated else None, draft_mem,
-                              handshake, d.ssd, acceptance_sdsl=acc_info,
+                              handshake, _ssd_config(d), acceptance_sdsl=acc_info,
                               variant_of=d.name if d.acceptance is not None and d.acceptance.band else None)
+
+
+def _ssd_config(d: Deployment) -> SSDConfig | None:
+    """The SSD settings of an ssd deployment, defaults filled in (None for other strategies)."""
+    return (d.ssd or SSDConfig()) if d.strategy == "ssd" else None
 
 
 def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, tp: int,
@@ -267,7 +272,7 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
     sch = d.scheduler
     branches = 1
     if d.strategy == "ssd":
-        branches = (d.ssd or SSDConfig()).fanout.branches(gamma)
+        branches = _ssd_config(d).fanout.branches(gamma)
     reserve = activation_reserve_bytes(draft, tp, sch.max_num_batched_tokens, sch.max_num_seqs,
                                        max(branches, gamma + 1), d.dtype)
     reserve += sch.max_num_seqs * branches * gamma * draft.kv_bytes_per_token(tp, d.dtype)

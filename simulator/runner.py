@@ -17,7 +17,7 @@ from simulator.engine import Simulation
 from simulator.errors import SpecsimError
 from simulator.latency.ideal import IdealLatency
 from simulator.metrics import request_table, stops_paying, summarise
-from simulator.scenario import Deployment, Scenario, SSDConfig, Workload
+from simulator.scenario import Deployment, Scenario, Workload
 from simulator.workload import Requests, generate
 
 
@@ -142,7 +142,7 @@ def _describe(dep: ResolvedDeployment) -> dict:
                  handshake_bytes_per_seq=dep.handshake.bytes_per_seq,
                  draft_memory=dep.draft_memory.as_dict())
     if dep.strategy == "ssd":
-        d["ssd"] = (dep.ssd or SSDConfig()).model_dump()
+        d["ssd"] = dep.ssd.model_dump()
     if dep.acceptance_sdsl is not None:
         d["acceptance_sdsl"] = dep.acceptance_sdsl
     if dep.gamma_choice is not None:

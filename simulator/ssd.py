@@ -356,8 +356,7 @@ class SSDStrategy(DedicatedDraftSD):
 def make_ssd_strategy(dep, alpha: float | None) -> SSDStrategy:
     """SSDStrategy for one replica of a resolved deployment (fan-out from its ssd settings; the
     geometric policy and the expected hit rate use the mean alpha or the per-position rates)."""
-    from simulator.scenario import SSDConfig
-    cfg = dep.ssd or SSDConfig()
+    cfg = dep.ssd
     acc, g = dep.acceptance, dep.gamma
     p_stop = (stop_distribution_per_position(np.asarray(acc.per_position))
               if acc.per_position is not None else stop_distribution(acc.alpha, g))
