@@ -9,11 +9,24 @@ A separate torch.profiler pass over a few points gives the per-operator breakdow
 What each op times (the split mirrors Block.forward, so the parts add up to a layer):
   non_attention  Block.non_attention_parts over [1, T] tokens (norm, QKV, RoPE, O, norm, MLP, adds)
   attention      KV-cache write of the q new tokens + gather of ctx+q positions + attention() with
-                 the lower-right causal mask, for `batch` sequences (the padded torch implementation)
+                 the lower-right causal mask, for `batch` sequences (the padded torch implementation),
+                 measured IN CONTEXT: its marginal cost inside a layer (see below)
   embedding      embed_tokens over T tokens;  lm_head: final norm + [T, hidden] x [hidden, vocab/tp]
   forward        the whole model's forward (all layers, logits for every position), timed directly
 The fixed cost of a forward beyond its parts (Python dispatch, bookkeeping) is the median residual
 direct - composed over the smallest forward points (T <= 4), clipped at 0 (`forward_overhead_s`).
+
+Attention in context. Timed alone, back to back, the attention op finds its working buffers
+(gathered K/V, scores) hot in the caches, and the non-attention op never pays for evicting the
+dirty data attention leaves behind; in a forward both happen, and the parts timed alone summed to
+~10% less than the real forward at batch >= 2 (benchmarks/fidelity_gap.py). So each attention
+point times a whole layer (Block.forward's pieces: pre_attention, Block.attend with the mask
+built once per forward as Transformer.forward does, post_attention) paired back to back with
+the layer's non-attention work on the same [b, q] tokens, on rotating layer copies and KV caches,
+and the attention row is median(layer - non_attention): what attention adds to a layer. It is
+floored at the median time of the attention op itself inside the layer (timing noise can push
+the difference below it at small contexts). Composed, L * (non_attention + attention) is then
+the layer as a forward runs it. On a GPU the same pairing times with CUDA events.
 With tp > 1 and one device, all-reduce rows are derived from the datasheet interconnect (noted).
 """
 from __future__ import annotations
@@ -157,16 +170,39 @@ class _Timer:
                             "time.thread_time per call (CPU time of the single torch thread)" if single
                             else "time.perf_counter per call (wall time)")
 
+    def stamp(self):
+        """A point in time on this timer's clock (a recorded CUDA event on a GPU)."""
+        if self.cuda:
+            e = self.torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return self.clock()
+
+    def spans(self, stamps: list) -> list[float]:
+        """Seconds between successive stamps."""
+        if self.cuda:
+            stamps[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(stamps, stamps[1:])]
+        return [b - a for a, b in zip(stamps, stamps[1:])]
+
     def measure(self, fn: Callable[[], object], warmup: int, min_repeats: int, max_repeats: int,
-                budget_s: float) -> list[float]:
+                budget_s: float) -> list:
+        """Per-call times of fn(); or, when fn has a `sample(timer)` method (a point that times
+        several things per sample, e.g. _InContextAttention), the tuples it returns."""
         torch = self.torch
         for _ in range(warmup):
             fn()
         if self.cuda:
             torch.cuda.synchronize()
-        times: list[float] = []
+        times: list = []
         spent = 0.0
+        sample = getattr(fn, "sample", None)
         while len(times) < min_repeats or (len(times) < max_repeats and spent < budget_s):
+            if sample is not None:
+                v = sample(self)
+                times.append(v)
+                spent += v[0] + v[1]
+                continue
             if self.cuda:
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 a.record()
@@ -187,7 +223,7 @@ class _Timer:
         """Samples per point key, taken in `g.passes` passes over all the points: a burst of
         load from elsewhere on the machine then spoils a fraction of each point's samples (which
         the median ignores) rather than all the samples of a few points."""
-        out: dict[tuple, list[float]] = {k: [] for k, _ in points}
+        out: dict[tuple, list] = {k: [] for k, _ in points}
         per = lambda n: max(1, math.ceil(n / g.passes))
         for i in range(g.passes):
             t0 = time.perf_counter()
@@ -199,8 +235,69 @@ class _Timer:
 
 
 def _row(op: str, b: int, q: int, ctx: int, tokens: int, t: np.ndarray) -> ProfileRow:
+    if t.ndim == 2:  # (layer, non_attention, attention op in the layer) samples
+        return _in_context_row(op, b, q, ctx, tokens, t)
     p10, med, p90 = np.percentile(t, [10, 50, 90])
     return ProfileRow(op, b, q, ctx, tokens, float(med), float(p10), float(p90), int(t.size))
+
+
+def _in_context_row(op: str, b: int, q: int, ctx: int, tokens: int, t: np.ndarray) -> ProfileRow:
+    """The row of an in-context attention point from its samples t[:, (layer, non_attention,
+    attention op inside the layer)]: median of layer - non_attention (what attention adds to a
+    layer), floored at the median of the attention op's own time inside the layer; p10/p90 of
+    the per-sample differences, floored the same way and kept around the median."""
+    d = t[:, 0] - t[:, 1]
+    floor = float(np.median(t[:, 2]))
+    med = max(float(np.median(d)), floor)
+    p10, p90 = np.percentile(np.maximum(d, t[:, 2]), [10, 90])
+    return ProfileRow(op, b, q, ctx, tokens, med, float(min(p10, med)), float(max(p90, med)), int(len(t)))
+
+
+class _InContextAttention:
+    """One attention point (b sequences, q new tokens over ctx cached) timed inside a layer.
+
+    `sample(timer)` times, back to back and in alternating order, (a) a whole layer as
+    Transformer.forward runs it (pre_attention, Block.attend with the forward's precomputed mask,
+    post_attention; a stamp on each side of the attention op) and (b) the same layer's
+    non-attention work on the same tokens, each on the next of the rotating layer copies and KV
+    caches. Returns (layer s, non_attention s, attention op inside the layer s)."""
+
+    def __init__(self, tm, blocks: list, cache, x, positions, slots, kv_lens, n: int):
+        self.cache, self.x, self.pos, self.slots, self.kv_lens, self.n = \
+            cache, x, positions, slots, kv_lens, n
+        self.blocks = itertools.cycle(blocks)
+        self.layers = itertools.cycle(range(cache.n_layers))
+        self.mask = tm.causal_mask(x.shape[1], kv_lens, n)  # once per forward, as Transformer.forward
+        self._flip = False
+
+    def _layer(self, stamp):
+        blk, li = next(self.blocks), next(self.layers)
+        t0 = stamp()
+        q, k, v = blk.pre_attention(self.x, self.pos)
+        t1 = stamp()
+        o = blk.attend(q, k, v, self.pos, self.cache, li, self.slots, self.kv_lens, self.n, self.mask)
+        t2 = stamp()
+        blk.post_attention(self.x, o)
+        return [t0, t1, t2, stamp()]
+
+    def _non_attention(self, stamp):
+        blk = next(self.blocks)
+        t0 = stamp()
+        blk.non_attention_parts(self.x, self.pos)
+        return [t0, stamp()]
+
+    def __call__(self):  # warm-up: both halves, untimed
+        self._layer(lambda: None)
+        self._non_attention(lambda: None)
+
+    def sample(self, timer) -> tuple[float, float, float]:
+        self._flip = not self._flip
+        if self._flip:
+            lay, na = self._layer(timer.stamp), self._non_attention(timer.stamp)
+        else:
+            na, lay = self._non_attention(timer.stamp), self._layer(timer.stamp)
+        s_lay, s_na = timer.spans(lay), timer.spans(na)
+        return sum(s_lay), s_na[0], s_lay[1]
 
 
 # ------------------------------------------------------------------------------------- metadata
@@ -344,30 +441,41 @@ def capture_profile(opts: CaptureOptions) -> Profile:
             "lm_head": lambda: torch.nn.functional.linear(layer_model.norm(x), next(lmw)),
         }
 
-    def attention_fn(b, q, ctx):
-        n = ctx + q
+    def kv_caches(b, n):
+        """A KV cache with enough layers that cycling through them overflows the cache (`flush`)."""
         one = 2 * b * n * s.n_kv_heads * s.head_dim * by
         n_caches = int(min(32, max(1, math.ceil(flush / one)))) if flush else 1
-        caches = itertools.cycle([tm.KVCache(1, b, n, s.n_kv_heads, s.head_dim, tdt, device)
-                                  for _ in range(n_caches)])
+        return tm.KVCache(n_caches, b, n, s.n_kv_heads, s.head_dim, tdt, device)
+
+    def attention_point(b, q, ctx):
+        """The attention point as timed for the profile: in context (_InContextAttention)."""
+        n = ctx + q
+        pos = (ctx + torch.arange(q, device=device))[None, :].expand(b, q)
+        kv_lens = torch.full((b,), n, dtype=torch.long, device=device)
+        return _InContextAttention(tm, blocks, kv_caches(b, n), randn(b, q, s.hidden), pos,
+                                   torch.arange(b, device=device), kv_lens, n)
+
+    def attention_fn(b, q, ctx):
+        """The attention op alone (for the per-operator breakdown), with the forward's mask."""
+        n = ctx + q
+        cache = kv_caches(b, n)
+        layers = itertools.cycle(range(cache.n_layers))
         slots = torch.arange(b, device=device)
         pos = (ctx + torch.arange(q, device=device))[None, :].expand(b, q)
         qt, k, v = randn(b, s.n_heads, q, s.head_dim), randn(b, q, s.n_kv_heads, s.head_dim), \
             randn(b, q, s.n_kv_heads, s.head_dim)
         kv_lens = torch.full((b,), n, dtype=torch.long, device=device)
-
-        def fn():
-            cache = next(caches)
-            cache.write(0, slots, pos, k, v)
-            kk, vv = cache.gather(0, slots, n)
-            return tm.attention(qt, kk, vv, kv_lens)
-        return fn
+        mask = tm.causal_mask(q, kv_lens, n)
+        blk = blocks[0]
+        return lambda: blk.attend(qt, k, v, pos, cache, next(layers), slots, kv_lens, n, mask)
 
     def attention_bytes(b, q, ctx):
         n = ctx + q
         kv = 2 * b * n * s.n_kv_heads * s.head_dim * by
-        # cache + gathered copy + GQA-expanded copy + scores/mask (fp32 on the math path)
-        return 2 * kv + kv * s.n_heads / s.n_kv_heads + 3 * b * s.n_heads * q * n * 4
+        # cache + gathered copy + GQA-expanded copy + scores/mask (fp32 on the math path) + the
+        # layer's activations (attention is timed inside a layer)
+        return (2 * kv + kv * s.n_heads / s.n_kv_heads + 3 * b * s.n_heads * q * n * 4
+                + 4 * b * q * (s.hidden + 2 * s.ffn) * by)
 
     points: list[tuple[tuple, Callable[[], Callable]]] = []
     for T in g.tokens:
@@ -382,7 +490,7 @@ def capture_profile(opts: CaptureOptions) -> Profile:
             skipped.append(f"attention b={b} q={q} ctx={ctx}: needs ~{need / 2**30:.1f} GiB > "
                            f"cap {mem_cap / 2**30:.1f} GiB")
             continue
-        points.append((("attention", b, q, ctx, b * q), lambda b=b, q=q, ctx=ctx: attention_fn(b, q, ctx)))
+        points.append((("attention", b, q, ctx, b * q), lambda b=b, q=q, ctx=ctx: attention_point(b, q, ctx)))
     full = None
     if opts.with_forward:
         full = tm.build_model(arch, tp=opts.tp, dtype=tdt, device=device, seed=opts.seed)
@@ -427,7 +535,9 @@ def capture_profile(opts: CaptureOptions) -> Profile:
             "allocator": allocator,
             "layers_timed": "one layer at the tp shard shape; per-layer ops are for ONE layer",
             "attention": "KV write + gather of ctx+q positions + SDPA with lower-right causal mask; "
-                         "a batch is padded to its longest context",
+                         "a batch is padded to its longest context; in context: median of (whole layer "
+                         "- its non-attention work) timed back to back, floored at the attention op's "
+                         "own time inside the layer (the mask built once per forward, not per layer)",
             "lm_head": f"final norm + GEMM over the vocab/tp shard ({lm_w.shape[0]} rows)",
             "step_overhead_s": "not measured (engine-specific): the fallback's value is used",
             "forward_overhead": fwd_notes,

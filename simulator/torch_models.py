@@ -26,6 +26,7 @@ Profiling hooks
   `attention(q, k, v, kv_lens)`           the core attention op alone (q [b, hq, s, d]).
   `Block.pre_attention(x, positions)`     norm, QKV projection, RoPE  -> q, k, v
   `Block.post_attention(x, attn_out)`     O projection, residual, norm, MLP, residual
+  `Block.attend(q, k, v, ...)`            KV write + gather + attention(): the padded path's op
   `Block.non_attention_parts(x, positions)` both of the above with the attention op replaced by
                                           the identity on q (same shapes): the non-attention work
                                           of one layer over T = b * s tokens.
@@ -252,11 +253,18 @@ class Block(nn.Module):
         q, _, _ = self.pre_attention(x, positions)
         return self.post_attention(x, q)
 
+    def attend(self, q, k, v, positions, cache: "KVCache", layer: int, slots, kv_lens, max_kv, mask=None):
+        """The attention op of the padded path: KV-cache write of the new tokens, gather of every
+        sequence up to max_kv positions, attention() with the forward's mask. Returns [b, hq, s, d]."""
+        cache.write(layer, slots, positions, k, v)
+        kk, vv = cache.gather(layer, slots, max_kv)
+        return attention(q, kk, vv, kv_lens, mask)
+
     def forward(self, x, positions, cache: "KVCache", layer: int, slots, kv_lens, max_kv, attn_impl="padded",
                 mask=None):
         q, k, v = self.pre_attention(x, positions)
-        cache.write(layer, slots, positions, k, v)
         if attn_impl == "per_seq":
+            cache.write(layer, slots, positions, k, v)
             outs = []
             for j in range(x.shape[0]):
                 n = int(kv_lens[j])
@@ -264,8 +272,7 @@ class Block(nn.Module):
                 outs.append(attention(q[j : j + 1], kj, vj))
             o = torch.cat(outs, dim=0)
         else:
-            kk, vv = cache.gather(layer, slots, max_kv)
-            o = attention(q, kk, vv, kv_lens, mask)
+            o = self.attend(q, k, v, positions, cache, layer, slots, kv_lens, max_kv, mask)
         return self.post_attention(x, o)
 
 
