@@ -42,7 +42,7 @@ def truncated_geometric_cdf(alpha: float, gamma: int) -> np.ndarray:
 
 def sample_accepted_same_alpha(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
     """K for n sequences sharing one alpha, by inverting the CDF (faster than the log form)."""
-    return np.searchsorted(cdf, rng.random(n), side="right")
+    return cdf.searchsorted(rng.random(n), side="right")
 
 
 def sample_accepted_per_position(rng: np.random.Generator, a: np.ndarray, n: int) -> np.ndarray:
