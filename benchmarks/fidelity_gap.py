@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from simulator.catalog import MODELS
 from simulator.deployments import resolve_gpu
 from simulator.fidelity import CPU_GPU
 from simulator.latency.profile import make_profile_latency
-from simulator.profiler import _cache_bytes, _copies, steady_cpu_allocator
+from simulator.profiler import _cache_bytes, _copies, n_copies, rotation, steady_cpu_allocator
 from simulator.real_engine import make_pair
 from simulator.scenario import InlineGPU
 from simulator import torch_models as tm
@@ -58,14 +57,8 @@ def real_forward_parts(model, tokens, cache, slots):
     t = {}
     clk = time.perf_counter
     a = clk()
-    dev = model.embed.weight.device
-    b, q = tokens.shape
-    slots_cpu = torch.as_tensor(slots, dtype=torch.long).cpu()
-    start = cache.lens[slots_cpu]
-    kv_lens_cpu = start + q
-    max_kv = int(kv_lens_cpu.max())
-    positions = start[:, None] + torch.arange(q)[None, :]
-    kv_lens = kv_lens_cpu
+    q = tokens.shape[1]
+    slots_cpu, _, positions, kv_lens_cpu, kv_lens, max_kv = model.batch_positions(q, cache, slots)
     x = model.embed_tokens(tokens, positions)
     mask = tm.causal_mask(q, kv_lens, max_kv)
     t["embed+mask"] = clk() - a
@@ -94,10 +87,7 @@ class ProfilerOps:
     """The profiler's per-op measurements (simulator/profiler.py capture_profile), rebuilt."""
 
     def __init__(self, arch, seed=0):
-        llc = _cache_bytes(torch, torch.device("cpu"))
-        flush = 2 * llc if arch.weight_bytes("fp32") > llc else 0
-        layer_bytes = (arch.attn_params_per_layer + arch.mlp_params_per_layer) * 4
-        n_rot = int(min(16, arch.n_layers, max(1, math.ceil(2 * llc / layer_bytes))))
+        flush, n_rot = rotation(arch, 1, "fp32", _cache_bytes(torch, torch.device("cpu")))
         self.n_rot, self.flush = n_rot, flush
         self.m = tm.build_model(arch, n_layers=n_rot, seed=seed)
         self.blocks = itertools.cycle(list(self.m.layers))
@@ -116,8 +106,7 @@ class ProfilerOps:
 
     def attention(self, b, q, ctx):
         s, n = self.s, ctx + q
-        one = 2 * b * n * s.n_kv_heads * s.head_dim * 4
-        n_caches = int(min(32, max(1, math.ceil(self.flush / one)))) if self.flush else 1
+        n_caches = n_copies(2 * b * n * s.n_kv_heads * s.head_dim * 4, self.flush, 32)
         caches = itertools.cycle([tm.KVCache(1, b, n, s.n_kv_heads, s.head_dim) for _ in range(n_caches)])
         slots = torch.arange(b)
         pos = (ctx + torch.arange(q))[None, :].expand(b, q)
@@ -137,8 +126,7 @@ class ProfilerOps:
         """A whole layer (Block.forward: pre-attention, KV write, gather, SDPA with the forward's
         precomputed mask, post-attention) on rotating layer copies and rotating KV caches."""
         s, n = self.s, ctx + q
-        one = 2 * b * n * s.n_kv_heads * s.head_dim * 4
-        n_caches = int(min(32, max(1, math.ceil(self.flush / one)))) if self.flush else 1
+        n_caches = n_copies(2 * b * n * s.n_kv_heads * s.head_dim * 4, self.flush, 32)
         cache = tm.KVCache(n_caches, b, n, s.n_kv_heads, s.head_dim)
         cache.k.normal_(generator=self.gen), cache.v.normal_(generator=self.gen)
         layers = itertools.cycle(range(n_caches))

@@ -80,9 +80,7 @@ def attention_time(model: ModelArch, gpu: GPU, tp: int, dtype: str, params: Roof
                    batch: np.ndarray, q: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     """Seconds of one layer's attention for `batch` sequences of q query tokens over ctx cached."""
     b, q, ctx = (np.asarray(x, dtype=float) for x in (batch, q, ctx))
-    t = b * q
-    return RooflineLatency(model, gpu, tp, dtype, params).layer_attention(
-        t, b * (q * ctx + q * (q + 1) / 2.0), b * ctx + t)
+    return RooflineLatency(model, gpu, tp, dtype, params).uniform_attention(b, q, ctx)
 
 
 # ---- what a profile is a profile of ----------------------------------------------------------------

@@ -414,10 +414,7 @@ def capture_profile(opts: CaptureOptions) -> Profile:
     # while in a forward the same layer comes back only after all the others. So: as many distinct
     # layers as the model has (up to what overflows the cache twice), and cold copies of the LM
     # head / embedding / KV unless the whole model fits in the cache.
-    llc = _cache_bytes(torch, device)
-    flush = 2 * llc if arch.weight_bytes(dtype) / opts.tp > llc else 0
-    layer_bytes = (arch.attn_params_per_layer + arch.mlp_params_per_layer) / opts.tp * by
-    n_rot = int(min(16, arch.n_layers, max(1, math.ceil(2 * llc / layer_bytes))))
+    flush, n_rot = rotation(arch, opts.tp, dtype, _cache_bytes(torch, device))
     layer_model = tm.build_model(arch, tp=opts.tp, n_layers=n_rot, dtype=tdt, device=device, seed=opts.seed)
     s = layer_model.shape
     blocks = list(layer_model.layers)
@@ -443,8 +440,7 @@ def capture_profile(opts: CaptureOptions) -> Profile:
 
     def kv_caches(b, n):
         """A KV cache with enough layers that cycling through them overflows the cache (`flush`)."""
-        one = 2 * b * n * s.n_kv_heads * s.head_dim * by
-        n_caches = int(min(32, max(1, math.ceil(flush / one)))) if flush else 1
+        n_caches = n_copies(2 * b * n * s.n_kv_heads * s.head_dim * by, flush, 32)
         return tm.KVCache(n_caches, b, n, s.n_kv_heads, s.head_dim, tdt, device)
 
     def attention_point(b, q, ctx):
@@ -562,10 +558,23 @@ def _cache_bytes(torch, device) -> int:
     return 32 * 2**20
 
 
+def rotation(arch, tp: int, dtype: str, llc: int) -> tuple[int, int]:
+    """(flush, layers): the bytes that cycling copies must exceed to keep timed reads cold (twice
+    the last-level cache, or 0 when the whole model fits in it), and how many distinct layers to
+    rotate over (as many as the model has, up to what overflows the cache twice)."""
+    flush = 2 * llc if arch.weight_bytes(dtype) / tp > llc else 0
+    layer_bytes = (arch.attn_params_per_layer + arch.mlp_params_per_layer) / tp * BYTES_PER_DTYPE[dtype]
+    return flush, int(min(16, arch.n_layers, max(1, math.ceil(2 * llc / layer_bytes))))
+
+
+def n_copies(nbytes: float, flush: int, cap: int) -> int:
+    """How many copies of `nbytes` to cycle through to overflow `flush` bytes (at most cap)."""
+    return int(min(cap, max(1, math.ceil(flush / nbytes)))) if flush else 1
+
+
 def _copies(w, flush: int) -> list:
     """`w` plus enough clones of it that cycling through them overflows a cache of `flush` bytes."""
-    n = int(min(16, max(1, math.ceil(flush / (w.numel() * w.element_size()))))) if flush else 1
-    return [w] + [w.clone() for _ in range(n - 1)]
+    return [w] + [w.clone() for _ in range(n_copies(w.numel() * w.element_size(), flush, 16) - 1)]
 
 
 def _memory_cap(torch, device, max_gb: float | None) -> float:

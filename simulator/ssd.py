@@ -311,10 +311,7 @@ class SSDStrategy(DedicatedDraftSD):
         d = np.asarray(forward_batch(self.draft, self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
                                      b.pre_ctx, b.n_dec * (self.gamma + 1) + b.n_pre_done))
         branch_ctx = np.repeat(b.dec_ctx, self.branches) + np.tile(self.branch_offset, b.n_dec)
-        ones = np.ones(branch_ctx.shape[0], np.int64)
-        for j in range(self.gamma):
-            d = d + self.draft.forward(ones, branch_ctx + j, branch_ctx.shape[0])
-        return d
+        return d + decode_steps(self.draft, branch_ctx, self.gamma, branch_ctx.shape[0])
 
     def step_time(self, b: StepBatch, out: SSDOutcome | None) -> float:
         if b.n_dec == 0:

@@ -356,6 +356,21 @@ class Transformer(nn.Module):
     def new_cache(self, max_seqs: int, max_len: int) -> KVCache:
         return KVCache.for_model(self, max_seqs, max_len)
 
+    def batch_positions(self, q: int, cache: KVCache, slots) -> tuple:
+        """Where q new tokens per sequence in `slots` go: (slots on CPU, slots on the device,
+        positions [b, q], KV lengths after the step on CPU and on the device, their max)."""
+        dev = self.embed.weight.device
+        slots_cpu = torch.as_tensor(slots, dtype=torch.long).cpu()
+        start = cache.lens[slots_cpu]
+        kv_lens_cpu = start + q
+        max_kv = int(kv_lens_cpu.max())
+        if max_kv > cache.max_len:
+            raise ValueError(f"KV cache overflow: {max_kv} > max_len {cache.max_len}")
+        start_d = start.to(dev, non_blocking=True)
+        positions = start_d[:, None] + torch.arange(q, device=dev)[None, :]
+        return (slots_cpu, slots_cpu.to(dev, non_blocking=True), positions, kv_lens_cpu,
+                kv_lens_cpu.to(dev, non_blocking=True), max_kv)
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: KVCache, slots: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """tokens [b, q] appended to the cached sequences in `slots` [b]; returns logits [b, q, vocab]
@@ -364,17 +379,8 @@ class Transformer(nn.Module):
         Writes K/V at positions lens[slot] .. lens[slot]+q-1 and advances lens.
         """
         dev = self.embed.weight.device
-        b, q = tokens.shape
-        slots_cpu = torch.as_tensor(slots, dtype=torch.long).cpu()
-        start = cache.lens[slots_cpu]
-        kv_lens_cpu = start + q
-        max_kv = int(kv_lens_cpu.max())
-        if max_kv > cache.max_len:
-            raise ValueError(f"KV cache overflow: {max_kv} > max_len {cache.max_len}")
-        slots_d = slots_cpu.to(dev, non_blocking=True)
-        start_d = start.to(dev, non_blocking=True)
-        positions = start_d[:, None] + torch.arange(q, device=dev)[None, :]
-        kv_lens = kv_lens_cpu.to(dev, non_blocking=True)
+        q = tokens.shape[1]
+        slots_cpu, slots_d, positions, kv_lens_cpu, kv_lens, max_kv = self.batch_positions(q, cache, slots)
         x = self.embed_tokens(tokens.to(dev), positions)
         padded = self.attn_impl == "padded"
         # padded: the mask is built once for all layers, and always (also for q = 1 at equal

@@ -203,9 +203,7 @@ class ProfileLatency:
         b, q, c = key
         if self.fallback is None:
             self._fb(np.full(b, q), np.full(b, c), 0)  # raises, naming the batch
-        t = b * q
-        return float(self.fallback.layer_attention(t, float(t * c) + float(t * (q + 1)) / 2.0,
-                                                   float(b * c + t)))
+        return float(self.fallback.uniform_attention(float(b), float(q), float(c)))
 
     def _anchored(self, op: str, key: tuple, edge_key: tuple, edge_time: float | None) -> float:
         """Fallback time scaled to match the measured time at the nearest grid point."""

@@ -101,6 +101,12 @@ class RooflineLatency:
         return np.maximum(pairs * self._attn_flops_per_qk / self._attn_flops,
                           (kv_pos * self._kv_bytes_per_pos + t * self._q_bytes_per_tok) / self._bw)
 
+    def uniform_attention(self, b, q, ctx):
+        """Seconds of ONE layer's attention for b sequences of q query tokens over ctx cached each
+        (scalars or arrays): each query attends to the cache and the causal part of its block."""
+        t = b * q
+        return self.layer_attention(t, b * (q * ctx + q * (q + 1) / 2.0), b * ctx + t)
+
     def allreduce_s(self, t: float) -> float:
         """One ring all-reduce of t tokens' hidden states across the tp GPUs (0 at tp 1)."""
         if self.tp == 1:
