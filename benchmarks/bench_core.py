@@ -13,11 +13,11 @@ import resource
 import time
 from pathlib import Path
 
-from simulator.deployments import resolve
-from simulator.engine import Simulation
-from simulator.metrics import summarise
-from simulator.scenario import parse_scenario
-from simulator.workload import generate
+from simulator.deploy.deployments import resolve
+from simulator.engine.replica import Simulation
+from simulator.analysis.metrics import summarise
+from simulator.config.schema import parse_scenario
+from simulator.config.workload import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT.parent / "shared/data/vidur/processed_traces/splitwise_conv.csv"

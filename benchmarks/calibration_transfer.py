@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/calibration_transfer.py [VIDUR_PROFILING_DIR]
 
 For every Vidur model measured on both GPUs, each per-layer operator of the A100 profile is
-compared with the roofline term that stands for it (simulator.calibrate.VIDUR_OPS), under:
+compared with the roofline term that stands for it (simulator.measure.calibrate.VIDUR_OPS), under:
   defaults      RooflineParams() as shipped
   H100 fit      efficiencies calibrated on the H100 data, carried to the A100 by its datasheet
                 (what a scenario on a GPU without a profile gets: derived_params)
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.calibrate import (TERMS, VIDUR_OPS, attention_time, calibrate_full, layer_terms,
+from simulator.measure.calibrate import (TERMS, VIDUR_OPS, attention_time, calibrate_full, layer_terms,
                                  profile_model)
-from simulator.catalog import GPUS
+from simulator.hardware.models import GPUS
 from simulator.latency.roofline import RooflineParams
-from simulator.vidur_import import import_vidur
+from simulator.measure.vidur import import_vidur
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur" / "profiling"
 SMALL_T = 256  # decode / verify-sized batches

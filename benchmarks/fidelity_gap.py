@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.catalog import MODELS
-from simulator.deployments import resolve_gpu
-from simulator.fidelity import CPU_GPU
+from simulator.hardware.models import MODELS
+from simulator.deploy.deployments import resolve_gpu
+from simulator.fidelity.experiment import CPU_GPU
 from simulator.latency.profile import make_profile_latency
-from simulator.profiler import _cache_bytes, _copies, n_copies, rotation, steady_cpu_allocator
-from simulator.real_engine import make_pair
-from simulator.scenario import InlineGPU
-from simulator import torch_models as tm
+from simulator.measure.profiler import _cache_bytes, _copies, n_copies, rotation, steady_cpu_allocator
+from simulator.measure.real_engine import make_pair
+from simulator.config.schema import InlineGPU
+from simulator.measure import torch_models as tm
 
 
 def timed(fn):

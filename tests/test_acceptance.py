@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from simulator.acceptance import (expected_tokens_per_position, expected_tokens_per_round,
+from simulator.physics.acceptance import (expected_tokens_per_position, expected_tokens_per_round,
                                   leviathan_speedup, request_alphas, sample_accepted,
                                   sample_accepted_per_position)
 
@@ -50,7 +50,7 @@ def test_request_alphas_beta_mean_and_spread():
 
 
 def test_cdf_sampler_matches_log_sampler_distribution():
-    from simulator.acceptance import sample_accepted_same_alpha, truncated_geometric_cdf
+    from simulator.physics.acceptance import sample_accepted_same_alpha, truncated_geometric_cdf
     rng = np.random.default_rng(5)
     a = np.bincount(sample_accepted_same_alpha(rng, truncated_geometric_cdf(0.6, 5), 200_000), minlength=6)
     b = np.bincount(sample_accepted(rng, np.full(200_000, 0.6), 5), minlength=6)

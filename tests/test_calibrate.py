@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simulator.calibrate import (HAS_LAYER_OVERHEAD, attention_time, calibrate, calibrate_full,
+from simulator.measure.calibrate import (HAS_LAYER_OVERHEAD, attention_time, calibrate, calibrate_full,
                                  derived_params, layer_non_attention, load_calibration,
                                  save_calibration)
-from simulator.catalog import GPUS, MODELS
+from simulator.hardware.models import GPUS, MODELS
 from simulator.cli import app
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineLatency, RooflineParams
-from simulator.profiles import Profile, ProfileMeta, ProfileRow, load_profile, write_profile
-from simulator.vidur_import import import_vidur
+from simulator.latency.profiles import Profile, ProfileMeta, ProfileRow, load_profile, write_profile
+from simulator.measure.vidur import import_vidur
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 VIDUR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur" / "profiling"

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from conftest import AR_8B, ROOT, SD_8B, run_dict, scenario_dict
-from simulator.deployments import resolve
-from simulator.engine import Simulation
-from simulator.scenario import parse_scenario
-from simulator.workload import generate
+from simulator.deploy.deployments import resolve
+from simulator.engine.replica import Simulation
+from simulator.config.schema import parse_scenario
+from simulator.config.workload import generate
 
 
 def simulate(d, index=0):
@@ -55,7 +55,7 @@ def test_conservation_under_memory_pressure(dep, chunked):
 def test_kv_bound_shortcut_changes_nothing(monkeypatch, chunked):
     """Steps skip the exact KV block count when a bound shows no overflow and no new peak;
     forcing the exact count every step must give the same run and the same peak."""
-    from simulator.engine import Replica
+    from simulator.engine.replica import Replica
     d = pressure(SD_8B, chunked, 120, 40)
     _, fast, _ = simulate(d)
     fit = Replica._fit
@@ -78,7 +78,7 @@ def test_kv_bound_shortcut_changes_nothing(monkeypatch, chunked):
 def test_itl_from_value_counts_matches_expanded_percentiles():
     """ITL is kept as (gap, count) pairs; its summary must equal np.percentile and the mean of
     the expanded gaps."""
-    from simulator.metrics import PERCENTILES, distribution
+    from simulator.analysis.metrics import PERCENTILES, distribution
     rng = np.random.default_rng(3)
     for size in (1, 2, 7, 500):
         x = rng.exponential(0.02, size)
@@ -111,7 +111,7 @@ def test_sd_never_emits_more_than_left():
 
 
 def test_same_seed_is_byte_identical(tmp_path):
-    from simulator.report import summary_json, write
+    from simulator.run.report import summary_json, write
     d = scenario_dict([AR_8B, {**SD_8B, "acceptance": {"alpha": 0.7, "heterogeneity": {"concentration": 10}}}],
                       requests=120)
     a, b = run_dict(d), run_dict(d)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.fidelity import (METRICS, FidelityConfig, compare, crossover, crossover_distance,
+from simulator.fidelity.experiment import (METRICS, FidelityConfig, compare, crossover, crossover_distance,
                                 crossovers, error_summary, overhead_at, request_metrics,
                                 scenario_dict)
 
@@ -77,7 +77,7 @@ def test_crossover_logic():
 
 
 def test_scenario_dict_validates_like_yaml():
-    from simulator.scenario import parse_scenario
+    from simulator.config.schema import parse_scenario
     cfg = FidelityConfig(gamma=3)
     sc = parse_scenario(scenario_dict(cfg, 8, ROOT / "profiles", {"per_position": [0.8, 0.7, 0.75]}))
     ar, sd = sc.deployments
@@ -98,12 +98,12 @@ def test_overhead_interpolation():
 
 def test_first_draft_step_q2_charges_more():
     """run_real feeds 2 tokens per sequence in a round's first draft step; the strategy can charge it."""
-    from simulator.catalog import MODELS
-    from simulator.deployments import resolve_gpu
-    from simulator.fidelity import CPU_GPU
+    from simulator.hardware.models import MODELS
+    from simulator.deploy.deployments import resolve_gpu
+    from simulator.fidelity.experiment import CPU_GPU
     from simulator.latency.profile import make_profile_latency
-    from simulator.scenario import InlineGPU
-    from simulator.strategies import SpeculativeStrategy, StepBatch
+    from simulator.config.schema import InlineGPU
+    from simulator.engine.strategies.base import SpeculativeStrategy, StepBatch
 
     gpu = resolve_gpu(InlineGPU(name="cpu-local", **CPU_GPU), "gpu")
     lat = {m: make_profile_latency(MODELS[m], gpu, 1, "fp32", root=ROOT / "profiles")
@@ -118,7 +118,7 @@ def test_first_draft_step_q2_charges_more():
 def test_host_overhead_by_step_kind():
     """Decode steps pay the measured AR step / SD round at their batch; prefill steps one sampled
     token per prompt (not a decode step's overhead at the full concurrency)."""
-    from simulator.fidelity import HostOverheadLatency
+    from simulator.fidelity.experiment import HostOverheadLatency
 
     class Flat:
         source = "measured"
@@ -158,7 +158,7 @@ def test_host_overhead_by_step_kind():
 
 
 def test_interleaved_order_and_median():
-    from simulator.fidelity import interleaved_order, median_metrics, merge_diagnostics
+    from simulator.fidelity.experiment import interleaved_order, median_metrics, merge_diagnostics
     assert interleaved_order(1) == ["ar", "sd"]
     assert interleaved_order(2) == ["ar", "sd", "sd", "ar"]
     assert median_metrics([{"x": 1.0}, {"x": 3.0}]) == {"x": 2.0}
@@ -170,7 +170,7 @@ def test_interleaved_order_and_median():
 
 
 def test_scenario_schedules_one_prefill_per_step():
-    from simulator.scenario import parse_scenario
+    from simulator.config.schema import parse_scenario
     sc = parse_scenario(scenario_dict(FidelityConfig(), 4, ROOT / "profiles", {"alpha": 0.7}))
     assert all(d.scheduler.max_prefills_per_step == 1 for d in sc.deployments)
 
@@ -188,7 +188,7 @@ def test_short_fidelity_run_writes_table_with_finite_errors(tmp_path):
     pytest.importorskip("torch")
     import torch
 
-    from simulator.fidelity import run_fidelity, write_outputs
+    from simulator.fidelity.experiment import run_fidelity, write_outputs
 
     torch.set_num_threads(1)
     cfg = FidelityConfig(concurrency=(1, 2), requests=4, gamma=3, prompt_mean=16, output_mean=12,
@@ -222,7 +222,7 @@ def test_short_fidelity_run_writes_table_with_finite_errors(tmp_path):
 
 
 def test_stops_paying_interpolates_between_last_paying_point_and_crossover():
-    from simulator.metrics import stops_paying
+    from simulator.analysis.metrics import stops_paying
     at, interp = stops_paying([1, 2, 4, 8], [1.5, 0.9, 1.2, 0.8])
     assert at == 8 and interp == pytest.approx(4 * 2 ** 0.5)  # ratio 1.2 -> 0.8: halfway in log
     assert stops_paying([1, 2], [1.1, 1.05]) == (None, None)

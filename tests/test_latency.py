@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from simulator.catalog import GPUS, MODELS
+from simulator.hardware.models import GPUS, MODELS
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
-from simulator.memory import plan_memory
+from simulator.deploy.memory import plan_memory
 
 H100 = GPUS["h100-sxm"]
 
@@ -117,10 +117,10 @@ def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
     H100 (from the committed Vidur import), H100's scaled by datasheet on H200; source 'derived'."""
     from pathlib import Path
 
-    from simulator.calibrate import calibration_path, load_calibration
-    from simulator.deployments import resolve
+    from simulator.measure.calibrate import calibration_path, load_calibration
+    from simulator.deploy.deployments import resolve
     from simulator.errors import SpecsimError
-    from simulator.scenario import parse_scenario
+    from simulator.config.schema import parse_scenario
 
     root = Path(__file__).resolve().parents[1]
     fitted = load_calibration(calibration_path("h100-sxm", root / "profiles")).params
@@ -149,9 +149,9 @@ def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
 def test_draft_latency_overrides_the_drafts_backend():
     from pathlib import Path
 
-    from simulator.deployments import resolve
+    from simulator.deploy.deployments import resolve
     from simulator.errors import SpecsimError
-    from simulator.scenario import parse_scenario
+    from simulator.config.schema import parse_scenario
 
     root = Path(__file__).resolve().parents[1]
     base = {"name": "d", "target": "llama-3.1-8b", "gpu": "h100-sxm"}

@@ -2,8 +2,8 @@
 import pytest
 
 from conftest import run_dict, scenario_dict
-from simulator.catalog import GPUS, MODELS
-from simulator.sdsl import tokens_per_flop
+from simulator.hardware.models import GPUS, MODELS
+from simulator.physics.sdsl import tokens_per_flop
 
 ALPHA, GAMMA = 0.7, 4
 TARGET, DRAFT = "llama-3.1-8b", "llama-3.2-1b"

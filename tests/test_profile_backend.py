@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.catalog import GPUS, MODELS
+from simulator.hardware.models import GPUS, MODELS
 from simulator.errors import SpecsimError
 from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, OVERHEAD
 from simulator.latency.profile import ProfileLatency, make_profile_latency
 from simulator.latency.roofline import RooflineLatency
-from simulator.profiles import Profile, ProfileMeta, ProfileRow, load_profile, write_profile
+from simulator.latency.profiles import Profile, ProfileMeta, ProfileRow, load_profile, write_profile
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = MODELS["tiny-draft"]  # 2 layers

@@ -16,13 +16,13 @@ import torch
 from typer.testing import CliRunner
 
 import simulator
-from simulator import torch_models as tm
-from simulator.catalog import MODELS
+from simulator.measure import torch_models as tm
+from simulator.hardware.models import MODELS
 from simulator.cli import app
 from simulator.errors import SpecsimError
 from simulator.latency.profile import ProfileLatency
-from simulator.profiler import GRIDS, CaptureOptions, capture_profile
-from simulator.profiles import (CSV_COLUMNS, DEVICE_KEYS, SIDECAR_KEYS, find_profile, load_profile,
+from simulator.measure.profiler import GRIDS, CaptureOptions, capture_profile
+from simulator.latency.profiles import (CSV_COLUMNS, DEVICE_KEYS, SIDECAR_KEYS, find_profile, load_profile,
                                 write_profile)
 
 torch.set_num_threads(1)
@@ -263,7 +263,7 @@ def test_composed_forward_matches_direct_forward(captured):
 
 
 def test_allreduce_rows_are_derived_from_the_interconnect():
-    from simulator.profiler import _allreduce_rows
+    from simulator.measure.profiler import _allreduce_rows
     g = GRIDS["quick"]
     rows, note = _allreduce_rows(MODELS["llama-3.1-8b"], 2, "h100-sxm", "bf16", g)
     assert [r.tokens for r in rows] == list(g.tokens) and note.startswith("DERIVED")
@@ -285,7 +285,7 @@ def test_attention_is_timed_in_context(monkeypatch):
     whole layer (pre-attention, Block.attend, post-attention) and the non-attention work on the
     same tokens, never rebuilds the causal mask (Transformer.forward builds it once per forward),
     and the row is `_in_context_row` of exactly those samples."""
-    from simulator import profiler as pr
+    from simulator.measure import profiler as pr
 
     grid = pr.Grid("in-context-test", tokens=(1, 2), batches=(2,), decode_q=(3,), prefill_q=(),
                    contexts=(0, 16), forward_points=(), validation_points=(), breakdown_tokens=(),
@@ -324,7 +324,7 @@ def test_attention_is_timed_in_context(monkeypatch):
 
 
 def test_in_context_row_is_the_layer_difference_floored_at_the_op():
-    from simulator.profiler import _in_context_row
+    from simulator.measure.profiler import _in_context_row
     # layer, non_attention, attention op inside the layer (seconds)
     t = np.array([[10.0, 7.0, 2.0], [11.0, 7.5, 2.5], [10.5, 7.0, 2.0], [12.0, 8.0, 2.0]])
     r = _in_context_row("attention", 2, 1, 64, 2, t)

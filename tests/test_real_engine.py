@@ -7,16 +7,16 @@ import pytest
 torch = pytest.importorskip("torch")
 from scipy import stats  # noqa: E402
 
-from simulator.catalog import MODELS, ModelArch  # noqa: E402
-from simulator import real_engine as re_  # noqa: E402
-from simulator.real_engine import (  # noqa: E402
+from simulator.hardware.models import MODELS, ModelArch  # noqa: E402
+from simulator.measure import real_engine as re_  # noqa: E402
+from simulator.measure.real_engine import (  # noqa: E402
     acceptance_stats,
     greedy_accept,
     make_pair,
     run_real,
     speculative_accept,
 )
-from simulator.torch_models import KVCache, attention, build_model, truncated_copy  # noqa: E402
+from simulator.measure.torch_models import KVCache, attention, build_model, truncated_copy  # noqa: E402
 
 torch.set_num_threads(1)
 

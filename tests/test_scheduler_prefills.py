@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from conftest import AR_8B, ROOT, SD_8B, scenario_dict
-from simulator.deployments import resolve
-from simulator.engine import Simulation
+from simulator.deploy.deployments import resolve
+from simulator.engine.replica import Simulation
 from simulator.errors import SpecsimError
-from simulator.scenario import parse_scenario
-from simulator.workload import generate
+from simulator.config.schema import parse_scenario
+from simulator.config.workload import generate
 
 C = 6
 

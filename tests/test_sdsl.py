@@ -10,9 +10,10 @@ import typer
 from scipy.optimize import minimize_scalar
 from typer.testing import CliRunner
 
-from simulator import cli_sdsl, sdsl
-from simulator.catalog import MODELS
-from simulator.sdsl import SDSLError
+from simulator.cli import sdsl as cli_sdsl
+from simulator.physics import sdsl
+from simulator.hardware.models import MODELS
+from simulator.physics.sdsl import SDSLError
 
 CASES = [(a, m, n) for a in (0.3, 0.5, 0.6, 0.75, 0.9, 0.97)
          for m, n in ((70e9, 189e6), (13e9, 122e6), (7e9, 1e9), (1e9, 1e8), (110e9, 20e6))]
@@ -311,7 +312,7 @@ def test_cli_fit_alpha_missing_file(app, tmp_path):
 
 def test_specsim_entry_point_runs_sdsl():
     """Through the installed `specsim` app (skipped until the core CLI module exists)."""
-    pytest.importorskip("simulator.cli_core")
+    pytest.importorskip("simulator.cli.core")
     import subprocess
     import sys
 

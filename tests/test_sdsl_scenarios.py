@@ -7,14 +7,15 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import ROOT, run_dict, scenario_dict
-from simulator import gamma_auto, sdsl
-from simulator.catalog import GPUS, MODELS
+from simulator.deploy import gamma as gamma_auto
+from simulator.physics import sdsl
+from simulator.hardware.models import GPUS, MODELS
 from simulator.cli import app
-from simulator.deployments import resolve
+from simulator.deploy.deployments import resolve
 from simulator.errors import SpecsimError
-from simulator.runner import choose_gamma
-from simulator.scenario import parse_scenario
-from simulator.workload import Requests
+from simulator.run.runner import choose_gamma
+from simulator.config.schema import parse_scenario
+from simulator.config.workload import Requests
 
 M70, D1 = "llama-3.1-70b", "llama-3.2-1b"
 IDEAL = {"backend": "ideal"}
@@ -74,7 +75,7 @@ def test_yaml_exponent_without_dot_is_accepted():
 # ---------------------------------------------------------------- the band
 
 def test_band_runs_three_variants_at_alpha_minus_plus_rmse(tmp_path):
-    from simulator.report import markdown
+    from simulator.run.report import markdown
     acc = {**LAW, "band": True}
     d = scenario_dict([{"name": "ar", "target": M70, "gpu": "h100-sxm", "tp": 4, "strategy": "ar",
                         "latency": IDEAL}, sd(acceptance=acc, latency=IDEAL)],
@@ -209,7 +210,7 @@ def test_gamma_auto_open_loop_uses_littles_law():
 
 
 def test_gamma_auto_per_sweep_point_and_report():
-    from simulator.report import markdown
+    from simulator.run.report import markdown
     d = scenario_dict([sd(draft_tp=1)], requests=32, arrival={"process": "closed", "concurrency": 1},
                       output={"dist": "fixed", "value": 32},
                       sweep={"param": "concurrency", "values": [1, 32]})

@@ -10,18 +10,18 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, run_dict, scenario_dict
-from simulator.catalog import GPUS, MODELS
-from simulator.deployments import resolve
-from simulator.engine import Simulation
+from simulator.hardware.models import GPUS, MODELS
+from simulator.deploy.deployments import resolve
+from simulator.engine.replica import Simulation
 from simulator.latency.roofline import RooflineLatency
-from simulator.report import markdown, summary_json
-from simulator.scenario import parse_scenario
-from simulator.ssd import (Handshake, SSDStrategy, batch1_terms, geometric_fanout,
+from simulator.run.report import markdown, summary_json
+from simulator.config.schema import parse_scenario
+from simulator.engine.strategies.ssd import (Handshake, SSDStrategy, batch1_terms, geometric_fanout,
                            geometric_fanout_continuous, hit_probability, optimal_fanout,
                            ssd_speedup_batch1, stop_distribution, stop_distribution_per_position,
                            uniform_fanout)
-from simulator.strategies import StepBatch
-from simulator.workload import generate
+from simulator.engine.strategies.base import StepBatch
+from simulator.config.workload import generate
 
 Z = 3.29  # two-sided 99.9% normal quantile
 GAMMA = 4

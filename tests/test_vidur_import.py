@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.catalog import GPUS, MODELS
+from simulator.hardware.models import GPUS, MODELS
 from simulator.errors import SpecsimError
 from simulator.latency.profile import ProfileLatency
-from simulator.profiles import SIDECAR_KEYS, load_profile
-from simulator.vidur_import import LAYER_OPS, import_vidur, write_vidur
+from simulator.latency.profiles import SIDECAR_KEYS, load_profile
+from simulator.measure.vidur import LAYER_OPS, import_vidur, write_vidur
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -201,8 +201,8 @@ def test_csv_with_missing_column(tmp_path):
 
 def test_engine_runs_a_scenario_on_imported_h100_profile(h100_70b):
     """End to end: the imported real H100 data times a whole scenario (issue 5's acceptance)."""
-    from simulator.runner import run_scenario
-    from simulator.scenario import parse_scenario
+    from simulator.run.runner import run_scenario
+    from simulator.config.schema import parse_scenario
 
     dep = {"target": "llama-3.1-70b", "gpu": "h100-sxm", "tp": 4, "strategy": "ar"}
     sc = parse_scenario({

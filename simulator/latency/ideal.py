@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.catalog import GPU, ModelArch
+from simulator.hardware.models import GPU, ModelArch
 
 
 class IdealLatency:

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.catalog import GPU, GPUS, ModelArch
+from simulator.hardware.models import GPU, GPUS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, OVERHEAD
 from simulator.latency.roofline import RooflineLatency, RooflineParams
-from simulator.profiles import Profile, find_profile, load_profile, profile_paths
+from simulator.latency.profiles import Profile, find_profile, load_profile, profile_paths
 
 
 MEMO_LIMIT = 200_000  # memoised lookups kept (about 50 MB) before the memo is cleared
@@ -347,7 +347,7 @@ def make_profile_latency(model: ModelArch, gpu: GPU, tp: int, dtype: str, *,
                            f"with `specsim profile --model {model.name} --tp {tp} --device-name "
                            f"{gpu.name}` or use backend 'roofline'")
     profile = load_profile(path, model=model.name, tp=tp, gpu=gpu.name)
-    from simulator.calibrate import derived_params
+    from simulator.measure.calibrate import derived_params
     # Inline devices (e.g. cpu-local) use only their own calibration: datasheet scaling from
     # another GPU means nothing for them.
     got = derived_params(gpu, root, nearest=gpu.name in GPUS)

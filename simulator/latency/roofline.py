@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from simulator.catalog import BYTES_PER_DTYPE, GPU, ModelArch
+from simulator.hardware.models import BYTES_PER_DTYPE, GPU, ModelArch
 
 
 # The four GEMMs of a layer, in the order of RooflineLatency's GEMM list.

@@ -82,9 +82,9 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
         seed: Optional[int] = typer.Option(None, "--seed", help="Override the scenario's seed"),
         json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout")):
     """Simulate every deployment of a scenario; print a comparison and write reports/<name>/."""
-    from simulator.report import console_table, summary_json, write
-    from simulator.runner import run_scenario
-    from simulator.scenario import load_scenario
+    from simulator.run.report import console_table, summary_json, write
+    from simulator.run.runner import run_scenario
+    from simulator.config.schema import load_scenario
 
     sc, base = load_scenario(scenario)
     t0 = time.monotonic()
@@ -107,10 +107,10 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
 
 def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
-    from simulator.deployments import resolve
-    from simulator.runner import check_fits
-    from simulator.scenario import load_scenario
-    from simulator.workload import generate
+    from simulator.deploy.deployments import resolve
+    from simulator.run.runner import check_fits
+    from simulator.config.schema import load_scenario
+    from simulator.config.workload import generate
 
     sc, base = load_scenario(scenario)
     with _about(scenario):
@@ -123,7 +123,7 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
 
 def models():
     """List the built-in model catalogue."""
-    from simulator.catalog import MODELS
+    from simulator.hardware.models import MODELS
     t = Table(title="models")
     for h in ("name", "params", "layers", "hidden", "heads", "kv heads", "head dim", "ffn", "vocab", "context"):
         t.add_column(h, justify="left" if h == "name" else "right")
@@ -135,7 +135,7 @@ def models():
 
 def gpus():
     """List the built-in GPU catalogue (datasheet figures, dated default prices)."""
-    from simulator.catalog import GPUS
+    from simulator.hardware.models import GPUS
     t = Table(title="GPUs (dense BF16; prices are dated defaults, override per scenario)")
     for h in ("name", "HBM GB", "TB/s", "BF16 TFLOP/s", "FP8 TFLOP/s", "interconnect", "GB/s", "$/GPU-h", "price date"):
         t.add_column(h, justify="left" if h in ("name", "interconnect") else "right")

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich import box
 from rich.table import Table
 
-from simulator import sdsl
-from simulator.catalog import GPUS, MODELS, ModelArch
+from simulator.physics import sdsl
+from simulator.hardware.models import GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineLatency
 

@@ -45,10 +45,10 @@ from typing import Callable
 import numpy as np
 
 import simulator
-from simulator.catalog import BYTES_PER_DTYPE, GPUS, MODELS, ModelArch
+from simulator.hardware.models import BYTES_PER_DTYPE, GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineLatency
-from simulator.profiles import Profile, ProfileMeta, ProfileRow
+from simulator.latency.profiles import Profile, ProfileMeta, ProfileRow
 
 ATTENTION_BACKEND = "torch-sdpa-padded"  # gather to the batch's max context, masked (torch_models)
 
@@ -369,7 +369,7 @@ def _torch():
 def capture_profile(opts: CaptureOptions) -> Profile:
     """Measure the profile described by `opts` on this machine and return it (not written)."""
     torch = _torch()
-    from simulator import torch_models as tm
+    from simulator.measure import torch_models as tm
 
     if opts.model not in MODELS:
         raise SpecsimError(f"unknown model '{opts.model}'; valid names: {', '.join(sorted(MODELS))}")

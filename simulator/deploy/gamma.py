@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from simulator import sdsl
-from simulator.acceptance import expected_tokens_per_round
+from simulator.physics import sdsl
+from simulator.physics.acceptance import expected_tokens_per_round
 from simulator.latency.base import LatencyModel, decode_steps
 
 GAMMA_MAX = 16  # upper end of the latency search (and the memory bound used before choosing)

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from simulator.cli_core import user_errors
+from simulator.cli.core import user_errors
 from simulator.errors import SpecsimError
 
 _out = Console()
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
                                              "fraction between before and after (0: never)"),
     ) -> None:
         """Real vs simulated throughput, TTFT, TPOT and crossover on this machine."""
-        from simulator.fidelity import FidelityConfig, run_fidelity, write_outputs
+        from simulator.fidelity.experiment import FidelityConfig, run_fidelity, write_outputs
 
         cfg = FidelityConfig(device=device, target=target, draft=draft, gamma=gamma,
                              concurrency=parse_concurrency(concurrency), requests=requests,

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from simulator import __version__
-from simulator.catalog import GPU, GPUS, MODELS, ModelArch
+from simulator.hardware.models import GPU, GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import GEMM_TERMS, RooflineLatency, RooflineParams
-from simulator.profiles import Profile, load_profile
+from simulator.latency.profiles import Profile, load_profile
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1

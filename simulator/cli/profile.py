@@ -30,7 +30,7 @@ def _command() -> str | None:
 
 def validation_table(profile) -> list[dict]:
     """Directly timed forward rows vs the measured backend's composition of the same pass."""
-    from simulator.catalog import MODELS
+    from simulator.hardware.models import MODELS
     from simulator.latency.profile import ProfileLatency
 
     model = MODELS[profile.meta.model]
@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
                                        help="per-operator torch.profiler rows"),
     ) -> None:
         """Measure per-layer operator times of MODEL on this machine into a profile."""
-        from simulator.profiler import CaptureOptions, capture_profile
-        from simulator.profiles import write_profile
+        from simulator.measure.profiler import CaptureOptions, capture_profile
+        from simulator.latency.profiles import write_profile
 
         try:
             grid = grid or ("default" if device == "cuda" else "medium")

@@ -25,11 +25,11 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from simulator.acceptance import request_alphas
-from simulator.deployments import ResolvedDeployment
+from simulator.physics.acceptance import request_alphas
+from simulator.deploy.deployments import ResolvedDeployment
 from simulator.latency.base import COMPONENTS
-from simulator.strategies import Outcome, StepBatch, Strategy, make_strategy
-from simulator.workload import Requests
+from simulator.engine.strategies.base import Outcome, StepBatch, Strategy, make_strategy
+from simulator.config.workload import Requests
 
 
 @dataclass

@@ -14,12 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from simulator.calibrate import calibrate_full, load_gpu_profiles, save_calibration
-from simulator.cli_core import user_errors
+from simulator.measure.calibrate import calibrate_full, load_gpu_profiles, save_calibration
+from simulator.cli.core import user_errors
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineParams
-from simulator.vidur_import import GPU_NAMES, NOT_IN_CATALOGUE, import_vidur
-from simulator.profiles import write_profile
+from simulator.measure.vidur import GPU_NAMES, NOT_IN_CATALOGUE, import_vidur
+from simulator.latency.profiles import write_profile
 
 _out = Console()
 _err = Console(stderr=True, soft_wrap=True)

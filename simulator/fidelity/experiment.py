@@ -2,9 +2,9 @@
 
 Steps (run_fidelity):
   1. workload: one closed-loop workload spec (lognormal prompt/output lengths), validated through
-     the scenario schema; its requests (simulator.workload.generate) are served for real AND
+     the scenario schema; its requests (simulator.config.workload.generate) are served for real AND
      simulated, so both sides see identical lengths in the same order.
-  2. real: `simulator.real_engine.run_real` serves them at each concurrency, AR and SD, on the
+  2. real: `simulator.measure.real_engine.run_real` serves them at each concurrency, AR and SD, on the
      device with one torch thread; acceptance (alpha and the per-position rates) is MEASURED.
   3. profiles of both models on the same device (`specsim profile`'s capture), or reused ones.
   4. host overhead: sampling, the acceptance rule and bookkeeping of one AR step / SD round,
@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
-from simulator.metrics import stops_paying
+from simulator.analysis.metrics import stops_paying
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 METRICS = ("throughput", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "tpot_p99", "tokens_per_round")
@@ -150,8 +150,8 @@ def scenario_dict(cfg: FidelityConfig, concurrency: int, profiles_root: Path,
 
 def workload_requests(cfg: FidelityConfig, profiles_root: Path = Path("profiles")):
     """The requests both sides serve (lengths do not depend on the concurrency)."""
-    from simulator.scenario import parse_scenario
-    from simulator.workload import generate
+    from simulator.config.schema import parse_scenario
+    from simulator.config.workload import generate
 
     sc = parse_scenario(scenario_dict(cfg, cfg.concurrency[0], profiles_root), "<fidelity workload>")
     return generate(sc.workload, cfg.seed, Path.cwd())
@@ -308,7 +308,7 @@ def measure_host_overhead(vocab: int, gamma: int, temperature: float, batches, *
     copies + KV rollback bookkeeping. Medians over `repeats`."""
     import torch
 
-    from simulator.real_engine import greedy_accept, probs_from_logits, sample_tokens, speculative_accept
+    from simulator.measure.real_engine import greedy_accept, probs_from_logits, sample_tokens, speculative_accept
 
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -513,7 +513,7 @@ def iteration_diagnostics(run, tlat, dlat, gamma: int, overhead_s: float) -> dic
 # ------------------------------------------------------------------------------------ the steps
 def _profile_paths(cfg: FidelityConfig, out: Path, log) -> tuple[Path, dict]:
     """Profiles root for the simulation: reused (cfg.profiles_dir) or captured now under out/."""
-    from simulator.profiles import find_profile, load_profile, write_profile
+    from simulator.latency.profiles import find_profile, load_profile, write_profile
 
     info = {}
     if cfg.reuse_profile:
@@ -528,7 +528,7 @@ def _profile_paths(cfg: FidelityConfig, out: Path, log) -> tuple[Path, dict]:
                        "grid": prof.meta.grid.get("name") if isinstance(prof.meta.grid, dict) else None,
                        "reused": True}
         return root.resolve(), info
-    from simulator.profiler import CaptureOptions, capture_profile
+    from simulator.measure.profiler import CaptureOptions, capture_profile
 
     root = (out / "profiles").resolve()
     for m in (cfg.target, cfg.draft):
@@ -550,11 +550,11 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
     `host`: measure_host_overhead's table, charged per step by HostOverheadLatency."""
     from dataclasses import replace
 
-    from simulator.deployments import resolve
-    from simulator.engine import Simulation
-    from simulator.runner import check_fits
-    from simulator.scenario import parse_scenario
-    from simulator.workload import generate
+    from simulator.deploy.deployments import resolve
+    from simulator.engine.replica import Simulation
+    from simulator.run.runner import check_fits
+    from simulator.config.schema import parse_scenario
+    from simulator.config.workload import generate
 
     sc = parse_scenario(scenario_dict(cfg, concurrency, profiles_root, acceptance), "<fidelity>")
     req = generate(sc.workload, cfg.seed, Path.cwd())
@@ -596,7 +596,7 @@ def _device_info(device: str) -> dict:
         d["name"] = torch.cuda.get_device_name(0)
     else:
         try:
-            from simulator.profiler import _device_info as dinfo
+            from simulator.measure.profiler import _device_info as dinfo
             d["name"] = dinfo(torch, torch.device("cpu"))["name"]
         except Exception:  # pragma: no cover - best effort description only
             d["name"] = platform.processor() or "cpu"
@@ -639,11 +639,11 @@ def run_fidelity(cfg: FidelityConfig, out: Path, log: Callable[[str], None] = la
     import torch
 
     from simulator.latency.profile import make_profile_latency
-    from simulator.deployments import resolve_gpu
-    from simulator.catalog import MODELS
-    from simulator.profiler import steady_cpu_allocator
-    from simulator.real_engine import acceptance_stats, make_pair, run_real
-    from simulator.scenario import InlineGPU
+    from simulator.deploy.deployments import resolve_gpu
+    from simulator.hardware.models import MODELS
+    from simulator.measure.profiler import steady_cpu_allocator
+    from simulator.measure.real_engine import acceptance_stats, make_pair, run_real
+    from simulator.config.schema import InlineGPU
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SpecsimError("--device cuda: torch sees no CUDA GPU on this machine")

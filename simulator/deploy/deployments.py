@@ -16,17 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from simulator import sdsl
-from simulator.catalog import GPU, GPUS, MODELS, ModelArch
+from simulator.physics import sdsl
+from simulator.hardware.models import GPU, GPUS, MODELS, ModelArch
 from simulator.errors import SpecsimError
-from simulator.gamma_auto import GAMMA_MAX
+from simulator.deploy.gamma import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
-from simulator.memory import MemoryPlan, activation_reserve_bytes, plan_memory
-from simulator.scenario import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
+from simulator.deploy.memory import MemoryPlan, activation_reserve_bytes, plan_memory
+from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
                                 SSDConfig)
-from simulator.ssd import Handshake
+from simulator.engine.strategies.ssd import Handshake
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, 
     root = Path(cfg.profiles_dir)
     root = root if root.is_absolute() or not (base / root).is_dir() else base / root
     if cfg.backend == "calibrated":
-        from simulator.calibrate import derived_params
+        from simulator.measure.calibrate import derived_params
         got = derived_params(gpu, root)
         if got is None:
             raise SpecsimError(f"{field}.backend: 'calibrated' needs a saved calibration under "

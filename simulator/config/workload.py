@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
-from simulator.scenario import (Closed, Constant, Fixed, GammaArrivals, Normal, Poisson,
+from simulator.config.schema import (Closed, Constant, Fixed, GammaArrivals, Normal, Poisson,
                                 TraceArrivals, TraceLengths, Uniform, Workload)
 
 

@@ -11,14 +11,16 @@ from typing import Callable
 
 import pandas as pd
 
-from simulator import __version__, gamma_auto, sdsl
-from simulator.deployments import ResolvedDeployment, band_variants, resolve
-from simulator.engine import Simulation
+from simulator import __version__
+from simulator.deploy import gamma as gamma_auto
+from simulator.physics import sdsl
+from simulator.deploy.deployments import ResolvedDeployment, band_variants, resolve
+from simulator.engine.replica import Simulation
 from simulator.errors import SpecsimError
 from simulator.latency.ideal import IdealLatency
-from simulator.metrics import request_table, stops_paying, summarise
-from simulator.scenario import Deployment, Scenario, Workload
-from simulator.workload import Requests, generate
+from simulator.analysis.metrics import request_table, stops_paying, summarise
+from simulator.config.schema import Deployment, Scenario, Workload
+from simulator.config.workload import Requests, generate
 
 
 @dataclass

@@ -7,11 +7,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Predict LLM serving performance with speculative decoding.")
 
 # Feature modules add their commands through register(app). Keep this list explicit.
-from simulator import cli_core  # noqa: E402
-from simulator import cli_sdsl  # noqa: E402
-from simulator import cli_calibrate  # noqa: E402
-from simulator import cli_profile  # noqa: E402
-from simulator import cli_fidelity  # noqa: E402
+from simulator.cli import core as cli_core  # noqa: E402
+from simulator.cli import sdsl as cli_sdsl  # noqa: E402
+from simulator.cli import calibrate as cli_calibrate  # noqa: E402
+from simulator.cli import profile as cli_profile  # noqa: E402
+from simulator.cli import fidelity as cli_fidelity  # noqa: E402
 
 for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile, cli_fidelity):
     _module.register(app)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch
-from simulator.strategies import Outcome, SpeculativeStrategy, StepBatch, Strategy
+from simulator.engine.strategies.base import Outcome, SpeculativeStrategy, StepBatch, Strategy
 
 # Default handshake (MODEL.md section 4: "a handshake with its own latency"): two messages per
 # round (draft -> target: gamma token ids + their logits; target -> draft: k and the bonus token),

@@ -1,6 +1,6 @@
 """A minimal decoder-only transformer in plain torch, built from a catalogue `ModelArch`.
 
-Used by the profiler (`specsim profile`) and by the real serving loop (`simulator.real_engine`).
+Used by the profiler (`specsim profile`) and by the real serving loop (`simulator.measure.real_engine`).
 Random weights only: the point is the *shapes* and the *work*, which are those of the real model
 on ONE GPU under tensor parallelism `tp` (heads / tp, kv_heads / tp but at least 1, ffn / tp).
 No communication is performed (a single shard is built, as one GPU would hold it).
@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .catalog import ModelArch
+from simulator.hardware.models import ModelArch
 
 __all__ = [
     "ShardShape",

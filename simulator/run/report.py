@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from simulator.runner import RunResult
+from simulator.run.runner import RunResult
 
 SOURCE_MEANING = {
     "measured": "forward passes timed from a latency profile measured on this device",

@@ -1,7 +1,7 @@
 """A small real serving loop in plain torch: continuous batching, AR and speculative decoding.
 
 This is the ground truth the simulator is compared against (`specsim fidelity`, issue 6). It runs
-real forward passes of random-weight models (`simulator.torch_models`) and records what a
+real forward passes of random-weight models (`simulator.measure.torch_models`) and records what a
 simulator needs to replay it: per request (arrival, first token, finish, token counts), per round
 (accepted count), and per iteration (wall time of each part and the batch composition).
 
@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .catalog import MODELS, ModelArch
-from .torch_models import Transformer, build_model, truncated_copy
+from simulator.hardware.models import MODELS, ModelArch
+from simulator.measure.torch_models import Transformer, build_model, truncated_copy
 
 __all__ = [
     "probs_from_logits",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.acceptance import (sample_accepted, sample_accepted_per_position,
+from simulator.physics.acceptance import (sample_accepted, sample_accepted_per_position,
                                   sample_accepted_same_alpha, truncated_geometric_cdf)
 from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch, plus
 
@@ -170,13 +170,13 @@ def make_strategy(dep) -> Strategy:
     acc = dep.acceptance
     shared = acc.alpha if acc.alpha is not None and acc.heterogeneity is None else None
     if dep.strategy == "sd" and dep.draft_placement == "dedicated":
-        from simulator.ssd import DedicatedDraftSD
+        from simulator.engine.strategies.ssd import DedicatedDraftSD
         return DedicatedDraftSD(dep.target_latency, dep.draft_latency, dep.gamma, dep.handshake,
                                 shared, acc.per_position)
     if dep.strategy == "sd":
         return SpeculativeStrategy(dep.target_latency, dep.draft_latency, dep.gamma, shared,
                                    acc.per_position, dep.draft_first_q)
     if dep.strategy == "ssd":
-        from simulator.ssd import make_ssd_strategy
+        from simulator.engine.strategies.ssd import make_ssd_strategy
         return make_ssd_strategy(dep, shared)
     raise ValueError(f"unknown strategy {dep.strategy!r}")

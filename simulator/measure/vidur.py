@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from simulator import __version__
-from simulator.catalog import MODELS, ModelArch
+from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError
-from simulator.profiles import Profile, ProfileMeta, ProfileRow, write_profile
+from simulator.latency.profiles import Profile, ProfileMeta, ProfileRow, write_profile
 
 # Vidur GPU folder -> specsim GPU name. a40 is not in the catalogue: it is imported under "a40"
 # and a scenario must define that device inline to use it.
