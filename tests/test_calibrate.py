@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from simulator.measure.calibrate import (HAS_LAYER_OVERHEAD, attention_time, calibrate, calibrate_full,
                                  derived_params, layer_non_attention, load_calibration,
                                  save_calibration)
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.cli import app
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineLatency, RooflineParams

@@ -103,7 +103,8 @@ def test_first_draft_step_q2_charges_more():
     from simulator.fidelity.experiment import CPU_GPU
     from simulator.latency.profile import make_profile_latency
     from simulator.config.schema import InlineGPU
-    from simulator.engine.strategies.base import SpeculativeStrategy, StepBatch
+    from simulator.engine.strategies.sd import SpeculativeStrategy
+    from simulator.engine.strategies.base import StepBatch
 
     gpu = resolve_gpu(InlineGPU(name="cpu-local", **CPU_GPU), "gpu")
     lat = {m: make_profile_latency(MODELS[m], gpu, 1, "fp32", root=ROOT / "profiles")

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.deploy.memory import plan_memory

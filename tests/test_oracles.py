@@ -2,7 +2,8 @@
 import pytest
 
 from conftest import run_dict, scenario_dict
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.physics.sdsl import tokens_per_flop
 
 ALPHA, GAMMA = 0.7, 4

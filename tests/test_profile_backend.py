@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.errors import SpecsimError
 from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, OVERHEAD
 from simulator.latency.profile import ProfileLatency, make_profile_latency

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from conftest import ROOT, run_dict, scenario_dict
 from simulator.deploy import gamma as gamma_auto
 from simulator.physics import sdsl
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.cli import app
 from simulator.deploy.deployments import resolve
 from simulator.errors import SpecsimError

@@ -10,16 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT, run_dict, scenario_dict
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.deploy.deployments import resolve
 from simulator.engine.replica import Simulation
 from simulator.latency.roofline import RooflineLatency
 from simulator.run.report import markdown, summary_json
 from simulator.config.schema import parse_scenario
-from simulator.engine.strategies.ssd import (Handshake, SSDStrategy, batch1_terms, geometric_fanout,
-                           geometric_fanout_continuous, hit_probability, optimal_fanout,
-                           ssd_speedup_batch1, stop_distribution, stop_distribution_per_position,
-                           uniform_fanout)
+from simulator.physics.handshake import Handshake
+from simulator.engine.strategies.ssd import SSDStrategy
+from simulator.physics.ssd import (batch1_terms, geometric_fanout, geometric_fanout_continuous, hit_probability, optimal_fanout, ssd_speedup_batch1, stop_distribution, stop_distribution_per_position, uniform_fanout)
 from simulator.engine.strategies.base import StepBatch
 from simulator.config.workload import generate
 

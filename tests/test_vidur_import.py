@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.hardware.models import GPUS, MODELS
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
 from simulator.errors import SpecsimError
 from simulator.latency.profile import ProfileLatency
 from simulator.latency.profiles import SIDECAR_KEYS, load_profile

@@ -135,7 +135,7 @@ def models():
 
 def gpus():
     """List the built-in GPU catalogue (datasheet figures, dated default prices)."""
-    from simulator.hardware.models import GPUS
+    from simulator.hardware.gpus import GPUS
     t = Table(title="GPUs (dense BF16; prices are dated defaults, override per scenario)")
     for h in ("name", "HBM GB", "TB/s", "BF16 TFLOP/s", "FP8 TFLOP/s", "interconnect", "GB/s", "$/GPU-h", "price date"):
         t.add_column(h, justify="left" if h in ("name", "interconnect") else "right")

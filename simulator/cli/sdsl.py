@@ -18,7 +18,8 @@ from rich import box
 from rich.table import Table
 
 from simulator.physics import sdsl
-from simulator.hardware.models import GPUS, MODELS, ModelArch
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineLatency
 

@@ -242,7 +242,7 @@ class Fanout(Strict):
 
 
 class SSDConfig(Strict):
-    """SSD pre-speculation settings (strategy: ssd; see simulator/ssd.py)."""
+    """SSD pre-speculation settings (strategy: ssd; see simulator/engine/strategies/ssd.py)."""
     fanout: Fanout = Field(default_factory=Fanout)
     # Miss model P(miss | F) = F^(-r). Default 2: top-3 candidates hold the bonus token ~89% of the
     # time (greedy-like decoding); fit it to measured cache hit rates.

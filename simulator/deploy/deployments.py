@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from simulator.physics import sdsl
-from simulator.hardware.models import GPU, GPUS, MODELS, ModelArch
+from simulator.hardware.gpus import GPU, GPUS
+from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.deploy.gamma import GAMMA_MAX
 from simulator.latency.base import LatencyModel
@@ -26,7 +27,7 @@ from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.deploy.memory import MemoryPlan, activation_reserve_bytes, plan_memory
 from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
                                 SSDConfig)
-from simulator.engine.strategies.ssd import Handshake
+from simulator.physics.handshake import Handshake
 
 
 @dataclass(frozen=True)

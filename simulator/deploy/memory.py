@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from simulator.hardware.models import BYTES_PER_DTYPE, GPU, ModelArch
+from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
+from simulator.hardware.gpus import GPU
 
 GB = 1e9
 # CUDA context, NCCL buffers, CUDA graphs: a fixed slice vLLM cannot give to the KV cache.

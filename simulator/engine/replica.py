@@ -28,7 +28,8 @@ import simpy
 from simulator.physics.acceptance import request_alphas
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.latency.base import COMPONENTS
-from simulator.engine.strategies.base import Outcome, StepBatch, Strategy, make_strategy
+from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
+from simulator.engine.strategies import make_strategy
 from simulator.config.workload import Requests
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.hardware.models import GPU, ModelArch
+from simulator.hardware.gpus import GPU
+from simulator.hardware.models import ModelArch
 
 
 class IdealLatency:

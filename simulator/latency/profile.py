@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.hardware.models import GPU, GPUS, ModelArch
+from simulator.hardware.gpus import GPU, GPUS
+from simulator.hardware.models import ModelArch
 from simulator.errors import SpecsimError
-from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, OVERHEAD
+from simulator.latency.base import COMMUNICATION, LINEAR, OVERHEAD
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.latency.profiles import Profile, find_profile, load_profile, profile_paths
 

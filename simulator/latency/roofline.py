@@ -13,7 +13,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from simulator.hardware.models import BYTES_PER_DTYPE, GPU, ModelArch
+from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
+from simulator.hardware.gpus import GPU
 
 
 # The four GEMMs of a layer, in the order of RooflineLatency's GEMM list.

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from simulator import __version__
-from simulator.hardware.models import GPU, GPUS, MODELS, ModelArch
+from simulator.hardware.gpus import GPU, GPUS
+from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import GEMM_TERMS, RooflineLatency, RooflineParams
 from simulator.latency.profiles import Profile, load_profile

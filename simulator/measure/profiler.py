@@ -45,7 +45,8 @@ from typing import Callable
 import numpy as np
 
 import simulator
-from simulator.hardware.models import BYTES_PER_DTYPE, GPUS, MODELS, ModelArch
+from simulator.hardware.models import BYTES_PER_DTYPE, MODELS, ModelArch
+from simulator.hardware.gpus import GPUS
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineLatency
 from simulator.latency.profiles import Profile, ProfileMeta, ProfileRow

@@ -1,6 +1,7 @@
-"""Decoding strategies: what one engine step costs and what it emits for the decoding sequences.
+"""What a decoding strategy is: the step batch it prices, the outcome it draws, and the
+autoregressive strategy every other one extends.
 
-The engine (engine.py) decides which sequences run in a step and how many prompt tokens each
+The engine (simulator/engine/replica.py) decides which sequences run in a step and how many prompt tokens each
 prefill gets; a strategy says how many query tokens a decoding sequence puts in the target pass,
 how many KV slots it reserves ahead, how long the step takes on the hardware, and how many
 tokens each decoding sequence gets out of it. Each step: sample() draws the outcome first (it
@@ -12,9 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.physics.acceptance import (sample_accepted, sample_accepted_per_position,
-                                  sample_accepted_same_alpha, truncated_geometric_cdf)
-from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch, plus
+from simulator.latency.base import LatencyModel, charge, forward_batch
 
 
 @dataclass
@@ -107,76 +106,3 @@ class Strategy:
     def summary(self, replicas: list["Strategy"], duration: float) -> dict:
         """Strategy-specific metrics over all replicas' strategy objects (added to the summary)."""
         return {}
-
-
-class SpeculativeStrategy(Strategy):
-    """Standard speculative decoding with a colocated draft (Leviathan et al.): each step the
-    draft proposes gamma tokens per decoding sequence (gamma draft forwards, new prompt chunks
-    riding along in the first), then one target forward verifies gamma+1 positions each."""
-
-    name = "sd"
-
-    def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int,
-                 alpha: float | None = None, per_position: list[float] | None = None,
-                 draft_first_q: int = 1):
-        """`alpha` set: every request shares it (fast path); None with no per_position: use the
-        per-request alphas the engine passes to sample(). `draft_first_q`: query tokens per
-        sequence in a round's first draft forward (1: the draft's KV holds every token but the
-        pending one; 2: it lags by two, as simulator/real_engine.py keeps it so that an
-        all-accepted round needs no extra draft pass, and the first step re-feeds the last two)."""
-        if draft_first_q not in (1, 2):
-            raise ValueError(f"draft_first_q must be 1 or 2, got {draft_first_q}")
-        self.draft_first_q = draft_first_q
-        super().__init__(target)
-        self.draft, self.gamma = draft, gamma
-        self.query_tokens = gamma + 1
-        self.lookahead = gamma
-        self.drafted_per_round = gamma
-        self.per_position = None if per_position is None else np.asarray(per_position)
-        self.cdf = None if alpha is None or alpha >= 1.0 else truncated_geometric_cdf(alpha, gamma)
-        self.all_accepted = alpha is not None and alpha >= 1.0
-
-    def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
-        if self.cdf is not None:
-            k = sample_accepted_same_alpha(rng, self.cdf, alpha.shape[0])
-        elif self.all_accepted:
-            k = np.full(alpha.shape[0], self.gamma)
-        elif self.per_position is not None:
-            k = sample_accepted_per_position(rng, self.per_position, alpha.shape[0])
-        else:
-            k = sample_accepted(rng, alpha, self.gamma)
-        return Outcome(k + 1, k)
-
-    def draft_time(self, b: StepBatch) -> float:
-        n, k, ctx, ctx_sum = b.n_dec, self.draft_first_q, b.dec_ctx, b.dec_ctx_sum
-        if b.all_decode and k == 1:
-            d = decode_steps(self.draft, ctx, self.gamma, n, ctx_sum)
-        else:
-            # The first draft forward: k tokens per decoding sequence, prompt chunks riding along.
-            d = forward_batch(self.draft, k, ctx, ctx_sum, b.pre_q, b.pre_ctx, n + b.n_pre_done,
-                              shift=k - 1)
-            if n and self.gamma > 1:
-                d = plus(d, decode_steps(self.draft, ctx, self.gamma - 1, n, ctx_sum, start=1))
-        return charge(self.draft_busy, d)
-
-    def step_time(self, b: StepBatch, out: Outcome) -> float:
-        return self.draft_time(b) + self.target_time(b)
-
-
-def make_strategy(dep) -> Strategy:
-    """The strategy object for one replica of a resolved deployment (state is per replica)."""
-    if dep.strategy == "ar":
-        return Strategy(dep.target_latency)
-    acc = dep.acceptance
-    shared = acc.alpha if acc.alpha is not None and acc.heterogeneity is None else None
-    if dep.strategy == "sd" and dep.draft_placement == "dedicated":
-        from simulator.engine.strategies.ssd import DedicatedDraftSD
-        return DedicatedDraftSD(dep.target_latency, dep.draft_latency, dep.gamma, dep.handshake,
-                                shared, acc.per_position)
-    if dep.strategy == "sd":
-        return SpeculativeStrategy(dep.target_latency, dep.draft_latency, dep.gamma, shared,
-                                   acc.per_position, dep.draft_first_q)
-    if dep.strategy == "ssd":
-        from simulator.engine.strategies.ssd import make_ssd_strategy
-        return make_ssd_strategy(dep, shared)
-    raise ValueError(f"unknown strategy {dep.strategy!r}")
