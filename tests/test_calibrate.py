@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simulator.measure.calibrate import (HAS_LAYER_OVERHEAD, attention_time, calibrate, calibrate_full,
-                                 derived_params, layer_non_attention, load_calibration,
-                                 save_calibration)
+from simulator.latency.calibration import (HAS_LAYER_OVERHEAD, derived_params, load_calibration, save_calibration)
+from simulator.measure.calibrate import (attention_time, calibrate, calibrate_full, layer_non_attention)
 from simulator.hardware.gpus import GPUS
 from simulator.hardware.models import MODELS
 from simulator.cli import app

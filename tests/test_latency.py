@@ -118,7 +118,7 @@ def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
     H100 (from the committed Vidur import), H100's scaled by datasheet on H200; source 'derived'."""
     from pathlib import Path
 
-    from simulator.measure.calibrate import calibration_path, load_calibration
+    from simulator.latency.calibration import calibration_path, load_calibration
     from simulator.deploy.deployments import resolve
     from simulator.errors import SpecsimError
     from simulator.config.schema import parse_scenario

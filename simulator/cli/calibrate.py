@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from simulator.measure.calibrate import calibrate_full, load_gpu_profiles, save_calibration
+from simulator.measure.calibrate import calibrate_full, load_gpu_profiles
+from simulator.latency.calibration import save_calibration
 from simulator.cli.core import user_errors
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineParams

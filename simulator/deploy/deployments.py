@@ -132,7 +132,7 @@ def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, 
     root = Path(cfg.profiles_dir)
     root = root if root.is_absolute() or not (base / root).is_dir() else base / root
     if cfg.backend == "calibrated":
-        from simulator.measure.calibrate import derived_params
+        from simulator.latency.calibration import derived_params
         got = derived_params(gpu, root)
         if got is None:
             raise SpecsimError(f"{field}.backend: 'calibrated' needs a saved calibration under "

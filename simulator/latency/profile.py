@@ -348,7 +348,7 @@ def make_profile_latency(model: ModelArch, gpu: GPU, tp: int, dtype: str, *,
                            f"with `specsim profile --model {model.name} --tp {tp} --device-name "
                            f"{gpu.name}` or use backend 'roofline'")
     profile = load_profile(path, model=model.name, tp=tp, gpu=gpu.name)
-    from simulator.measure.calibrate import derived_params
+    from simulator.latency.calibration import derived_params
     # Inline devices (e.g. cpu-local) use only their own calibration: datasheet scaling from
     # another GPU means nothing for them.
     got = derived_params(gpu, root, nearest=gpu.name in GPUS)

@@ -1,4 +1,5 @@
-"""Fit the roofline's efficiencies to measured profiles, and carry them to GPUs without a profile.
+"""Fit the roofline's efficiencies to measured profiles (saved and carried to other GPUs by
+simulator/latency/calibration.py).
 
 `calibrate(profiles)` fits, by least squares on the log of predicted / measured time:
   - compute_efficiency and memory_efficiency on the per-layer non_attention rows, each point
@@ -13,53 +14,25 @@ uses it in the returned params once RooflineParams gains a `layer_overhead_s` fi
 
 The per-layer predictions come from `layer_terms` / `attention_time`, pure functions that
 reproduce RooflineLatency's arithmetic (tests check they agree with RooflineLatency.forward).
-
-`derived_params(gpu)` returns the calibration of `gpu` itself, or else that of the nearest
-calibrated GPU: efficiencies are fractions of datasheet peak, so a RooflineLatency built for the
-new GPU with the carried efficiencies scales by its own datasheet.
 """
 from __future__ import annotations
 
-import json
-import math
 import shlex
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from simulator import __version__
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError
+from simulator.latency.calibration import (FITTED_ATTENTION, FITTED_NON_ATTENTION,
+                                           HAS_LAYER_OVERHEAD, Calibration)
 from simulator.latency.roofline import GEMM_TERMS, RooflineLatency, RooflineParams
 from simulator.latency.profiles import Profile, load_profile
 
-CALIBRATION_FILE = "calibration.json"
-CALIBRATION_VERSION = 1
-CALIBRATION_KEYS = ("format_version", "gpu", "params", "fitted", "residuals", "default_residuals",
-                    "layer_overhead_fit", "sources", "profile_source", "date", "command",
-                    "specsim_version", "notes")
-FITTED_NON_ATTENTION = ("compute_efficiency", "memory_efficiency")
-FITTED_ATTENTION = ("attention_compute_efficiency",)
-HAS_LAYER_OVERHEAD = "layer_overhead_s" in RooflineParams.field_names()
 SMALL_T = 256  # residuals are also reported for decode/verify-sized batches (T <= 256) apart
-WEIGHTING_NOTE = ("non_attention points are weighted by their share of the log(tokens) axis in "
-                  "the fit, so that decode-sized and prefill-sized batches count alike")
-PER_LAYER_NOTE = (
-    "params.layer_overhead_s fitted with the efficiencies" if HAS_LAYER_OVERHEAD else
-    "RooflineParams has no per-layer fixed cost, so params holds the fit without one; "
-    "layer_overhead_fit shows the fit with one (seconds per layer, added to every layer's "
-    "non-attention time) and its residuals")
-
-# Architecture generation of the catalogue GPUs (not a datasheet figure, so not in catalog.py):
-# used to pick the calibrated GPU whose kernels reach similar fractions of peak.
-ARCHITECTURE = {"a100-80gb-sxm": "nvidia-ampere", "a40": "nvidia-ampere",
-                "l40s": "nvidia-ada", "l4": "nvidia-ada",
-                "h100-sxm": "nvidia-hopper", "h100-pcie": "nvidia-hopper", "h200-sxm": "nvidia-hopper",
-                "b200": "nvidia-blackwell", "mi300x": "amd-cdna3", "mi325x": "amd-cdna3"}
-
 # Roofline terms of one layer's non-attention work (GEMM_TERMS from latency/roofline.py).
 TERMS = (*GEMM_TERMS, "elementwise")
 # Which Vidur / profiler operators each roofline term stands for (for per-operator reports).
@@ -178,30 +151,6 @@ def _err_stats(pred: np.ndarray, meas: np.ndarray) -> dict:
             "max_abs_rel_err": float(np.max(rel)), "rms_log_err": float(np.sqrt(np.mean(np.log(pred / meas) ** 2)))}
 
 
-@dataclass
-class Calibration:
-    """A fitted RooflineParams plus how well it fits, where it came from, and the alternative fit
-    with a per-layer fixed cost."""
-
-    gpu: str
-    params: RooflineParams
-    fitted: list[str]
-    residuals: dict
-    default_residuals: dict
-    layer_overhead_fit: dict
-    sources: list[str]
-    profile_source: str
-    date: str
-    command: str
-    specsim_version: str = __version__
-    notes: str = f"{WEIGHTING_NOTE}. {PER_LAYER_NOTE}"
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in CALIBRATION_KEYS if k != "format_version"}
-        d["params"] = asdict(self.params)
-        return {"format_version": CALIBRATION_VERSION, **d}
-
-
 def _residual_report(series: list[_Series], attn: list, gpu: GPU, params: RooflineParams,
                      layer_overhead_s: float | None = None) -> dict:
     rep = {}
@@ -283,95 +232,6 @@ def calibrate_full(profiles: Profile | list[Profile], command: str | None = None
 def calibrate(profile: Profile | list[Profile]) -> RooflineParams:
     """RooflineParams fitted to a measured profile (or several of one GPU)."""
     return calibrate_full(profile).params
-
-
-# ---- saved calibrations and derived GPUs -----------------------------------------------------------
-
-def calibration_path(gpu_name: str, root: Path | str = Path("profiles")) -> Path:
-    return Path(root) / gpu_name / CALIBRATION_FILE
-
-
-def save_calibration(cal: Calibration, root: Path | str = Path("profiles")) -> Path:
-    path = calibration_path(cal.gpu, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
-    return path
-
-
-def load_calibration(path: Path | str) -> Calibration:
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecsimError(f"{path}: calibration file not found") from None
-    except json.JSONDecodeError as e:
-        raise SpecsimError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise SpecsimError(f"{path}: expected a JSON object with keys {', '.join(CALIBRATION_KEYS)}")
-    missing = [k for k in CALIBRATION_KEYS if k not in d]
-    unknown = [k for k in d if k not in CALIBRATION_KEYS]
-    if missing or unknown:
-        raise SpecsimError(f"{path}: " + "; ".join(
-            ([f"missing key(s) {', '.join(missing)}"] if missing else [])
-            + ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []))
-            + f"; expected {', '.join(CALIBRATION_KEYS)}")
-    if d["format_version"] != CALIBRATION_VERSION:
-        raise SpecsimError(f"{path}: key 'format_version' is {d['format_version']!r}, expected "
-                           f"{CALIBRATION_VERSION}")
-    raw = d["params"]
-    names = RooflineParams.field_names()
-    if not isinstance(raw, dict) or set(raw) - set(names):
-        bad = sorted(set(raw) - set(names)) if isinstance(raw, dict) else raw
-        raise SpecsimError(f"{path}: key 'params' has unknown field(s) {bad}; expected "
-                           f"{', '.join(names)}")
-    for k, v in raw.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise SpecsimError(f"{path}: params.{k} is {v!r}, expected a finite number >= 0")
-    if d["gpu"] != path.parent.name:
-        raise SpecsimError(f"{path}: key 'gpu' is {d['gpu']!r} but the file sits under "
-                           f"{path.parent.name!r} (expected <gpu>/{CALIBRATION_FILE})")
-    fields = {k: d[k] for k in CALIBRATION_KEYS if k not in ("format_version", "params")}
-    return Calibration(params=RooflineParams(**raw), **fields)
-
-
-def _distance(a: GPU, b: GPU) -> tuple[int, float]:
-    """Same architecture first, then the closest ridge point (FLOP/byte) in log terms."""
-    arch_a, arch_b = ARCHITECTURE.get(a.name), ARCHITECTURE.get(b.name)
-    same = arch_a is not None and arch_a == arch_b
-    return (0 if same else 1, abs(math.log(a.ridge_flop_per_byte / b.ridge_flop_per_byte)))
-
-
-def derived_params(gpu: GPU, root: Path | str = Path("profiles"),
-                   nearest: bool = True) -> tuple[RooflineParams, str] | None:
-    """RooflineParams for `gpu` from the saved calibrations under `root`, and where they came from.
-
-    `gpu`'s own calibration if it has one ("calibrated on ..."); else the nearest calibrated GPU's
-    ("derived: ..."): the same architecture generation if any (its kernels and libraries reach
-    similar fractions of peak), else the closest ridge point, which decides which ops are
-    compute- and which memory-bound at serving batch sizes and so which efficiency matters.
-    Efficiencies are fractions of datasheet peak and carry across by the new datasheet; the
-    fixed-time params (overheads, all-reduce latency) carry across unchanged. None if nothing
-    under `root` is calibrated (or, with nearest=False, if `gpu` itself is not).
-    """
-    root = Path(root)
-    own = calibration_path(gpu.name, root)
-    if own.is_file():
-        cal = load_calibration(own)
-        return cal.params, f"calibrated on {gpu.name} ({cal.profile_source})"
-    if not nearest:
-        return None
-    candidates = []
-    for path in sorted(root.glob(f"*/{CALIBRATION_FILE}")) if root.is_dir() else []:
-        name = path.parent.name
-        if name in GPUS:
-            candidates.append((_distance(gpu, GPUS[name]), name, path))
-    if not candidates:
-        return None
-    _, name, path = min(candidates)
-    cal = load_calibration(path)
-    fitted = ", ".join(f.replace("_efficiency", "") for f in cal.fitted)
-    return cal.params, (f"derived: calibrated on {name} ({cal.profile_source}; fitted {fitted}), "
-                        f"scaled by datasheet to {gpu.name}")
 
 
 def load_gpu_profiles(paths: list[Path | str]) -> list[Profile]:
