@@ -14,7 +14,7 @@ from simulator.hardware.models import MODELS
 from simulator.cli import app
 from simulator.deploy.deployments import resolve
 from simulator.errors import SpecsimError
-from simulator.run.runner import choose_gamma
+from simulator.deploy.gamma import choose_gamma
 from simulator.config.schema import parse_scenario
 from simulator.config.workload import Requests
 

@@ -270,7 +270,7 @@ class Deployment(Strict):
     # 2 x 10 us + n_seqs * (gamma x vocab bf16 logits + token ids) / (0.7 x one-way GB/s).
     handshake_s: Annotated[float, Field(ge=0)] | None = None
     ssd: SSDConfig | None = None
-    gamma: PositiveInt | Literal["auto"] | None = None  # auto: see simulator/gamma_auto.py
+    gamma: PositiveInt | Literal["auto"] | None = None  # auto: see simulator/physics/lookahead.py
     acceptance: Acceptance | None = None
     latency: Latency = Field(default_factory=Latency)
     # The draft's backend when it differs from the target's (e.g. a measured target profile and

@@ -7,9 +7,9 @@ Everything that needs the catalogues is checked here, with errors that name the 
 `band: true` the runner resolves the deployment three times, as variants "alpha-", "alpha" and
 "alpha+" (named `name[alpha-]`, `name`, `name[alpha+]`), at alpha -/+ the law's RMSE: sqrt of the
 pooled fit's published MSE 0.00128, i.e. 0.0358 (SDSL, arXiv 2603.11053; MODEL.md section 3).
-`gamma: auto` resolves with gamma_auto.GAMMA_MAX as a provisional lookahead (an upper bound for
+`gamma: auto` resolves with lookahead.GAMMA_MAX as a provisional lookahead (an upper bound for
 the memory plan, enough for `specsim check`); the runner then picks the lookahead at the
-workload's operating point (simulator/gamma_auto.py) and resolves again with it.
+workload's operating point (simulator/deploy/gamma.py) and resolves again with it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from simulator.physics import sdsl
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError
-from simulator.deploy.gamma import GAMMA_MAX
+from simulator.physics.lookahead import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
@@ -56,7 +56,7 @@ class ResolvedDeployment:
     handshake: Handshake | None = None  # per round, for a dedicated draft
     ssd: SSDConfig | None = None  # strategy ssd: its settings, defaults filled in
     acceptance_sdsl: dict | None = None  # how alpha was derived from the SDSL laws (see sdsl_alpha)
-    gamma_choice: dict | None = None  # gamma: auto: gamma_auto.GammaChoice.as_dict(); set by the runner
+    gamma_choice: dict | None = None  # gamma: auto: lookahead.GammaChoice.as_dict(); set by the runner
     variant_of: str | None = None  # band variants: the scenario's deployment name
     # Query tokens per sequence in a colocated draft's first step of a round: 1 when its KV holds
     # every token but the pending one; 2 when it lags by two (simulator/real_engine.py).

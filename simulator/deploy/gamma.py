@@ -1,95 +1,29 @@
-"""`gamma: auto`: choose a speculative deployment's lookahead. Pure functions, no SimPy.
+"""`gamma: auto` for a resolved deployment: the rounds of its backends priced at an operating
+point, and the choice (simulator/physics/lookahead.py holds the method and its reasoning).
 
-Two methods, by latency backend:
-
-- closed_form (ideal backend, SDSL's cost model): every forward pass of a model costs the same,
-  so throughput is proportional to SDSL's T(gamma) and the optimum is the Lambert-W gamma*
-  (simulator/sdsl.py). The engine runs whole draft steps, so the chosen gamma is whichever of
-  floor(gamma*) and ceil(gamma*) (at least 1) gives the larger T(gamma); T is unimodal in gamma,
-  so that is the best integer. When the draft runs at a different peak FLOP/s than the target
-  (another tp), the draft's parameter count is scaled by the peak ratio: only the time ratio
-  c = t_draft / t_target enters gamma*.
-- latency_search (roofline / profile backends): the whole gamma in 1..GAMMA_MAX that maximises
-  predicted decode throughput of one replica at the deployment's operating point, from the
-  backend's own `forward`: one round is gamma draft decode steps plus one target verify pass of
-  gamma+1 tokens per sequence plus the engine's per-step overhead (exactly what the engine
-  charges, see strategies.SpeculativeStrategy), and emits Leviathan's expected
-  (1 - alpha^(gamma+1)) / (1 - alpha) tokens per sequence. No closed form: verification has a
-  compute knee under a roofline.
-
-Operating point (batch, context): context = mean prompt + half the mean output (the mean cache
-length over a request's decode). Batch: closed loop, concurrency per replica (capped at
-max_num_seqs); open loop, Little's law: the decode batch b satisfies b = lambda * W with
-W = output_mean * t_round(b) / E[tokens], i.e. the smallest b whose predicted throughput (at its
-best gamma) covers the offered lambda * output_mean tokens/s per replica; max_num_seqs when no
-batch does (overload). Prefill work is left out of this estimate. Heterogeneous per-request
-alpha is represented by its mean.
+A round here is what the engine charges: gamma draft decode steps plus one target verify of
+gamma+1 tokens per sequence plus the engine's per-step overhead (simulator/physics/rounds.py).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
 
-from simulator.physics import sdsl
-from simulator.physics.acceptance import expected_tokens_per_round
+from simulator.config.schema import Workload
+from simulator.config.workload import Requests
+from simulator.deploy.deployments import ResolvedDeployment
 from simulator.latency.base import LatencyModel, decode_steps
+from simulator.latency.ideal import IdealLatency
+from simulator.physics.acceptance import expected_tokens_per_round
+from simulator.physics.lookahead import (GAMMA_MAX, GammaChoice, OperatingPoint, best_of_curve,
+                                         choose_closed_form, closed_loop_point, decode_context,
+                                         littles_law_point)
+from simulator.physics.rounds import ar_round, sd_round
 
-GAMMA_MAX = 16  # upper end of the latency search (and the memory bound used before choosing)
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    batch: int  # sequences decoding together on one replica
-    context: int  # tokens in each sequence's KV cache
-    basis: str  # how the batch was obtained, for the report
-
-
-@dataclass(frozen=True)
-class GammaChoice:
-    gamma: int
-    method: str  # "closed_form" or "latency_search"
-    reason: str  # one line for the report
-    operating_batch: int | None = None
-    context_tokens: int | None = None
-    basis: str | None = None
-    gamma_star: float | None = None  # closed form: real-valued Lambert-W optimum
-    tokens_per_flop_star: float | None = None  # closed form: T*
-    # (gamma, predicted figure) pairs: tokens per FLOP (closed form, floor/ceil candidates) or
-    # tokens/s per replica (latency search, every gamma searched).
-    curve: list[dict] = field(default_factory=list)
-    ar_tokens_per_s: float | None = None  # latency search: AR at the same operating point
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------- operating point
-
-def decode_context(prompt_mean: float, output_mean: float) -> int:
-    """Mean KV length over a request's decode: the prompt plus half the output."""
-    return int(round(prompt_mean + output_mean / 2.0))
-
-
-def closed_loop_point(concurrency: int, replicas: int, max_num_seqs: int, prompt_mean: float,
-                      output_mean: float) -> OperatingPoint:
-    per = math.ceil(concurrency / replicas)
-    batch = max(1, min(per, max_num_seqs))
-    basis = f"closed-loop concurrency {concurrency}"
-    if replicas > 1:
-        basis += f" over {replicas} replicas"
-    if per > max_num_seqs:
-        basis += f", capped at max_num_seqs {max_num_seqs}"
-    return OperatingPoint(batch, decode_context(prompt_mean, output_mean), basis)
-
-
-# ---------------------------------------------------------------- predicted step times
 
 def ar_step_time(target: LatencyModel, batch: int, context: int) -> float:
     """One AR decode step of `batch` sequences (engine step overhead included)."""
     ones, ctx = np.ones(batch, np.int64), np.full(batch, context, np.int64)
-    return float(target.forward(ones, ctx, batch).sum()) + target.step_overhead_s
+    return ar_round(float(target.forward(ones, ctx, batch).sum()), target.step_overhead_s)
 
 
 def sd_round_time(target: LatencyModel, draft: LatencyModel, gamma: int, batch: int,
@@ -99,7 +33,7 @@ def sd_round_time(target: LatencyModel, draft: LatencyModel, gamma: int, batch: 
     t_draft = float(sum(decode_steps(draft, ctx, gamma, batch)))
     q = np.full(batch, gamma + 1, np.int64)
     t_verify = float(target.forward(q, ctx, batch * (gamma + 1)).sum())
-    return t_draft + t_verify + target.step_overhead_s
+    return sd_round(t_draft, t_verify, target.step_overhead_s)
 
 
 def ar_throughput(target: LatencyModel, batch: int, context: int) -> float:
@@ -123,50 +57,14 @@ def throughput_curve(target: LatencyModel, draft: LatencyModel, alpha: float, ba
 def open_loop_point(target: LatencyModel, draft: LatencyModel, alpha: float,
                     rate_per_replica: float, prompt_mean: float, output_mean: float,
                     max_num_seqs: int, gamma_max: int = GAMMA_MAX) -> OperatingPoint:
-    """Little's-law decode batch of one replica under an open-loop arrival rate (module docstring).
-
-    Throughput at the best gamma grows with the batch (each step's time is affine in the batch
-    with a positive fixed part), so the smallest covering batch is found by bisection.
-    """
+    """Little's-law decode batch of one replica under an open-loop arrival rate."""
     context = decode_context(prompt_mean, output_mean)
     offered = rate_per_replica * output_mean
 
     def covers(b: int) -> bool:
         return throughput_curve(target, draft, alpha, b, context, gamma_max).max() >= offered
 
-    basis = (f"open loop, Little's law at {rate_per_replica:g} req/s per replica x "
-             f"{output_mean:.0f} output tokens")
-    if not covers(max_num_seqs):
-        return OperatingPoint(max_num_seqs, context,
-                              basis + f": overloaded, max_num_seqs {max_num_seqs}")
-    lo, hi = 0, max_num_seqs  # covers(hi) holds, covers(lo) is taken as false
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if covers(mid) else (mid, hi)
-    return OperatingPoint(hi, context, basis)
-
-
-# ---------------------------------------------------------------- the choice
-
-def choose_closed_form(alpha: float, draft_params: float, target_params: float,
-                       peak_ratio: float = 1.0) -> GammaChoice:
-    """Ideal backend: the better of floor/ceil of the Lambert-W gamma* under T(gamma).
-
-    `peak_ratio` = target peak FLOP/s / draft peak FLOP/s (1 when both run on the same GPUs):
-    the draft's effective parameter count is draft_params * peak_ratio.
-    """
-    n_eff = draft_params * peak_ratio
-    g_star = sdsl.optimal_gamma(alpha, n_eff, target_params)
-    t_star = sdsl.optimal_tokens_per_flop(alpha, n_eff, target_params)
-    candidates = sorted({max(1, math.floor(g_star)), max(1, math.ceil(g_star))})
-    curve = [{"gamma": k, "tokens_per_flop": sdsl.tokens_per_flop(alpha, k, n_eff, target_params)}
-             for k in candidates]
-    gamma = max(curve, key=lambda c: c["tokens_per_flop"])["gamma"]
-    reason = (f"closed form (ideal backend): gamma* = {g_star:.3f} (Lambert W, alpha {alpha:.4f}, "
-              f"N/M = {n_eff / target_params:.4g}); {gamma} is the better whole lookahead of "
-              + " / ".join(f"T({c['gamma']}) = {c['tokens_per_flop'] / t_star:.5f} T*" for c in curve))
-    return GammaChoice(gamma, "closed_form", reason, gamma_star=g_star, tokens_per_flop_star=t_star,
-                       curve=curve)
+    return littles_law_point(covers, rate_per_replica, prompt_mean, output_mean, max_num_seqs)
 
 
 def choose_by_latency(target: LatencyModel, draft: LatencyModel, alpha: float,
@@ -175,13 +73,25 @@ def choose_by_latency(target: LatencyModel, draft: LatencyModel, alpha: float,
     if gamma_max < 1:
         raise ValueError(f"gamma_max must be >= 1, got {gamma_max}")
     tput = throughput_curve(target, draft, alpha, point.batch, point.context, gamma_max)
-    gamma = int(np.argmax(tput)) + 1
-    ar = ar_throughput(target, point.batch, point.context)
-    near = [g for g in (gamma - 1, gamma + 1) if 1 <= g <= gamma_max]
-    reason = (f"latency search over gamma 1..{gamma_max} at batch {point.batch}, context "
-              f"{point.context} ({point.basis}): {tput[gamma - 1]:,.0f} tok/s predicted"
-              + "".join(f", {tput[g - 1]:,.0f} at gamma {g}" for g in near)
-              + f"; AR {ar:,.0f} tok/s")
-    curve = [{"gamma": g, "tokens_per_s": float(t)} for g, t in enumerate(tput, 1)]
-    return GammaChoice(gamma, "latency_search", reason, point.batch, point.context, point.basis,
-                       curve=curve, ar_tokens_per_s=ar)
+    return best_of_curve(tput, ar_throughput(target, point.batch, point.context), point)
+
+
+def choose_gamma(dep: ResolvedDeployment, workload: Workload, req: Requests) -> GammaChoice:
+    """`gamma: auto` for one (resolved) deployment under one workload (simulator/py)."""
+    alpha = dep.acceptance.alpha
+    if isinstance(dep.target_latency, IdealLatency):
+        ratio = dep.target_latency.peak_flops / dep.draft_latency.peak_flops
+        return choose_closed_form(alpha, dep.draft.params, dep.target.params, ratio)
+    prompt_mean, output_mean = float(req.prompt.mean()), float(req.output.mean())
+    max_seqs = min(dep.scheduler.max_num_seqs, req.n)
+    if req.concurrency is not None:
+        point = closed_loop_point(min(req.concurrency, req.n), dep.replicas, max_seqs,
+                                             prompt_mean, output_mean)
+    else:
+        rate = getattr(workload.arrival, "rate_per_s", None)
+        if rate is None:  # trace replay: its mean arrival rate
+            span = float(req.arrival.max() - req.arrival.min())
+            rate = (req.n - 1) / span if span > 0 else float("inf")
+        point = open_loop_point(dep.target_latency, dep.draft_latency, alpha,
+                                           rate / dep.replicas, prompt_mean, output_mean, max_seqs)
+    return choose_by_latency(dep.target_latency, dep.draft_latency, alpha, point)

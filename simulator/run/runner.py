@@ -12,14 +12,13 @@ from typing import Callable
 import pandas as pd
 
 from simulator import __version__
-from simulator.deploy import gamma as gamma_auto
+from simulator.deploy.gamma import choose_gamma
 from simulator.physics import sdsl
 from simulator.deploy.deployments import ResolvedDeployment, band_variants, resolve
 from simulator.engine.replica import Simulation
 from simulator.errors import SpecsimError
-from simulator.latency.ideal import IdealLatency
 from simulator.analysis.metrics import request_table, stops_paying, summarise
-from simulator.config.schema import Deployment, Scenario, Workload
+from simulator.config.schema import Deployment, Scenario
 from simulator.config.workload import Requests, generate
 
 
@@ -65,27 +64,6 @@ def _expand(sc: Scenario, base: Path) -> list[tuple[int, Deployment, str, Resolv
     if dup:
         raise SpecsimError(f"deployments: band variants collide with other deployment names: {dup}")
     return out
-
-
-def choose_gamma(dep: ResolvedDeployment, workload: Workload, req: Requests) -> gamma_auto.GammaChoice:
-    """`gamma: auto` for one (resolved) deployment under one workload (simulator/gamma_auto.py)."""
-    alpha = dep.acceptance.alpha
-    if isinstance(dep.target_latency, IdealLatency):
-        ratio = dep.target_latency.peak_flops / dep.draft_latency.peak_flops
-        return gamma_auto.choose_closed_form(alpha, dep.draft.params, dep.target.params, ratio)
-    prompt_mean, output_mean = float(req.prompt.mean()), float(req.output.mean())
-    max_seqs = min(dep.scheduler.max_num_seqs, req.n)
-    if req.concurrency is not None:
-        point = gamma_auto.closed_loop_point(min(req.concurrency, req.n), dep.replicas, max_seqs,
-                                             prompt_mean, output_mean)
-    else:
-        rate = getattr(workload.arrival, "rate_per_s", None)
-        if rate is None:  # trace replay: its mean arrival rate
-            span = float(req.arrival.max() - req.arrival.min())
-            rate = (req.n - 1) / span if span > 0 else float("inf")
-        point = gamma_auto.open_loop_point(dep.target_latency, dep.draft_latency, alpha,
-                                           rate / dep.replicas, prompt_mean, output_mean, max_seqs)
-    return gamma_auto.choose_by_latency(dep.target_latency, dep.draft_latency, alpha, point)
 
 
 def sdsl_summary(rows: list[dict], deps: list[ResolvedDeployment]) -> list[dict]:
