@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.fidelity.experiment import (METRICS, FidelityConfig, compare, crossover, crossover_distance,
-                                crossovers, error_summary, overhead_at, request_metrics,
-                                scenario_dict)
+from simulator.analysis.crossover import crossover_point as crossover
+from simulator.fidelity.experiment import (METRICS, FidelityConfig, compare, crossover_distance,
+                                           crossovers, error_summary, overhead_at, request_metrics,
+                                           scenario_dict)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,7 +224,7 @@ def test_short_fidelity_run_writes_table_with_finite_errors(tmp_path):
 
 
 def test_stops_paying_interpolates_between_last_paying_point_and_crossover():
-    from simulator.analysis.metrics import stops_paying
+    from simulator.analysis.crossover import stops_paying
     at, interp = stops_paying([1, 2, 4, 8], [1.5, 0.9, 1.2, 0.8])
     assert at == 8 and interp == pytest.approx(4 * 2 ** 0.5)  # ratio 1.2 -> 0.8: halfway in log
     assert stops_paying([1, 2], [1.1, 1.05]) == (None, None)

@@ -107,23 +107,3 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
         "busy_breakdown_s": rec.breakdown_s,
         **rec.strategy_stats,
     }
-
-
-def stops_paying(points: list[float], ratios: list[float]) -> tuple[float | None, float | None]:
-    """Where a design stops paying over a sweep, from its throughput ratio to the baseline.
-
-    The crossover is the first sweep point from which the ratio stays <= 1 to the end of the
-    sweep (a dip that recovers at larger batches is not where speculation stops paying); None if
-    the design still pays at the last point. Also the log-linear interpolation between the last
-    point that paid and the crossover (None when the design never paid).
-    """
-    i = len(ratios)
-    while i > 0 and ratios[i - 1] <= 1.0:
-        i -= 1
-    if i == len(ratios):
-        return None, None
-    if i == 0:
-        return points[0], None
-    (x0, s0), (x1, s1) = (points[i - 1], ratios[i - 1]), (points[i], ratios[i])
-    f = (s0 - 1.0) / (s0 - s1)
-    return points[i], float(np.exp(np.log(x0) + f * (np.log(x1) - np.log(x0))))

@@ -108,7 +108,7 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
 def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
     from simulator.deploy.deployments import resolve
-    from simulator.run.runner import check_fits
+    from simulator.deploy.fit import check_fits
     from simulator.config.schema import load_scenario
     from simulator.config.workload import generate
 

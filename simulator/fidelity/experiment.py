@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
-from simulator.analysis.metrics import stops_paying
+from simulator.analysis.crossover import crossover_point
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 METRICS = ("throughput", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "tpot_p99", "tokens_per_round")
@@ -233,13 +233,6 @@ def error_summary(table: pd.DataFrame, targets: dict = TARGETS) -> dict:
     return out
 
 
-def crossover(concurrency, ar_throughput, sd_throughput) -> int | None:
-    """The concurrency from which SD stops beating AR for good (SD throughput <= AR's there and
-    at every larger point; metrics.stops_paying); None when SD still beats AR at the last point."""
-    at, _ = stops_paying(list(concurrency), [s / a for a, s in zip(ar_throughput, sd_throughput)])
-    return None if at is None else int(at)
-
-
 def crossover_distance(grid, real: int | None, predicted: int | None) -> int:
     """Grid steps between two crossovers; 'never within the grid' sits one step past its end."""
     grid = [int(c) for c in grid]
@@ -255,7 +248,7 @@ def crossovers(table: pd.DataFrame) -> dict:
         return {"grid": [], "real": None, "predicted": None, "distance": 0, "ok": True}
     res = {"grid": grid}
     for side in ("real", "sim"):
-        res["real" if side == "real" else "predicted"] = crossover(
+        res["real" if side == "real" else "predicted"] = crossover_point(
             grid, [ar.loc[c, f"throughput_{side}"] for c in grid], [sd.loc[c, f"throughput_{side}"] for c in grid])
         res[f"speedup_{side}"] = {int(c): float(sd.loc[c, f"throughput_{side}"] / ar.loc[c, f"throughput_{side}"])
                                   for c in grid}
@@ -552,7 +545,7 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
 
     from simulator.deploy.deployments import resolve
     from simulator.engine.replica import Simulation
-    from simulator.run.runner import check_fits
+    from simulator.deploy.fit import check_fits
     from simulator.config.schema import parse_scenario
     from simulator.config.workload import generate
 
@@ -569,8 +562,8 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
         sim = Simulation(dep, req, seed=cfg.seed * 7919 + i)
         rec = sim.run()
         m = sim_metrics(rec)
-        m["latency_stats"] = {"target": getattr(dep.target_latency, "stats", None),
-                              "draft": getattr(dep.draft_latency, "stats", None)}
+        m["latency_stats"] = {"target": dep.target_latency.stats,
+                              "draft": dep.draft_latency.stats if dep.draft_latency else None}
         out[d.name] = m
     return out
 

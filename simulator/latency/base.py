@@ -24,10 +24,32 @@ SOURCES = ("measured", "derived", "roofline", "law")
 
 class LatencyModel(Protocol):
     source: str  # one of SOURCES
+    step_overhead_s: float  # the engine's per-step cost, charged once per engine step
 
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
         """Seconds for one forward pass, as an array over COMPONENTS (sum = wall time)."""
         ...
+
+    @property
+    def stats(self) -> dict | None:
+        """Statistics of the current run (the summary's `latency_stats`), or None if the backend
+        keeps none."""
+        ...
+
+    def reset_stats(self) -> None:
+        """Start a run afresh: clear `stats` and any per-run memo. The runner calls it before
+        every simulation, so a backend shared by sweep points and gamma-auto lookups reports each
+        run's own figures."""
+        ...
+
+
+class Stateless:
+    """Mixin for backends that keep no per-run state: no stats, nothing to reset."""
+
+    stats = None
+
+    def reset_stats(self) -> None:
+        pass
 
 
 def decode_steps(model: LatencyModel, ctx: np.ndarray, steps: int, n_logits: int,

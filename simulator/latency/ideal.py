@@ -10,9 +10,10 @@ import numpy as np
 
 from simulator.hardware.gpus import GPU
 from simulator.hardware.models import ModelArch
+from simulator.latency.base import Stateless
 
 
-class IdealLatency:
+class IdealLatency(Stateless):
     source = "law"
     source_note = "SDSL cost model: time proportional to FLOPs (MODEL.md section 5)"
     step_overhead_s = 0.0

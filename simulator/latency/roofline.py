@@ -15,6 +15,7 @@ import numpy as np
 
 from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
 from simulator.hardware.gpus import GPU
+from simulator.latency.base import Stateless
 
 
 # The four GEMMs of a layer, in the order of RooflineLatency's GEMM list.
@@ -45,7 +46,7 @@ class RooflineParams:
         return [f.name for f in fields(cls)]
 
 
-class RooflineLatency:
+class RooflineLatency(Stateless):
     """Forward-pass time of `model` split `tp` ways on `gpu`, from datasheet rooflines."""
 
     source = "roofline"
