@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from simulator.deploy.deployments import resolve
-from simulator.engine.replica import Simulation
+from simulator.engine.simulation import Simulation
 from simulator.analysis.metrics import summarise
 from simulator.config.schema import parse_scenario
 from simulator.config.workload import generate

@@ -13,7 +13,7 @@ from conftest import ROOT, run_dict, scenario_dict
 from simulator.hardware.gpus import GPUS
 from simulator.hardware.models import MODELS
 from simulator.deploy.deployments import resolve
-from simulator.engine.replica import Simulation
+from simulator.engine.simulation import Simulation
 from simulator.latency.roofline import RooflineLatency
 from simulator.run.report import markdown, summary_json
 from simulator.config.schema import parse_scenario

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from simulator.engine.replica import Records
+from simulator.engine.records import Records
 
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
 

@@ -1,4 +1,5 @@
-"""The SimPy engine: one process per replica looping over batch steps, an arrival process, a router.
+"""One replica of the SimPy engine: a process looping over batch steps (plan, fit, admit, apply).
+The arrivals are simulator/engine/simulation.py's, the router simulator/engine/router.py's.
 
 Continuous batching as vLLM does it (v1 scheduler with chunked prefill): each step first gives
 running decodes their tokens (1 for AR, gamma+1 verify positions for SD), then continues
@@ -8,7 +9,7 @@ preempted and later recomputed. Without chunked prefill, a step runs either new 
 (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
-acceptance.py, both through the deployment's Strategy. Each replica keeps its decoding
+physics/acceptance.py, both through the deployment's Strategy. Each replica keeps its decoding
 sequences in a decode table (numpy columns updated by a few whole-column operations per step)
 and its partial prefills, rarely more than one or two, in a list; progress is written back to
 per-request arrays when a request finishes or is preempted. A step is described to the
@@ -19,48 +20,17 @@ price from sums (the roofline) build no per-sequence arrays. One SimPy event per
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import simpy
 
-from simulator.physics.acceptance import request_alphas
-from simulator.deploy.deployments import ResolvedDeployment
-from simulator.latency.base import COMPONENTS
-from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
-from simulator.engine.strategies import make_strategy
 from simulator.config.workload import Requests
+from simulator.deploy.deployments import ResolvedDeployment
+from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
-@dataclass
-class Records:
-    """What a run produced: per-request arrays (index = request id) plus run-level counters."""
-
-    arrival: np.ndarray
-    first_token: np.ndarray
-    finish: np.ndarray
-    prompt: np.ndarray
-    output: np.ndarray
-    rounds: np.ndarray
-    accepted: np.ndarray
-    drafted: np.ndarray
-    round_tokens: np.ndarray  # tokens emitted by decode rounds (prefill tokens excluded)
-    preemptions: np.ndarray
-    replica: np.ndarray
-    alpha: np.ndarray
-    itl: np.ndarray  # distinct gaps between successive emissions of a request (s) ...
-    itl_count: np.ndarray  # ... and how many times each occurred
-    busy_s: np.ndarray  # per replica
-    breakdown_s: dict  # component -> seconds summed over steps and replicas
-    steps: int
-    max_kv_blocks_used: int
-    kv_blocks_total: int
-    mean_in_system: float  # time-average requests in the system (waiting + running)
-    strategy_stats: dict  # strategy-specific metrics (e.g. SSD cache hit rates), merged into the summary
-
-
-class _State:
+class RequestState:
     """Per-request arrays shared by the replicas of one deployment (index = request id).
 
     Progress of a decoding request lives in its replica's decode table while it runs; it is
@@ -119,7 +89,7 @@ class Replica:
     prefills (a short list); both in admission order, which is also the preemption order.
     """
 
-    def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: _State,
+    def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
                  strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None]):
         self.env, self.idx, self.dep, self.st, self.rng = env, idx, dep, st, rng
         self.on_finish = on_finish
@@ -367,97 +337,3 @@ class Replica:
             ids = np.concatenate(finished) if len(finished) > 1 else finished[0]
             st.finish[ids] = now
             self.on_finish(ids.shape[0])
-
-
-class Simulation:
-    """One deployment under one workload: replicas, router, arrivals. Call run() once."""
-
-    def __init__(self, dep: ResolvedDeployment, req: Requests, seed: int,
-                 progress: Callable[[int], None] | None = None):
-        self.dep, self.req = dep, req
-        ss = np.random.SeedSequence([seed, 0xACCE])
-        alpha_rng, *replica_rngs = (np.random.default_rng(s) for s in ss.spawn(1 + dep.replicas))
-        acc = dep.acceptance
-        if acc is not None and acc.alpha is not None:
-            kappa = acc.heterogeneity.concentration if acc.heterogeneity else None
-            alpha = request_alphas(alpha_rng, acc.alpha, kappa, req.n)
-        else:
-            alpha = np.full(req.n, np.nan)
-        self.st = _State(req, alpha)
-        self.env = simpy.Environment()
-        self.replicas = [Replica(self.env, i, dep, self.st, make_strategy(dep), rng, self._finished)
-                         for i, rng in enumerate(replica_rngs)]
-        self._rr = 0
-        self.completed = 0
-        self.issued = 0
-        self.progress = progress
-        # Time integral of the number of requests in the system (Little's law check).
-        self._in_system, self._area, self._last_t = 0, 0.0, 0.0
-
-    def _count(self, delta: int) -> None:
-        now = self.env.now
-        self._area += self._in_system * (now - self._last_t)
-        self._in_system += delta
-        self._last_t = now
-
-    def _route(self, r: int) -> None:
-        self._count(+1)
-        if self.dep.router == "least_outstanding":
-            rep = min(self.replicas, key=lambda x: x.outstanding)
-        else:
-            rep = self.replicas[self._rr % len(self.replicas)]
-            self._rr += 1
-        rep.submit(r)
-
-    def _issue(self, now: float) -> None:
-        r = self.issued
-        self.issued += 1
-        self.st.arrival[r] = now
-        self._route(r)
-
-    def _finished(self, n: int) -> None:
-        self._count(-n)
-        self.completed += n
-        if self.progress is not None:
-            self.progress(n)
-        if self.req.concurrency is not None:  # closed loop: each completion issues the next
-            for _ in range(min(n, self.req.n - self.issued)):
-                self._issue(self.env.now)
-
-    def _open_loop(self):
-        env, arr = self.env, self.req.arrival
-        for r in range(self.req.n):
-            delay = arr[r] - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            self.issued += 1
-            self._route(r)
-
-    def run(self) -> Records:
-        if self.req.concurrency is not None:
-            for _ in range(min(self.req.concurrency, self.req.n)):
-                self._issue(0.0)
-        else:
-            self.env.process(self._open_loop())
-        self.env.run()
-        st = self.st
-        strategies = [r.strategy for r in self.replicas]
-        duration = float(np.nanmax(st.finish) - np.nanmin(st.arrival)) if st.finish.size else 0.0
-        breakdown = {f"target_{k}": float(v)
-                     for k, v in zip(COMPONENTS, np.sum([x.target_busy for x in strategies], axis=0))}
-        if self.dep.draft is not None:
-            breakdown.update({f"draft_{k}": float(v) for k, v in
-                              zip(COMPONENTS, np.sum([x.draft_busy for x in strategies], axis=0))})
-        itl, itl_count = st.itl()
-        return Records(
-            arrival=st.arrival, first_token=st.first, finish=st.finish, prompt=st.prompt,
-            output=st.out, rounds=st.rounds, accepted=st.accepted,
-            drafted=st.rounds * strategies[0].drafted_per_round,
-            round_tokens=st.round_tokens, preemptions=st.preempt, replica=st.replica,
-            alpha=st.alpha, itl=itl, itl_count=itl_count,
-            busy_s=np.array([r.busy for r in self.replicas]), breakdown_s=breakdown,
-            steps=sum(r.steps for r in self.replicas),
-            max_kv_blocks_used=max(r.max_blocks_used for r in self.replicas),
-            kv_blocks_total=self.replicas[0].blocks_total,
-            strategy_stats=strategies[0].summary(strategies, duration),
-            mean_in_system=self._area / duration if duration > 0 else 0.0)

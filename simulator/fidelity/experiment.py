@@ -544,7 +544,7 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
     from dataclasses import replace
 
     from simulator.deploy.deployments import resolve
-    from simulator.engine.replica import Simulation
+    from simulator.engine.simulation import Simulation
     from simulator.deploy.fit import check_fits
     from simulator.config.schema import parse_scenario
     from simulator.config.workload import generate

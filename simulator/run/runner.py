@@ -20,7 +20,7 @@ from simulator.deploy.deployments import ResolvedDeployment, band_variants, reso
 from simulator.deploy.describe import describe
 from simulator.deploy.fit import check_fits
 from simulator.deploy.gamma import choose_gamma
-from simulator.engine.replica import Simulation
+from simulator.engine.simulation import Simulation
 from simulator.errors import SpecsimError
 
 
