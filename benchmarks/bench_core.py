@@ -16,7 +16,7 @@ from pathlib import Path
 from simulator.deploy.deployments import resolve
 from simulator.engine.simulation import Simulation
 from simulator.analysis.metrics import summarise
-from simulator.config.schema import parse_scenario
+from simulator.config.loading import parse_scenario
 from simulator.config.workload import generate
 
 ROOT = Path(__file__).resolve().parents[1]

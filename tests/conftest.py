@@ -36,7 +36,7 @@ SD_8B = {"name": "sd", "target": "llama-3.1-8b", "draft": "llama-3.2-1b", "gpu":
 
 def run_dict(d, seed=None):
     from simulator.run.runner import run_scenario
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
     return run_scenario(parse_scenario(d), ROOT, seed)
 
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import AR_8B, ROOT, SD_8B, run_dict, scenario_dict
 from simulator.deploy.deployments import resolve
 from simulator.engine.simulation import Simulation
-from simulator.config.schema import parse_scenario
+from simulator.config.loading import parse_scenario
 from simulator.config.workload import generate
 
 

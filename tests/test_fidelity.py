@@ -78,7 +78,7 @@ def test_crossover_logic():
 
 
 def test_scenario_dict_validates_like_yaml():
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
     cfg = FidelityConfig(gamma=3)
     sc = parse_scenario(scenario_dict(cfg, 8, ROOT / "profiles", {"per_position": [0.8, 0.7, 0.75]}))
     ar, sd = sc.deployments
@@ -172,7 +172,7 @@ def test_interleaved_order_and_median():
 
 
 def test_scenario_schedules_one_prefill_per_step():
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
     sc = parse_scenario(scenario_dict(FidelityConfig(), 4, ROOT / "profiles", {"alpha": 0.7}))
     assert all(d.scheduler.max_prefills_per_step == 1 for d in sc.deployments)
 

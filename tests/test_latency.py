@@ -121,7 +121,7 @@ def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
     from simulator.latency.calibration import calibration_path, load_calibration
     from simulator.deploy.deployments import resolve
     from simulator.errors import SpecsimError
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
 
     root = Path(__file__).resolve().parents[1]
     fitted = load_calibration(calibration_path("h100-sxm", root / "profiles")).params
@@ -152,7 +152,7 @@ def test_draft_latency_overrides_the_drafts_backend():
 
     from simulator.deploy.deployments import resolve
     from simulator.errors import SpecsimError
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
 
     root = Path(__file__).resolve().parents[1]
     base = {"name": "d", "target": "llama-3.1-8b", "gpu": "h100-sxm"}

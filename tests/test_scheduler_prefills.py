@@ -6,7 +6,7 @@ from conftest import AR_8B, ROOT, SD_8B, scenario_dict
 from simulator.deploy.deployments import resolve
 from simulator.engine.simulation import Simulation
 from simulator.errors import SpecsimError
-from simulator.config.schema import parse_scenario
+from simulator.config.loading import parse_scenario
 from simulator.config.workload import generate
 
 C = 6

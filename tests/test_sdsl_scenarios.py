@@ -15,7 +15,7 @@ from simulator.cli import app
 from simulator.deploy.deployments import resolve
 from simulator.errors import SpecsimError
 from simulator.deploy.gamma import choose_gamma
-from simulator.config.schema import parse_scenario
+from simulator.config.loading import parse_scenario
 from simulator.config.workload import Requests
 
 M70, D1 = "llama-3.1-70b", "llama-3.2-1b"

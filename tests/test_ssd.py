@@ -16,7 +16,7 @@ from simulator.deploy.deployments import resolve
 from simulator.engine.simulation import Simulation
 from simulator.latency.roofline import RooflineLatency
 from simulator.run.report import markdown, summary_json
-from simulator.config.schema import parse_scenario
+from simulator.config.loading import parse_scenario
 from simulator.physics.handshake import Handshake
 from simulator.engine.strategies.ssd import SSDStrategy
 from simulator.physics.ssd import (batch1_terms, geometric_fanout, geometric_fanout_continuous, hit_probability, optimal_fanout, ssd_speedup_batch1, stop_distribution, stop_distribution_per_position, uniform_fanout)

@@ -203,7 +203,7 @@ def test_csv_with_missing_column(tmp_path):
 def test_engine_runs_a_scenario_on_imported_h100_profile(h100_70b):
     """End to end: the imported real H100 data times a whole scenario (issue 5's acceptance)."""
     from simulator.run.runner import run_scenario
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
 
     dep = {"target": "llama-3.1-70b", "gpu": "h100-sxm", "tp": 4, "strategy": "ar"}
     sc = parse_scenario({

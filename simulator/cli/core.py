@@ -84,7 +84,7 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
     """Simulate every deployment of a scenario; print a comparison and write reports/<name>/."""
     from simulator.run.report import console_table, summary_json, write
     from simulator.run.runner import run_scenario
-    from simulator.config.schema import load_scenario
+    from simulator.config.loading import load_scenario
 
     sc, base = load_scenario(scenario)
     t0 = time.monotonic()
@@ -109,7 +109,7 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
     from simulator.deploy.deployments import resolve
     from simulator.deploy.fit import check_fits
-    from simulator.config.schema import load_scenario
+    from simulator.config.loading import load_scenario
     from simulator.config.workload import generate
 
     sc, base = load_scenario(scenario)

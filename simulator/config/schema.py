@@ -1,121 +1,16 @@
-"""Scenario files: the pydantic v2 schema, and loading YAML into it with errors users can act on.
+"""Scenario schema, deployment part: models, GPUs, acceptance, latency, scheduler, SSD settings,
+the deployment, the sweep and the scenario itself (pydantic v2).
 
-Every section forbids unknown keys. Errors name the file, the field path (as in
-`deployments[1].scheduler.max_num_seqs`) and what was expected; the CLI prints them and exits 2.
-Checks that need the catalogues (model names, tp, memory fit) happen in deployments.py.
+Every section forbids unknown keys. Checks that need the catalogues (model names, tp, memory
+fit) happen in simulator/deploy/deployments.py; loading YAML and wording errors is loading.py.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      model_validator)
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from simulator.errors import SpecsimError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---- workload ---------------------------------------------------------------------------------
-class Poisson(Strict):
-    process: Literal["poisson"]
-    rate_per_s: PositiveFloat
-
-
-class GammaArrivals(Strict):
-    """Gamma-distributed inter-arrival times; burstiness = coefficient of variation (1 = Poisson)."""
-    process: Literal["gamma"]
-    rate_per_s: PositiveFloat
-    burstiness: PositiveFloat
-
-
-class Constant(Strict):
-    process: Literal["constant"]
-    rate_per_s: PositiveFloat
-
-
-class Closed(Strict):
-    """A fixed number of requests in flight: each completion issues the next request at once."""
-    process: Literal["closed"]
-    concurrency: PositiveInt
-
-
-class TraceArrivals(Strict):
-    """Arrival times from a CSV column (seconds); `speedup` > 1 compresses time (more load)."""
-    process: Literal["trace"]
-    path: str
-    column: str = "arrived_at"
-    speedup: PositiveFloat = 1.0
-
-
-Arrival = Annotated[Union[Poisson, GammaArrivals, Constant, Closed, TraceArrivals],
-                    Field(discriminator="process")]
-
-
-class Fixed(Strict):
-    dist: Literal["fixed"]
-    value: PositiveInt
-
-
-class Uniform(Strict):
-    dist: Literal["uniform"]
-    min: PositiveInt
-    max: PositiveInt
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-        return self
-
-
-class Normal(Strict):
-    """Normal (dist: normal) or lognormal with the given mean and std of the lengths themselves."""
-    dist: Literal["normal", "lognormal"]
-    mean: PositiveFloat
-    std: Annotated[float, Field(ge=0)]
-    min: PositiveInt = 1
-    max: PositiveInt = 1_000_000
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-        return self
-
-
-class TraceLengths(Strict):
-    """Lengths from a CSV column, taken in row order (cycled if more requests than rows)."""
-    dist: Literal["trace"]
-    path: str
-    column: str
-    max: PositiveInt | None = None  # clip (e.g. to the model's context)
-
-
-Lengths = Annotated[Union[Fixed, Uniform, Normal, TraceLengths], Field(discriminator="dist")]
-
-
-class Workload(Strict):
-    requests: PositiveInt | None = None
-    duration_s: PositiveFloat | None = None
-    arrival: Arrival
-    prompt_tokens: Lengths
-    output_tokens: Lengths
-
-    @model_validator(mode="after")
-    def _size(self):
-        if (self.requests is None) == (self.duration_s is None):
-            raise ValueError("give exactly one of 'requests' or 'duration_s'")
-        return self
-
-
-class SLO(Strict):
-    ttft_s: PositiveFloat | None = None
-    tpot_s: PositiveFloat | None = None
+from simulator.config.workload_schema import Closed, SLO, Strict, Workload
 
 
 # ---- deployments ------------------------------------------------------------------------------
@@ -372,70 +267,3 @@ class Scenario(Strict):
                 raise ValueError(f"sweep.param '{self.sweep.param}' does not fit arrival process "
                                  f"'{self.workload.arrival.process}'")
         return self
-
-
-# ---- loading ----------------------------------------------------------------------------------
-# Fields whose value is a union: pydantic puts the branch tag after them in error locations.
-_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu", "draft_gpu",
-                 "gamma"}
-
-
-def _path(loc: tuple) -> tuple[str, str | None]:
-    """User-facing field path, and the union branch the error belongs to (if any)."""
-    out, branch, skip = "", None, False
-    for part in loc:
-        if skip:
-            skip, branch = False, str(part)
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-            skip = part in _UNION_FIELDS
-    return out or "(top level)", branch
-
-
-def format_validation_error(source: str, err: ValidationError) -> str:
-    lines, seen = [], set()
-    for e in err.errors(include_url=False):
-        path, branch = _path(tuple(e["loc"]))
-        inp = e.get("input")
-        # A union field reports one error per branch; keep the branch the user meant.
-        if branch == "str" and isinstance(inp, dict):
-            continue
-        if branch in ("InlineModel", "InlineGPU") and isinstance(inp, str):
-            if e["type"] in ("model_type", "dict_type"):
-                continue
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling and the scenario reference in README.md)"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            if "input" in e and not isinstance(e["input"], (dict, list)):
-                msg += f" (got {e['input']!r})"
-        if (path, msg) not in seen:
-            seen.add((path, msg))
-            lines.append(f"  {path}: {msg}")
-    return f"{source}: invalid scenario\n" + "\n".join(lines)
-
-
-def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
-    if not isinstance(data, dict):
-        raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as e:
-        raise SpecsimError(format_validation_error(source, e)) from None
-
-
-def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
-    """Parse and validate a scenario file; returns it with the directory relative paths resolve against."""
-    p = Path(path)
-    if not p.is_file():
-        raise SpecsimError(f"{p}: scenario file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecsimError(f"{p}: not valid YAML: {e}") from None
-    return parse_scenario(data, str(p)), p.parent

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.config.schema import Workload
+from simulator.config.workload_schema import Workload
 from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.latency.base import LatencyModel, decode_steps

@@ -150,7 +150,7 @@ def scenario_dict(cfg: FidelityConfig, concurrency: int, profiles_root: Path,
 
 def workload_requests(cfg: FidelityConfig, profiles_root: Path = Path("profiles")):
     """The requests both sides serve (lengths do not depend on the concurrency)."""
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
     from simulator.config.workload import generate
 
     sc = parse_scenario(scenario_dict(cfg, cfg.concurrency[0], profiles_root), "<fidelity workload>")
@@ -546,7 +546,7 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
     from simulator.deploy.deployments import resolve
     from simulator.engine.simulation import Simulation
     from simulator.deploy.fit import check_fits
-    from simulator.config.schema import parse_scenario
+    from simulator.config.loading import parse_scenario
     from simulator.config.workload import generate
 
     sc = parse_scenario(scenario_dict(cfg, concurrency, profiles_root, acceptance), "<fidelity>")

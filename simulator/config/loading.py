@@ -1,0 +1,82 @@
+"""Loading scenario files: YAML into the schema, with errors users can act on.
+
+Errors name the file, the field path (as in `deployments[1].scheduler.max_num_seqs`) and what
+was expected; the CLI prints them and exits 2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from simulator.config.schema import Scenario
+from simulator.errors import SpecsimError
+
+
+# ---- loading ----------------------------------------------------------------------------------
+# Fields whose value is a union: pydantic puts the branch tag after them in error locations.
+_UNION_FIELDS = {"arrival", "prompt_tokens", "output_tokens", "target", "draft", "gpu", "draft_gpu",
+                 "gamma"}
+
+
+def _path(loc: tuple) -> tuple[str, str | None]:
+    """User-facing field path, and the union branch the error belongs to (if any)."""
+    out, branch, skip = "", None, False
+    for part in loc:
+        if skip:
+            skip, branch = False, str(part)
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+            skip = part in _UNION_FIELDS
+    return out or "(top level)", branch
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines, seen = [], set()
+    for e in err.errors(include_url=False):
+        path, branch = _path(tuple(e["loc"]))
+        inp = e.get("input")
+        # A union field reports one error per branch; keep the branch the user meant.
+        if branch == "str" and isinstance(inp, dict):
+            continue
+        if branch in ("InlineModel", "InlineGPU") and isinstance(inp, str):
+            if e["type"] in ("model_type", "dict_type"):
+                continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and the scenario reference in README.md)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        if (path, msg) not in seen:
+            seen.add((path, msg))
+            lines.append(f"  {path}: {msg}")
+    return f"{source}: invalid scenario\n" + "\n".join(lines)
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise SpecsimError(format_validation_error(source, e)) from None
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
+    """Parse and validate a scenario file; returns it with the directory relative paths resolve against."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecsimError(f"{p}: scenario file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecsimError(f"{p}: not valid YAML: {e}") from None
+    return parse_scenario(data, str(p)), p.parent
