@@ -38,7 +38,7 @@ import torch
 
 from simulator.hardware.models import MODELS
 from simulator.deploy.deployments import resolve_gpu
-from simulator.fidelity.experiment import CPU_GPU
+from simulator.fidelity.config import CPU_GPU
 from simulator.latency.profile import make_profile_latency
 from simulator.measure.profiler import _cache_bytes, _copies, n_copies, rotation, steady_cpu_allocator
 from simulator.measure.real_engine import make_pair

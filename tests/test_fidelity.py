@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from simulator.analysis.crossover import crossover_point as crossover
-from simulator.fidelity.experiment import (METRICS, FidelityConfig, compare, crossover_distance,
-                                           crossovers, error_summary, overhead_at, request_metrics,
-                                           scenario_dict)
+from simulator.fidelity.config import METRICS, FidelityConfig, scenario_dict
+from simulator.fidelity.metrics import (compare, crossover_distance, crossovers, error_summary, request_metrics)
+from simulator.fidelity.microbench import overhead_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_first_draft_step_q2_charges_more():
     """run_real feeds 2 tokens per sequence in a round's first draft step; the strategy can charge it."""
     from simulator.hardware.models import MODELS
     from simulator.deploy.deployments import resolve_gpu
-    from simulator.fidelity.experiment import CPU_GPU
+    from simulator.fidelity.config import CPU_GPU
     from simulator.latency.profile import make_profile_latency
     from simulator.config.schema import InlineGPU
     from simulator.engine.strategies.sd import SpeculativeStrategy
@@ -120,7 +120,7 @@ def test_first_draft_step_q2_charges_more():
 def test_host_overhead_by_step_kind():
     """Decode steps pay the measured AR step / SD round at their batch; prefill steps one sampled
     token per prompt (not a decode step's overhead at the full concurrency)."""
-    from simulator.fidelity.experiment import HostOverheadLatency
+    from simulator.fidelity.latency import HostOverheadLatency
 
     class Flat:
         source = "measured"
@@ -160,7 +160,8 @@ def test_host_overhead_by_step_kind():
 
 
 def test_interleaved_order_and_median():
-    from simulator.fidelity.experiment import interleaved_order, median_metrics, merge_diagnostics
+    from simulator.fidelity.metrics import interleaved_order, median_metrics
+    from simulator.fidelity.diagnostics import merge_diagnostics
     assert interleaved_order(1) == ["ar", "sd"]
     assert interleaved_order(2) == ["ar", "sd", "sd", "ar"]
     assert median_metrics([{"x": 1.0}, {"x": 3.0}]) == {"x": 2.0}

@@ -35,11 +35,19 @@ def distribution(x: np.ndarray, count: np.ndarray | None = None) -> dict:
     return {"mean": float(np.dot(xs, count[order]) / n), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
 
 
+def tpot(first: np.ndarray, finish: np.ndarray, output: np.ndarray,
+         include: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The one TPOT definition: (mask, TPOT) over the requests of more than one token (and in
+    `include`, when given), TPOT = (finish - first token) / (output tokens - 1)."""
+    multi = output > 1 if include is None else include & (output > 1)
+    return multi, (finish[multi] - first[multi]) / (output[multi] - 1)
+
+
 def request_table(rec: Records) -> pd.DataFrame:
     """One row per request (the requests.csv contract, minus the deployment column)."""
-    multi = rec.output > 1
-    tpot = np.full(rec.output.shape, np.nan)
-    tpot[multi] = (rec.finish[multi] - rec.first_token[multi]) / (rec.output[multi] - 1)
+    multi, per_request = tpot(rec.first_token, rec.finish, rec.output)
+    tpot_s = np.full(rec.output.shape, np.nan)
+    tpot_s[multi] = per_request
     return pd.DataFrame({
         "request_id": np.arange(rec.output.shape[0]),
         "replica": rec.replica,
@@ -49,7 +57,7 @@ def request_table(rec: Records) -> pd.DataFrame:
         "prompt_tokens": rec.prompt,
         "output_tokens": rec.output,
         "ttft_s": rec.first_token - rec.arrival,
-        "tpot_s": tpot,
+        "tpot_s": tpot_s,
         "e2e_s": rec.finish - rec.arrival,
         "rounds": rec.rounds,
         "accepted_tokens": rec.accepted,
@@ -67,8 +75,7 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
     tokens = int(rec.output[done].sum())
     ttft = (rec.first_token - rec.arrival)[done]
     e2e = (rec.finish - rec.arrival)[done]
-    multi = done & (rec.output > 1)
-    tpot = (rec.finish[multi] - rec.first_token[multi]) / (rec.output[multi] - 1)
+    _, tpot_s = tpot(rec.first_token, rec.finish, rec.output, done)
     rounds = int(rec.rounds.sum())
     drafted = int(rec.drafted.sum())
     goodput = None
@@ -77,8 +84,9 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
         if slo_ttft is not None:
             ok &= (rec.first_token - rec.arrival) <= slo_ttft
         if slo_tpot is not None:
-            tp_all = np.where(rec.output > 1, (rec.finish - rec.first_token)
-                              / np.maximum(rec.output - 1, 1), 0.0)
+            multi, per_request = tpot(rec.first_token, rec.finish, rec.output)
+            tp_all = np.zeros(rec.output.shape)  # a one-token request meets any TPOT SLO
+            tp_all[multi] = per_request
             ok &= tp_all <= slo_tpot
         goodput = float(ok.sum() / duration) if duration > 0 else 0.0
     hours = duration / 3600.0
@@ -89,7 +97,7 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
         "throughput_tokens_per_s": tokens / duration if duration > 0 else 0.0,
         "throughput_requests_per_s": float(done.sum()) / duration if duration > 0 else 0.0,
         "ttft_s": distribution(ttft),
-        "tpot_s": distribution(tpot),
+        "tpot_s": distribution(tpot_s),
         "itl_s": distribution(rec.itl, rec.itl_count),
         "e2e_s": distribution(e2e),
         "mean_tokens_per_round": float(rec.round_tokens.sum() / rounds) if rounds else None,

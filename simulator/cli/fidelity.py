@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
                                              "fraction between before and after (0: never)"),
     ) -> None:
         """Real vs simulated throughput, TTFT, TPOT and crossover on this machine."""
-        from simulator.fidelity.experiment import FidelityConfig, run_fidelity, write_outputs
+        from simulator.fidelity.config import FidelityConfig
+        from simulator.fidelity.experiment import run_fidelity, write_outputs
 
         cfg = FidelityConfig(device=device, target=target, draft=draft, gamma=gamma,
                              concurrency=parse_concurrency(concurrency), requests=requests,
