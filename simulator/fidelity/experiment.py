@@ -37,9 +37,8 @@ things (microbench.py, canary.py, this module). Everything except the real timin
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +56,7 @@ from simulator.fidelity.metrics import (compare, crossovers, error_summary, inte
                                         median_metrics, real_metrics, sim_metrics)
 from simulator.fidelity.microbench import measure_host_overhead, overhead_at
 from simulator.fidelity.plot import plot
+from simulator.fidelity.result import FidelityResult
 
 
 def _profile_paths(cfg: FidelityConfig, out: Path, log) -> tuple[Path, dict]:
@@ -123,17 +123,6 @@ def simulate_point(cfg: FidelityConfig, concurrency: int, profiles_root: Path, a
     return out
 
 
-def _relpath(x: str) -> str:
-    """An absolute path under the working directory as a relative one (results get committed)."""
-    if x.startswith("/") and "\n" not in x:
-        try:
-            rel = Path(x).resolve().relative_to(Path.cwd().resolve())
-            return str(rel)
-        except ValueError:
-            return x
-    return x
-
-
 def _device_info(device: str) -> dict:
     import platform
 
@@ -149,34 +138,6 @@ def _device_info(device: str) -> dict:
         except Exception:  # pragma: no cover - best effort description only
             d["name"] = platform.processor() or "cpu"
     return d
-
-
-@dataclass
-class FidelityResult:
-    config: dict
-    table: pd.DataFrame
-    errors: dict
-    crossover: dict
-    points: list[dict] = field(repr=False)
-    extra: dict = field(default_factory=dict)
-
-    def as_json(self) -> dict:
-        def clean(x):
-            if isinstance(x, float) and not math.isfinite(x):
-                return None
-            if isinstance(x, str):
-                return _relpath(x)
-            if isinstance(x, dict):
-                return {str(k): clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            if isinstance(x, (np.integer,)):
-                return int(x)
-            if isinstance(x, (np.floating,)):
-                return clean(float(x))
-            return x
-        return clean({"config": self.config, "errors": self.errors, "crossover": self.crossover,
-                      "table": self.table.to_dict(orient="records"), "points": self.points, **self.extra})
 
 
 def _real_runs(cfg: FidelityConfig, req, tgt, drf, canary: Canary, log) -> tuple[dict, list]:

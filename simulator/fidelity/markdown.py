@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from simulator.fidelity.config import METRICS, STEADY_CANARY, TARGETS
 from simulator.fidelity.metrics import LABELS, error_summary
+from simulator.fidelity.result import FidelityResult
 
 
 def markdown_table(res: FidelityResult) -> str:

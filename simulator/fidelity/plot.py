@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from simulator.fidelity.metrics import LABELS
+from simulator.fidelity.result import FidelityResult
 
 
 def plot(res: FidelityResult, path: Path) -> None:
