@@ -25,7 +25,8 @@ from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.deploy.memory import MemoryPlan, activation_reserve_bytes, plan_memory
-from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler, SSDConfig)
+from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency,
+                                     Scheduler, SSDConfig)
 from simulator.physics.handshake import Handshake
 
 
