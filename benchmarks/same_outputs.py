@@ -5,8 +5,8 @@
 Checks REF (default 02f0661, the last commit before the package layout) out with
 `git worktree add` into a temporary folder beside the repository, runs `specsim run --out` on every
 `scenarios/*.yaml` with that tree's own code (`PYTHONPATH=<tree> python -m simulator.cli`, run
-from the tree's root), does the same for the working tree, and compares `summary.json` and
-`requests.csv` byte for byte. Prints one row per scenario and exits 1 on any difference (2 when
+from the tree's root), does the same for the working tree, and compares `summary.json`,
+`requests.csv` and `summary.md` byte for byte. Prints one row per scenario and exits 1 on any difference (2 when
 a run fails). The REF side's outputs are cached under $SPECSIM_SAME_CACHE (default
 /tmp/specsim-same-outputs/<commit>/), keyed by the full commit id, so later checks only run the
 working tree. Scenarios whose run needs torch would be skipped when torch is missing; none of
@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("summary.json", "requests.csv")
+FILES = ("summary.json", "requests.csv", "summary.md")
 NEEDS_TORCH: set[str] = set()  # scenario stems whose run imports torch (none today)
 
 
@@ -89,7 +89,7 @@ def main() -> int:
         print(f"{name} ({side}) failed:\n{err}", file=sys.stderr)
         shutil.rmtree(cache / name, ignore_errors=True)
 
-    print(f"{'scenario':<28} {'summary.json + requests.csv vs ' + commit[:7]}")
+    print(f"{'scenario':<28} {' + '.join(FILES)} vs {commit[:7]}")
     bad = bool(failed)
     for n in names:
         verdict = compare(cache / n, work / "new" / n)

@@ -104,6 +104,28 @@ def _rank(rows: list[dict], key: str) -> None:
         rows[i][f"rank_{key.removeprefix('speedup_')}"] = r
 
 
+def _candidates(target: ModelArch, gpu, tp: int, draft_tp: int, d: float, law, context: int,
+                gamma_max: int) -> tuple[list[dict], list[dict]]:
+    """Every catalogue model smaller than the target as a draft, ranked by latency speedup; and
+    the ones skipped (tp does not divide them, or the law is out of its range), with why."""
+    candidates, skipped = [], []
+    for draft in MODELS.values():
+        if draft.name.startswith("tiny-") or not draft.params < target.params:
+            continue
+        if (why := draft.check_tp(draft_tp)) is not None:
+            skipped.append({"draft": draft.name, "reason": why})
+            continue
+        try:
+            timings = _timings(target, draft, gpu, tp, draft_tp, context)
+            candidates.append(_candidate(target, draft, d, law, timings, gamma_max))
+        except sdsl.SDSLError as e:
+            skipped.append({"draft": draft.name, "reason": str(e)})
+    _rank(candidates, "speedup_flops")
+    _rank(candidates, "speedup_latency")
+    candidates.sort(key=lambda r: r["rank_latency"])
+    return candidates, skipped
+
+
 def sdsl_report(target_name: str, draft_name: str | None, gpu_name: str, tp: int | None,
                 draft_tp: int, training_tokens: float, ppl_law: str, context: int,
                 gamma_max: int) -> dict:
@@ -124,21 +146,7 @@ def sdsl_report(target_name: str, draft_name: str | None, gpu_name: str, tp: int
     n_star = sdsl.optimal_draft_size_linear(m)
     n_opt = sdsl.optimal_draft_size(m, d, law)
 
-    candidates, skipped = [], []
-    for draft in MODELS.values():
-        if draft.name.startswith("tiny-") or not draft.params < m:
-            continue
-        if (why := draft.check_tp(draft_tp)) is not None:
-            skipped.append({"draft": draft.name, "reason": why})
-            continue
-        try:
-            timings = _timings(target, draft, gpu, tp, draft_tp, context)
-            candidates.append(_candidate(target, draft, d, law, timings, gamma_max))
-        except sdsl.SDSLError as e:
-            skipped.append({"draft": draft.name, "reason": str(e)})
-    _rank(candidates, "speedup_flops")
-    _rank(candidates, "speedup_latency")
-    candidates.sort(key=lambda r: r["rank_latency"])
+    candidates, skipped = _candidates(target, gpu, tp, draft_tp, d, law, context, gamma_max)
 
     if draft_name:
         draft = _model(draft_name)

@@ -182,11 +182,9 @@ def sdsl_alpha(acc: Acceptance, draft: ModelArch, target: ModelArch, variant: st
     return Acceptance(alpha=alpha, heterogeneity=acc.heterogeneity), info
 
 
-def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
-            gamma: int | None = None) -> ResolvedDeployment:
-    """`variant`: which end of an SDSL band to run ("alpha-", "alpha", "alpha+"); `gamma`: the
-    lookahead chosen for `gamma: auto` (without it, GAMMA_MAX stands in: see the docstring)."""
-    f = f"deployments[{index}]"
+def _models(d: Deployment, f: str) -> tuple:
+    """(target, gpu, draft or None, draft_tp, draft_gpu, dedicated), each checked against the
+    catalogues, tp and dtype, with errors naming the field."""
     target = resolve_model(d.target, f"{f}.target")
     gpu = resolve_gpu(d.gpu, f"{f}.gpu")
     why = target.check_tp(d.tp)
@@ -213,13 +211,13 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
         raise SpecsimError(f"{f}.dtype: {gpu.label} has no FP8 tensor cores")
     if dedicated and d.dtype == "fp8" and draft_gpu.fp8_tflops is None:
         raise SpecsimError(f"{f}.dtype: the draft's {draft_gpu.label} has no FP8 tensor cores")
-    if d.gamma == "auto":
-        gamma = gamma if gamma is not None else GAMMA_MAX
-    else:
-        gamma = d.gamma or 0
-    acceptance, acc_info = d.acceptance, None
-    if acceptance is not None and acceptance.sdsl is not None:
-        acceptance, acc_info = sdsl_alpha(acceptance, draft, target, variant, f"{f}.acceptance")
+    return target, gpu, draft, draft_tp, draft_gpu, dedicated
+
+
+def _target_memory(d: Deployment, f: str, target: ModelArch, gpu: GPU, draft: ModelArch | None,
+                   draft_tp: int, gamma: int, dedicated: bool) -> MemoryPlan:
+    """The target GPUs' memory plan (with a colocated draft's weights and KV), or an error
+    saying the models do not fit."""
     sch = d.scheduler
     if d.activation_reserve_gb is not None:
         reserve = d.activation_reserve_gb * 1e9
@@ -235,6 +233,31 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
             f"activation reserve {mem.activation_reserve_gb:.1f} GB exceed usable "
             f"{mem.usable_gb:.1f} GB ({gpu.hbm_gb:g} GB x gpu_memory_utilization "
             f"{d.gpu_memory_utilization}); raise tp or pick a larger GPU")
+    return mem
+
+
+def _price(d: Deployment, gpu: GPU, draft_gpu: GPU, n_draft: int) -> float:
+    """Per GPU-hour: the override, or the catalogue prices averaged over target and draft GPUs."""
+    if d.price_per_gpu_hour is not None:
+        return d.price_per_gpu_hour
+    return ((d.tp * gpu.price_per_gpu_hour + n_draft * draft_gpu.price_per_gpu_hour)
+            / (d.tp + n_draft))
+
+
+def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
+            gamma: int | None = None) -> ResolvedDeployment:
+    """`variant`: which end of an SDSL band to run ("alpha-", "alpha", "alpha+"); `gamma`: the
+    lookahead chosen for `gamma: auto` (without it, GAMMA_MAX stands in: see the docstring)."""
+    f = f"deployments[{index}]"
+    target, gpu, draft, draft_tp, draft_gpu, dedicated = _models(d, f)
+    if d.gamma == "auto":
+        gamma = gamma if gamma is not None else GAMMA_MAX
+    else:
+        gamma = d.gamma or 0
+    acceptance, acc_info = d.acceptance, None
+    if acceptance is not None and acceptance.sdsl is not None:
+        acceptance, acc_info = sdsl_alpha(acceptance, draft, target, variant, f"{f}.acceptance")
+    mem = _target_memory(d, f, target, gpu, draft, draft_tp, gamma, dedicated)
     draft_mem = handshake = None
     if dedicated:
         draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma)
@@ -248,15 +271,11 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     dl = (make_latency(dcfg, draft, draft_gpu, draft_tp, d.dtype, base, f"{f}.{dfield}")
           if draft else None)
     n_draft = draft_tp if dedicated else 0
-    if d.price_per_gpu_hour is not None:
-        price = d.price_per_gpu_hour
-    else:
-        price = ((d.tp * gpu.price_per_gpu_hour + n_draft * draft_gpu.price_per_gpu_hour)
-                 / (d.tp + n_draft))
     name = d.name if variant == "alpha" else f"{d.name}[{variant}]"
     return ResolvedDeployment(name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
-                              d.router, gamma, acceptance, sch, d.dtype, mem, tl, dl, price,
-                              d.placement, n_draft, draft_gpu if dedicated else None, draft_mem,
+                              d.router, gamma, acceptance, d.scheduler, d.dtype, mem, tl, dl,
+                              _price(d, gpu, draft_gpu, n_draft), d.placement, n_draft,
+                              draft_gpu if dedicated else None, draft_mem,
                               handshake, _ssd_config(d), acceptance_sdsl=acc_info,
                               variant_of=d.name if d.acceptance is not None and d.acceptance.band else None)
 

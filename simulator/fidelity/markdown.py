@@ -6,9 +6,8 @@ from simulator.fidelity.metrics import LABELS, error_summary
 from simulator.fidelity.result import FidelityResult
 
 
-def markdown_table(res: FidelityResult) -> str:
-    t = res.table
-    has_canary = "canary" in t.columns
+def _points_table(t, has_canary: bool) -> list[str]:
+    """One row per (mode, concurrency): each metric real / simulated (error)."""
     head = ["mode", "conc."] + [LABELS[m][0] + " real / sim (err)" for m in METRICS] + (
         ["canary (drift)"] if has_canary else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -23,6 +22,13 @@ def markdown_table(res: FidelityResult) -> str:
         if has_canary:
             cells.append(f"{d['canary']:.2f} ({d['canary_drift'] * 100:.0f}%)")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_table(res: FidelityResult) -> str:
+    t = res.table
+    has_canary = "canary" in t.columns
+    lines = _points_table(t, has_canary)
     cfg = res.config
     er = res.errors
     cr = res.crossover

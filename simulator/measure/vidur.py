@@ -117,6 +117,26 @@ def _allreduce_rows(root: Path, vidur_gpu: str, hidden: int, tp: int) -> tuple[l
     return rows, str(path)
 
 
+def _per_token_rows(vm: VidurModel, part: pd.DataFrame, breakdown: bool) -> list[ProfileRow]:
+    """non_attention (the sum of the layer's op medians, min and max), its op:<name> rows, and
+    embedding, at every token count of one tp's mlp.csv rows."""
+    rows: list[ProfileRow] = []
+    for r in part.to_dict("records"):
+        t, n = int(r["num_tokens"]), int(r["n_rows"])
+        stats = {op: [r[c] for c in stat_cols(op)] for op in (EMB_OP, *vm.ops)}
+        mn = sum(stats[op][0] for op in vm.ops)
+        mx = sum(stats[op][1] for op in vm.ops)
+        md = sum(stats[op][2] for op in vm.ops)
+        rows.append(profile_row("non_attention", 0, 0, 0, t, md, mn, mx, n))
+        if breakdown:
+            rows += [profile_row(f"op:{op}", 0, 0, 0, t, stats[op][2], stats[op][0], stats[op][1], n)
+                     for op in vm.ops if stats[op][2] > 0]
+        if stats[EMB_OP][2] > 0:
+            rows.append(profile_row("embedding", 0, 0, 0, t, stats[EMB_OP][2], stats[EMB_OP][0],
+                                    stats[EMB_OP][1], n))
+    return rows
+
+
 def import_vidur(root: Path | str, *, gpus: list[str] | None = None, breakdown: bool = True,
                  command: str | None = None) -> list[Profile]:
     """Convert every (gpu, model, tp) under a Vidur profiling directory into Profiles (not written).
@@ -141,20 +161,7 @@ def import_vidur(root: Path | str, *, gpus: list[str] | None = None, breakdown: 
         gpu = GPU_NAMES[vm.vidur_gpu]
         for tp, part in vm.mlp.groupby("num_tensor_parallel_workers", sort=True):
             tp = int(tp)
-            rows: list[ProfileRow] = []
-            for r in part.to_dict("records"):
-                t, n = int(r["num_tokens"]), int(r["n_rows"])
-                stats = {op: [r[c] for c in stat_cols(op)] for op in (EMB_OP, *vm.ops)}
-                mn = sum(stats[op][0] for op in vm.ops)
-                mx = sum(stats[op][1] for op in vm.ops)
-                md = sum(stats[op][2] for op in vm.ops)
-                rows.append(profile_row("non_attention", 0, 0, 0, t, md, mn, mx, n))
-                if breakdown:
-                    rows += [profile_row(f"op:{op}", 0, 0, 0, t, stats[op][2], stats[op][0], stats[op][1], n)
-                             for op in vm.ops if stats[op][2] > 0]
-                if stats[EMB_OP][2] > 0:
-                    rows.append(profile_row("embedding", 0, 0, 0, t, stats[EMB_OP][2], stats[EMB_OP][0],
-                                     stats[EMB_OP][1], n))
+            rows = _per_token_rows(vm, part, breakdown)
             attn_grid = None
             if vm.attention_path is not None:
                 arows, attn_grid = _attention_rows(vm.attention_path, vm.shape, tp)

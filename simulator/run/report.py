@@ -76,6 +76,71 @@ def console_table(result: RunResult) -> Table:
     return t
 
 
+def _crossover_section(s: dict) -> list[str]:
+    if not s.get("crossover"):
+        return []
+    out = ["", "## Where speculation stops paying", ""]
+    for c in s["crossover"]:
+        pts = ", ".join(f"{p[c['param']]:g}: {p['ratio']:.2f}x" for p in c["speedup"])
+        where = (f"at {c['param']} = {c['stops_paying_at']:g} (interpolated "
+                 f"{_fmt(c['stops_paying_at_interpolated'], '.1f')})"
+                 if c["stops_paying_at"] is not None else "not within the sweep")
+        out.append(f"- **{c['design']}** vs {c['baseline']}: throughput ratio by {c['param']}: "
+                   f"{pts}. Stops paying {where}.")
+    return out
+
+
+def _design_line(row: dict) -> str:
+    c, m = row["config"], row["config"]["memory"]
+    spec = f"{c['target']} on {c['replicas']} x {c['tp']} {c['gpu']}"
+    if row["strategy"] in ("sd", "ssd"):
+        acc = (f"alpha {c['alpha']}" if c["alpha"] is not None
+               else f"per-position acceptance {c['per_position']}")
+        if c.get("acceptance_sdsl"):
+            acc = f"alpha {c['alpha']:.4f} ({_sdsl_source(c['acceptance_sdsl'])})"
+        where = "colocated"
+        if c.get("draft_placement") == "dedicated":
+            where = (f"dedicated {c['draft_gpus']} x {c['draft_gpu']}, handshake "
+                     f"{1e6 * c['handshake_fixed_s']:.0f} us + {c['handshake_bytes_per_seq'] / 1e6:.2f} MB/seq")
+        gamma = "auto (see Lookahead)" if c.get("gamma_auto") else c["gamma"]
+        spec += f", draft {c['draft']} ({where}), gamma {gamma}, {acc}"
+    if row["strategy"] == "ssd":
+        x = c["ssd"]
+        spec += (f"; SSD fan-out {x['fanout']['policy']} {row.get('ssd_fanout')}, r {x['r']:g}, "
+                 f"{x['batch_policy']}, {x['backup']} backup"
+                 + (f" (fast above batch {x['backup_batch_threshold']})"
+                    if x["backup_batch_threshold"] else ""))
+    return (f"- **{row['name']}** ({row['strategy']}): {spec}; KV cache "
+            f"{m['kv_capacity_tokens']:,} tokens per replica ({m['kv_budget_gb']:.1f} GB/GPU "
+            f"after {m['target_weights_gb'] + m['draft_weights_gb']:.1f} GB weights); "
+            f"${c['price_per_gpu_hour']}/GPU-hour; latency: {row['latency_source']}.")
+
+
+def _ssd_section(s: dict) -> list[str]:
+    ssd = [r for r in s["deployments"] if r["strategy"] == "ssd"]
+    if not ssd:
+        return []
+    out = ["", "## SSD pre-speculation", "",
+           "| design | cache hit (per sequence-round) | model hit | rounds using the cache "
+           "| draft GPU busy |", "|---|---|---|---|---|"]
+    return out + [f"| {_label(r)} | {_fmt(r['cache_hit_rate'], '.1%')} | "
+                  f"{_fmt(r['ssd_model_hit_rate'], '.1%')} | {_fmt(r['batch_hit_rate'], '.1%')} | "
+                  f"{_fmt(r['draft_gpu_busy_fraction'], '.0%')} |" for r in ssd]
+
+
+def _sources_section(s: dict) -> list[str]:
+    out = ["", "## Where the numbers come from", ""]
+    used = sorted({src for r in s["deployments"] for src in r["latency_source"].split("+")})
+    out += [f"- **{u}**: {SOURCE_MEANING.get(u, u)}." for u in used]
+    notes = sorted({f"{r['config'][role]} on {r['config']['gpu']}: {note}"
+                    for r in s["deployments"] for role, note in r["latency_notes"].items() if note})
+    out += [f"  - {n}" for n in notes]
+    return out + ["- Acceptance: sampled per round and per sequence from the stated alpha (Leviathan et al.'s"
+                  " truncated geometric law) or per-position rates; never a fixed mean.",
+                  "- Prices are dated scenario inputs (catalogue defaults: November 2026 on-demand list "
+                  "prices), not constants.", ""]
+
+
 def markdown(result: RunResult, scenario_path: str) -> str:
     s = result.summary
     out = [f"# specsim report: {s['scenario']}", "",
@@ -84,63 +149,14 @@ def markdown(result: RunResult, scenario_path: str) -> str:
            "|" + "---|" * len(COLUMNS)]
     for row in s["deployments"]:
         out.append("| " + " | ".join(_fmt(g(row), f) if f else str(g(row)) for _, g, f in COLUMNS) + " |")
-    if s.get("crossover"):
-        out += ["", "## Where speculation stops paying", ""]
-        for c in s["crossover"]:
-            pts = ", ".join(f"{p[c['param']]:g}: {p['ratio']:.2f}x" for p in c["speedup"])
-            where = (f"at {c['param']} = {c['stops_paying_at']:g} (interpolated "
-                     f"{_fmt(c['stops_paying_at_interpolated'], '.1f')})"
-                     if c["stops_paying_at"] is not None else "not within the sweep")
-            out.append(f"- **{c['design']}** vs {c['baseline']}: throughput ratio by {c['param']}: "
-                       f"{pts}. Stops paying {where}.")
+    out += _crossover_section(s)
     out += ["", "## Designs", ""]
     seen = set()
     for row in s["deployments"]:
-        if row["name"] in seen:
-            continue
-        seen.add(row["name"])
-        c, m = row["config"], row["config"]["memory"]
-        spec = f"{c['target']} on {c['replicas']} x {c['tp']} {c['gpu']}"
-        if row["strategy"] in ("sd", "ssd"):
-            acc = (f"alpha {c['alpha']}" if c["alpha"] is not None
-                   else f"per-position acceptance {c['per_position']}")
-            if c.get("acceptance_sdsl"):
-                acc = f"alpha {c['alpha']:.4f} ({_sdsl_source(c['acceptance_sdsl'])})"
-            where = "colocated"
-            if c.get("draft_placement") == "dedicated":
-                where = (f"dedicated {c['draft_gpus']} x {c['draft_gpu']}, handshake "
-                         f"{1e6 * c['handshake_fixed_s']:.0f} us + {c['handshake_bytes_per_seq'] / 1e6:.2f} MB/seq")
-            gamma = "auto (see Lookahead)" if c.get("gamma_auto") else c["gamma"]
-            spec += f", draft {c['draft']} ({where}), gamma {gamma}, {acc}"
-        if row["strategy"] == "ssd":
-            x = c["ssd"]
-            spec += (f"; SSD fan-out {x['fanout']['policy']} {row.get('ssd_fanout')}, r {x['r']:g}, "
-                     f"{x['batch_policy']}, {x['backup']} backup"
-                     + (f" (fast above batch {x['backup_batch_threshold']})"
-                        if x["backup_batch_threshold"] else ""))
-        out.append(f"- **{row['name']}** ({row['strategy']}): {spec}; KV cache "
-                   f"{m['kv_capacity_tokens']:,} tokens per replica ({m['kv_budget_gb']:.1f} GB/GPU "
-                   f"after {m['target_weights_gb'] + m['draft_weights_gb']:.1f} GB weights); "
-                   f"${c['price_per_gpu_hour']}/GPU-hour; latency: {row['latency_source']}.")
-    out += _gamma_section(s) + _sdsl_section(s)
-    ssd = [r for r in s["deployments"] if r["strategy"] == "ssd"]
-    if ssd:
-        out += ["", "## SSD pre-speculation", "",
-                "| design | cache hit (per sequence-round) | model hit | rounds using the cache "
-                "| draft GPU busy |", "|---|---|---|---|---|"]
-        out += [f"| {_label(r)} | {_fmt(r['cache_hit_rate'], '.1%')} | "
-                f"{_fmt(r['ssd_model_hit_rate'], '.1%')} | {_fmt(r['batch_hit_rate'], '.1%')} | "
-                f"{_fmt(r['draft_gpu_busy_fraction'], '.0%')} |" for r in ssd]
-    out += ["", "## Where the numbers come from", ""]
-    used = sorted({src for r in s["deployments"] for src in r["latency_source"].split("+")})
-    out += [f"- **{u}**: {SOURCE_MEANING.get(u, u)}." for u in used]
-    notes = sorted({f"{r['config'][role]} on {r['config']['gpu']}: {note}"
-                    for r in s["deployments"] for role, note in r["latency_notes"].items() if note})
-    out += [f"  - {n}" for n in notes]
-    out += ["- Acceptance: sampled per round and per sequence from the stated alpha (Leviathan et al.'s"
-            " truncated geometric law) or per-position rates; never a fixed mean.",
-            "- Prices are dated scenario inputs (catalogue defaults: November 2026 on-demand list "
-            "prices), not constants.", ""]
+        if row["name"] not in seen:
+            seen.add(row["name"])
+            out.append(_design_line(row))
+    out += _gamma_section(s) + _sdsl_section(s) + _ssd_section(s) + _sources_section(s)
     return "\n".join(out)
 
 
