@@ -5,7 +5,7 @@ batch shapes the fidelity sweep runs (SHAPES: target verify q = 5 and decode q =
 batch 1..8, mixed contexts 60..340), every variant interleaved round-robin so that machine
 drift hits all of them alike. Per shape (wall-clock medians, ms):
 
-  real         the engine's forward, called exactly as simulator/real_engine.py calls it: on a
+  real         the engine's forward, called exactly as simulator/measure/real_engine.py calls it: on a
                KVCache of `concurrency` slots, slot-indexed in a shuffled order, caches holding
                real K/V, lengths rolled back to the round's start before each call
   now          the ops as the profiler used to time them, each ALONE, back to back (non_attention
@@ -14,7 +14,7 @@ drift hits all of them alike. Per shape (wall-clock medians, ms):
                composes them: L * (non_attention + attention) + lm_head
   layer-now    the same composition from a whole layer timed in context (Block.forward on
                rotating layer copies and caches, the mask built once per forward): L * layer +
-               lm_head. This is what the profiler's attention rows now give (simulator/profiler.py,
+               lm_head. This is what the profiler's attention rows now give (simulator/measure/profiler/timing.py,
                _InContextAttention: attention = layer - non_attention)
   pred         the profile backend (ProfileLatency.forward) on the committed profile
   in-forward   the real forward re-executed piece by piece with a timer between the pieces
@@ -84,7 +84,7 @@ def real_forward_parts(model, tokens, cache, slots):
 
 
 class ProfilerOps:
-    """The profiler's per-op measurements (simulator/profiler.py capture_profile), rebuilt."""
+    """The profiler's per-op measurements (simulator/measure/profiler/capture.py capture_profile), rebuilt."""
 
     def __init__(self, arch, seed=0):
         flush, n_rot = rotation(arch, 1, "fp32", _cache_bytes(torch, torch.device("cpu")))

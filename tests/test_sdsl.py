@@ -1,4 +1,4 @@
-"""SDSL laws (simulator/sdsl.py) and the `sdsl` / `fit-alpha` commands (simulator/cli_sdsl.py)."""
+"""SDSL laws (simulator/physics/sdsl.py) and the `sdsl` / `fit-alpha` commands (simulator/cli/sdsl.py)."""
 from __future__ import annotations
 
 import json

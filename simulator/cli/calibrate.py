@@ -1,8 +1,8 @@
 """`specsim import-vidur` and `specsim calibrate`: real GPU data in, fitted roofline params out.
 
-import-vidur converts Vidur's profiling directory into specsim profiles (simulator/vidur_import.py);
+import-vidur converts Vidur's profiling directory into specsim profiles (simulator/measure/vidur.py);
 calibrate fits the roofline's efficiencies to one or more profiles of one GPU and saves them as
-profiles/<gpu>/calibration.json (simulator/calibrate.py).
+profiles/<gpu>/calibration.json (simulator/measure/calibrate.py; stored by simulator/latency/calibration.py).
 """
 from __future__ import annotations
 

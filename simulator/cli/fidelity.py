@@ -1,9 +1,9 @@
 """`specsim fidelity`: measure the simulator's error against a real serving loop on this machine.
 
-Serves a closed-loop workload for real (plain torch, AR and SD, simulator/real_engine.py),
+Serves a closed-loop workload for real (plain torch, AR and SD, simulator/measure/real_engine.py),
 profiles both models on the same device (or reuses profiles), simulates the same workload with
 the measured acceptance through the engine, and writes table.md, table.csv, fidelity.png and
-fidelity.json under --out (see simulator/fidelity.py).
+fidelity.json under --out (see simulator/fidelity/).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`specsim profile`: capture a latency profile of a model on this machine (see simulator/profiler.py).
+"""`specsim profile`: capture a latency profile of a model on this machine (see simulator/measure/profiler/).
 
 Writes profiles/<device>/<model>/tp<k>.csv + .json, then checks the new profile against itself:
 each whole-model forward the capture timed directly is compared with the time the measured

@@ -51,7 +51,7 @@ class Heterogeneity(Strict):
 
 
 class SDSLAcceptance(Strict):
-    """alpha from the SDSL laws (simulator/sdsl.py): from perplexities via the affine law, or from
+    """alpha from the SDSL laws (simulator/physics/sdsl.py): from perplexities via the affine law, or from
     the catalogue's parameter counts and training tokens via the perplexity law first."""
     draft_ppl: Annotated[float, Field(gt=1)] | None = None
     target_ppl: Annotated[float, Field(gt=1)] | None = None

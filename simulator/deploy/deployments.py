@@ -3,7 +3,7 @@
 Everything that needs the catalogues is checked here, with errors that name the field path
 (`deployments[1].tp`) and what was expected.
 
-`acceptance: {sdsl: ...}` is turned into a concrete alpha here (simulator/sdsl.py). With
+`acceptance: {sdsl: ...}` is turned into a concrete alpha here (simulator/physics/sdsl.py). With
 `band: true` the runner resolves the deployment three times, as variants "alpha-", "alpha" and
 "alpha+" (named `name[alpha-]`, `name`, `name[alpha+]`), at alpha -/+ the law's RMSE: sqrt of the
 pooled fit's published MSE 0.00128, i.e. 0.0358 (SDSL, arXiv 2603.11053; MODEL.md section 3).
@@ -59,7 +59,7 @@ class ResolvedDeployment:
     gamma_choice: dict | None = None  # gamma: auto: lookahead.GammaChoice.as_dict(); set by the runner
     variant_of: str | None = None  # band variants: the scenario's deployment name
     # Query tokens per sequence in a colocated draft's first step of a round: 1 when its KV holds
-    # every token but the pending one; 2 when it lags by two (simulator/real_engine.py).
+    # every token but the pending one; 2 when it lags by two (simulator/measure/real_engine.py).
     draft_first_q: int = 1
 
     @property

@@ -19,7 +19,7 @@ REAL_DRAFT_FIRST_Q = 2  # run_real feeds 2 tokens per sequence in a round's firs
 # somewhere between 144 and 192 whose place varies from capture to capture (SDPA blocking and
 # cache thresholds), and the fidelity workload's contexts (50..350) sit right there. The
 # powers-of-two contexts of "medium" interpolate across that step; this grid measures it.
-# Defined in simulator/profiler.py GRIDS under this name (`specsim profile --grid medium-densectx`).
+# Defined in simulator/measure/profiler/grid.py GRIDS under this name (`specsim profile --grid medium-densectx`).
 DENSE_GRID_NAME = "medium-densectx"
 
 CPU_GPU = {  # the inline device of cpu-local profiles (only the profile's grid times are used)

@@ -1,0 +1,1 @@
+"""Catalogues: model architectures (models.py) and GPU datasheets with dated prices (gpus.py). Data only."""

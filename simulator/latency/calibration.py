@@ -34,7 +34,7 @@ PER_LAYER_NOTE = (
     "layer_overhead_fit shows the fit with one (seconds per layer, added to every layer's "
     "non-attention time) and its residuals")
 
-# Architecture generation of the catalogue GPUs (not a datasheet figure, so not in catalog.py):
+# Architecture generation of the catalogue GPUs (not a datasheet figure, so not in simulator/hardware/gpus.py):
 # used to pick the calibrated GPU whose kernels reach similar fractions of peak.
 ARCHITECTURE = {"a100-80gb-sxm": "nvidia-ampere", "a40": "nvidia-ampere",
                 "l40s": "nvidia-ada", "l4": "nvidia-ada",

@@ -1,4 +1,4 @@
-"""Measured latency backend: forward-pass time composed from a profile (simulator/profiles.py).
+"""Measured latency backend: forward-pass time composed from a profile (simulator/latency/profiles.py).
 
 Per forward pass with T = sum(q) tokens (MODEL.md section 5):
   linear        = n_layers * non_attention(T) + embedding(T) + lm_head(n_logits)
@@ -337,7 +337,7 @@ def make_profile_latency(model: ModelArch, gpu: GPU, tp: int, dtype: str, *,
     """The measured backend for a deployment: the profile of (gpu, model, tp) under `root`.
 
     Its fallback (outside the grid) is a roofline with the GPU's saved calibration, or the
-    nearest calibrated GPU's (simulator/calibrate.py), else default params; a scenario's
+    nearest calibrated GPU's (simulator/latency/calibration.py), else default params; a scenario's
     `latency.params` override either.
     """
     path = find_profile(gpu.name, model.name, tp, root)

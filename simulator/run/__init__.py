@@ -1,0 +1,1 @@
+"""Running a scenario: the runner (every sweep point and deployment) and the report writers."""

@@ -23,7 +23,7 @@ class SpeculativeStrategy(Strategy):
         """`alpha` set: every request shares it (fast path); None with no per_position: use the
         per-request alphas the engine passes to sample(). `draft_first_q`: query tokens per
         sequence in a round's first draft forward (1: the draft's KV holds every token but the
-        pending one; 2: it lags by two, as simulator/real_engine.py keeps it so that an
+        pending one; 2: it lags by two, as simulator/measure/real_engine.py keeps it so that an
         all-accepted round needs no extra draft pass, and the first step re-feeds the last two)."""
         if draft_first_q not in (1, 2):
             raise ValueError(f"draft_first_q must be 1 or 2, got {draft_first_q}")
