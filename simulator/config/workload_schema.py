@@ -52,10 +52,8 @@ class Fixed(Strict):
     value: PositiveInt
 
 
-class Uniform(Strict):
-    dist: Literal["uniform"]
-    min: PositiveInt
-    max: PositiveInt
+class _Bounded(Strict):
+    """Lengths bounded by `min` and `max` (fields of the subclass): max must be >= min."""
 
     @model_validator(mode="after")
     def _order(self):
@@ -64,19 +62,19 @@ class Uniform(Strict):
         return self
 
 
-class Normal(Strict):
+class Uniform(_Bounded):
+    dist: Literal["uniform"]
+    min: PositiveInt
+    max: PositiveInt
+
+
+class Normal(_Bounded):
     """Normal (dist: normal) or lognormal with the given mean and std of the lengths themselves."""
     dist: Literal["normal", "lognormal"]
     mean: PositiveFloat
     std: Annotated[float, Field(ge=0)]
     min: PositiveInt = 1
     max: PositiveInt = 1_000_000
-
-    @model_validator(mode="after")
-    def _order(self):
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-        return self
 
 
 class TraceLengths(Strict):
