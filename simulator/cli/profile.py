@@ -10,7 +10,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,28 +25,6 @@ def _command() -> str | None:
     if sys.argv and Path(sys.argv[0]).name == "specsim":
         return shlex.join(["specsim", *sys.argv[1:]])
     return None
-
-
-def validation_table(profile) -> list[dict]:
-    """Directly timed forward rows vs the measured backend's composition of the same pass."""
-    from simulator.hardware.models import MODELS
-    from simulator.latency.profile import ProfileLatency
-
-    model = MODELS[profile.meta.model]
-    backend = ProfileLatency(profile, model, None, profile.meta.tp, profile.meta.dtype)
-    grid = profile.meta.grid if isinstance(profile.meta.grid, dict) else {}
-    fit = {tuple(p) for p in grid.get("forward_points", [])}
-    out = []
-    for r in profile.select("forward"):
-        q, ctx = np.full(r.batch, r.q), np.full(r.batch, r.ctx)
-        try:
-            composed = float(backend.forward(q, ctx, r.batch * r.q).sum())
-        except SpecsimError:
-            continue  # outside the grid (e.g. a skipped attention point)
-        out.append({"role": "overhead fit" if (r.batch, r.q, r.ctx) in fit else "validation",
-                    "batch": r.batch, "q": r.q, "ctx": r.ctx, "direct_s": r.median_s,
-                    "composed_s": composed, "error": composed / r.median_s - 1.0})
-    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -86,6 +63,7 @@ def register(app: typer.Typer) -> None:
                                   log=lambda m: _err.print(m, highlight=False))
             prof = capture_profile(opts)
             path = write_profile(prof, out)
+            from simulator.measure.profiler.validation import validation_table
             rows = validation_table(prof)
         except SpecsimError as e:
             _err.print(f"[bold red]error:[/] {e}", highlight=False)
