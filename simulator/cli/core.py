@@ -107,17 +107,12 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
 
 def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
-    from simulator.deploy.deployments import resolve
-    from simulator.deploy.fit import check_fits
     from simulator.config.loading import load_scenario
-    from simulator.config.workload import generate
+    from simulator.run.runner import check_scenario
 
     sc, base = load_scenario(scenario)
     with _about(scenario):
-        deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
-        req = generate(sc.workload, sc.seed, base)
-        for i, dep in enumerate(deps):
-            check_fits(dep, req, f"deployments[{i}]")
+        deps, req = check_scenario(sc, base)
     out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)")
 
 

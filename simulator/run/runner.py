@@ -109,6 +109,16 @@ def _summary(sc: Scenario, seed: int, rows: list[dict], used: list[ResolvedDeplo
     return summary
 
 
+def check_scenario(sc: Scenario, base: Path) -> tuple[list[ResolvedDeployment], Requests]:
+    """`specsim check`: resolve every deployment and check that the workload fits each, without
+    simulating (a SpecsimError names the first field that does not)."""
+    deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
+    req = generate(sc.workload, sc.seed, base)
+    for i, dep in enumerate(deps):
+        check_fits(dep, req, f"deployments[{i}]")
+    return deps, req
+
+
 def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                  progress: Callable[[str, int], Callable[[int], None]] | None = None) -> RunResult:
     """Simulate every (sweep point, deployment). `progress(label, total)` returns an advance callback."""
