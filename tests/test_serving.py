@@ -22,6 +22,7 @@ def test_batch_one_past_a_captured_size_runs_as_the_next_captured_size():
     assert sv.graph_batch(9, c) == 16  # one past 8 pays for 16
     assert sv.graph_batch(3, c) == 4
     assert sv.graph_batch(24, c) == 24
+    assert sv.graph_batch(0, c) is None and sv.forward_launch_s(0, 32, c) == 0.0  # no forward
     # vLLM v0.6 grid is 1, 2, 4, 8, 16, 24, ...: 9 decoding sequences run as 16 tokens' worth.
     assert sv.padded_tokens(9, 1, V0_GRAPH) == 16
     assert sv.padded_tokens(17, 1, V0_GRAPH) == 24

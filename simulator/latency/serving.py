@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
@@ -128,16 +129,9 @@ def graph_batch(n: int, costs: EngineCosts, q_per_seq: int = 1,
     """The captured size a batch of `n` (in the capture unit) runs as: the smallest captured size
     >= n; None when the engine runs eager or n is above the largest captured size."""
     sizes = _captured(costs, q_per_seq, speculative)
-    if not sizes or n > sizes[-1]:
+    if not sizes or n <= 0 or n > sizes[-1]:
         return None
-    lo, hi = 0, len(sizes) - 1
-    while lo < hi:  # bisect on a tuple of ints: cheaper than importing per call
-        mid = (lo + hi) // 2
-        if sizes[mid] < n:
-            lo = mid + 1
-        else:
-            hi = mid
-    return sizes[lo]
+    return sizes[bisect_left(sizes, n)]
 
 
 def padded_tokens(n_seqs: int, q_per_seq: int, costs: EngineCosts,
@@ -153,6 +147,8 @@ def forward_launch_s(n_seqs: int, n_layers: int, costs: EngineCosts, q_per_seq: 
                      tp: int = 1, speculative: bool = False) -> float:
     """CPU launch cost of one forward: a graph replay when the batch is captured, else one
     launch per kernel (kernels_per_layer [+ tp all-reduces] x layers + kernels_fixed)."""
+    if n_seqs <= 0:
+        return 0.0
     key = graph_key(n_seqs, q_per_seq, costs)
     if graph_batch(key, costs, q_per_seq, speculative) is not None:
         return costs.graph_replay_s
