@@ -62,7 +62,8 @@ REPORTED_HBM_BYTES: dict[str, tuple[int, str]] = {
            "CUDA reports a few hundred MiB less"),
     "mi300x": (206141652992,
                "rocm-smi 'VRAM Total Memory (B): 206141652992', "
-               "https://github.com/ROCm/legacy-rocm-build/issues/4750"),
+               "https://github.com/ROCm/legacy-rocm-build/issues/4750 (an issue about partitioned-"
+               "mode reporting; read as the whole-GPU figure, 191.98 GiB)"),
     "mi325x": (256 * GiB,
                "UNVERIFIED: datasheet 256 GB read as GiB, as MI300X's 192 GB reads 191.98 GiB in rocm-smi; "
                "no device reading found"),
