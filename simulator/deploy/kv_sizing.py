@@ -20,54 +20,19 @@ Sources (vllm-project/vllm):
   `gpu_model_runner.py::_dummy_sampler_run` uses min(max_num_seqs, max_num_batched_tokens) rows
   and, per its own NOTE, may skip top-k/top-p).
 
-Every size here is in bytes. Models come in as plain numbers so this module depends on nothing
-else in the project.
+Every size here is in bytes. Models come in as plain numbers; simulator/deploy/memory.py feeds
+them from the catalogues.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from simulator.hardware.gpus import REPORTED_HBM_BYTES  # noqa: F401  (re-exported)
+
 GiB = 2**30
 MiB = 2**20
 
-# What the device reports as its total memory, per catalogue GPU: (bytes, source). vLLM reads
-# torch.cuda.mem_get_info()[1] (cudaMemGetInfo); NVML/nvidia-smi reports a few hundred MiB more
-# on the same part, so a CUDA-side reading is preferred where one was found. Readings printed in
-# GiB with two decimals carry +-5 MiB. "UNVERIFIED" marks entries no device reading backs.
-REPORTED_HBM_BYTES: dict[str, tuple[int, str]] = {
-    "h100-sxm": (int(79.11 * GiB),
-                 "CUDA total 79.11 GiB: PyTorch OOM text 'GPU 0 has a total capacity of 79.11 GiB' on "
-                 "H100 80GB, https://github.com/vllm-project/vllm/issues/27508 (nvidia-smi shows "
-                 "81559 MiB, https://github.com/NVIDIA/nccl/issues/1264)"),
-    "h100-pcie": (int(79.11 * GiB),
-                  "UNVERIFIED: no H100 PCIe reading found; taken equal to h100-sxm (both 80 GiB parts)"),
-    "h200-sxm": (143771 * MiB,
-                 "UNVERIFIED: nvidia-smi 143771 MiB as quoted in the issue-16 brief; no device "
-                 "reading found in the searched corpora (datasheet: 141 GB)"),
-    "b200": (int(178.35 * GiB),
-             "CUDA totalGlobalMem 178.35 GiB printed by a device query, "
-             "https://github.com/pytorch/ao/pull/4002"),
-    "a100-80gb-sxm": (int(79.25 * GiB),
-                      "CUDA total 79.25 GiB: PyTorch OOM text '(GPU 0; 79.25 GiB total capacity' on "
-                      "an A100, https://github.com/levihsu/OOTDiffusion/issues/235 (nvidia-smi: "
-                      "81920 MiB, https://github.com/modal-labs/modal-client/pull/2797)"),
-    "a100-40gb": (42298834944,
-                  "CUDA deviceQuery 'Total amount of global memory: 40339 MBytes (42298834944 bytes)' "
-                  "A100-SXM4-40GB, https://github.com/bottlerocket-os/bottlerocket/pull/3873"),
-    "l40s": (46068 * MiB,
-             "nvidia-smi (NVML) total 46068 MiB, https://github.com/modal-labs/modal-client/pull/2797; "
-             "CUDA reports a few hundred MiB less"),
-    "l4": (23034 * MiB,
-           "nvidia-smi (NVML) total 23034 MiB, https://github.com/modal-labs/modal-client/pull/2797; "
-           "CUDA reports a few hundred MiB less"),
-    "mi300x": (206141652992,
-               "rocm-smi 'VRAM Total Memory (B): 206141652992', "
-               "https://github.com/ROCm/legacy-rocm-build/issues/4750 (an issue about partitioned-"
-               "mode reporting; read as the whole-GPU figure, 191.98 GiB)"),
-    "mi325x": (256 * GiB,
-               "UNVERIFIED: datasheet 256 GB read as GiB, as MI300X's 192 GB reads 191.98 GiB in rocm-smi; "
-               "no device reading found"),
-}
+# What each catalogue GPU reports as its total memory, with sources: simulator/hardware/gpus.py.
 
 # Bytes alive per sampled row per vocabulary entry at the sampler's peak, by engine generation.
 # v0 (vllm/model_executor/layers/sampler.py, v0.6-0.8), profiled with top_p=0.99, top_k=vocab-1:

@@ -72,6 +72,12 @@ class EngineCosts:
     proposer_per_seq_s: float = 0.0  # and per sequence per draft step (s)
     sampler_bytes_per_element: float = 0.0  # HBM bytes per (scored position, vocab entry)
     rejection_bytes_per_element: float = 0.0  # per (draft position, vocab entry)
+    # Scheduler and memory behaviour (simulator/deploy/kv_sizing.py, simulator/engine/replica.py):
+    kv_watermark: float = 0.0  # fraction of KV blocks admission keeps free
+    whole_prompt_admission: bool = False  # admit only when the whole prompt's blocks fit (v0)
+    max_running_sd: int = 0  # cap on running sequences when speculating (0: max_num_seqs only)
+    graph_memory_profiled: bool = False  # CUDA-graph memory is taken out of the KV budget
+    sampler_generation: str = "v1"  # the profiling run's sampler footprint (kv_sizing.SAMPLER_BYTES)
     sources: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -91,6 +97,12 @@ class EngineCosts:
         if self.verify_scoring not in SCORING:
             raise SpecsimError(f"engine.verify_scoring: expected one of {SCORING}, "
                                f"got {self.verify_scoring!r}")
+        if self.sampler_generation not in ("v0", "v1"):
+            raise SpecsimError(f"engine.sampler_generation: expected 'v0' or 'v1', "
+                               f"got {self.sampler_generation!r}")
+        if self.kv_watermark >= 1:
+            raise SpecsimError(f"engine.kv_watermark: expected a fraction below 1, "
+                               f"got {self.kv_watermark!r}")
         if self.capture_unit not in CAPTURE_UNITS:
             raise SpecsimError(f"engine.capture_unit: expected one of {CAPTURE_UNITS}, "
                                f"got {self.capture_unit!r}")
@@ -221,7 +233,8 @@ _TP_KERNELS = "RowParallelLinear o_proj and down_proj each end in an all-reduce 
 _V0_COMMON = dict(
     cpu_step_fixed_s=4e-3, launch_s=4.5e-6, kernels_per_layer=10, kernels_per_layer_tp=2,
     kernels_fixed=8, verify_scoring="batch_expansion", sampler_bytes_per_element=16.0,
-    rejection_bytes_per_element=52.0)
+    rejection_bytes_per_element=52.0, kv_watermark=0.01, whole_prompt_admission=True,
+    sampler_generation="v0")
 _V0_SOURCES = {
     "cpu_step_fixed_s": "measurement: vLLM RFC #6854 (2024-07, v0.5.x): 'each highlighted redbox is "
                         "about 4ms of GPU bubble... incurred on every decode' (scheduler, input "
@@ -239,6 +252,12 @@ _V0_SOURCES = {
                                    "_get_recovered_probs + exponential-race multinomial over "
                                    "[b, k, vocab] float32: diff 12, clamp 8, sum 4, divide 8, "
                                    "exponential 4, div_ 12, argmax 4 = 52 B (pass count from code)",
+    "kv_watermark": "vllm/core/block_manager.py (v0.6) BlockSpaceManager(watermark=0.01): "
+                    "can_allocate keeps 1% of GPU blocks free when admitting",
+    "whole_prompt_admission": "vllm/core/block_manager.py (v0.6) can_allocate: the whole "
+                              "prompt's blocks (plus lookahead) must fit to admit",
+    "sampler_generation": "vllm/model_executor/layers/sampler.py (v0.6) profile_run sampler "
+                          "with top_p 0.99 / top_k vocab-1 (simulator/deploy/kv_sizing.py)",
     "cpu_overlap_sd": "false: async output processing is off with speculative decoding in v0.6 "
                       "(vllm/config.py log 'Async output processing is not supported with "
                       "speculative decoding currently'); multi-step scheduling does not apply",
@@ -255,8 +274,11 @@ PRESETS: dict[str, EngineCosts] = {
         capture_query_multiples=True, launch_s=4.5e-6, kernels_per_layer=10,
         kernels_per_layer_tp=2, kernels_fixed=8, graph_replay_s=4.5e-6,
         verify_scoring="multi_query", sampler_bytes_per_element=16.0,
-        rejection_bytes_per_element=12.0,
+        rejection_bytes_per_element=12.0, graph_memory_profiled=True,
         sources={
+            "graph_memory_profiled": "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS default since "
+                                     "v0.21.0 (vLLM 0.27.1 start-up log quoted in gpustack/runner "
+                                     "PR #251): captured graphs are charged before KV sizing",
             "cpu_step_fixed_s": "measurement: vLLM PR #42131 (2026-05, B200, decode-only steps): "
                                 "schedule() 0.2 ms + _update_states >=0.18 ms + _prepare_inputs "
                                 ">=0.05 ms per step (batch not stated)",
@@ -311,8 +333,10 @@ PRESETS: dict[str, EngineCosts] = {
         cuda_graphs=True, capture_unit="sequences", capture_sizes=_SGLANG_AR_SIZES,
         capture_sizes_sd=_SGLANG_SD_SIZES, launch_s=4.5e-6, kernels_per_layer=10,
         kernels_per_layer_tp=2, kernels_fixed=8, graph_replay_s=4.5e-6,
-        verify_scoring="multi_query",
+        verify_scoring="multi_query", max_running_sd=48,
         sources={
+            "max_running_sd": "python/sglang/srt/server_args.py (v0.5.x): max_running_requests "
+                              "defaults to 48 when a speculative algorithm is set",
             "cpu_step_fixed_s": "measurement on sglang-omni (SGLang-based), issue "
                                 "sgl-project/sglang-omni#760 (2026-06, H100, TP2, CUDA graphs): "
                                 "host/scheduler 1.37 ms/step at 16 seqs, 1.66 at 24, 1.84 at 32; "
@@ -362,3 +386,21 @@ def with_overrides(costs: EngineCosts, overrides: dict) -> EngineCosts:
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     sources = {**costs.sources, **{k: "user override" for k in values}}
     return replace(costs, **values, sources=sources)
+
+
+def load_calibrated(path, field: str) -> EngineCosts:
+    """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
+    (the fitted fields over the named preset)."""
+    import json
+    from pathlib import Path
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecsimError(f"{field}: no engine calibration at {p}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SpecsimError(f"{field}: {p} is not a JSON engine calibration ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
+            or not isinstance(data.get("params", {}), dict):
+        raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
+    return with_overrides(preset(data["preset"]), data.get("params", {}))
