@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SD_8B, AR_8B, scenario_dict
-from simulator.config.schema import parse_scenario
+from simulator.config.loading import parse_scenario
 from simulator.deploy.deployments import resolve
 from simulator.deploy.gamma import ar_step_time, sd_round_time
 from simulator.engine.strategies import StepBatch, make_strategy

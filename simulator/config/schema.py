@@ -6,7 +6,7 @@ fit) happen in simulator/deploy/deployments.py; loading YAML and wording errors 
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
