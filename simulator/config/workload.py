@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
-from simulator.config.workload_schema import (Closed, Constant, Fixed, GammaArrivals, Normal, Poisson, TraceArrivals, TraceLengths, Uniform, Workload)
+from simulator.config.workload_schema import (Closed, Constant, Fixed, GammaArrivals, Normal,
+                                              Poisson, TraceArrivals, TraceLengths, Uniform,
+                                              Workload)
 
 
 @dataclass(frozen=True)
