@@ -13,6 +13,7 @@ workload's operating point (simulator/deploy/gamma.py) and resolves again with i
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -283,7 +284,7 @@ def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:
     e = d.engine
     try:
         if e.calibrated is not None:
-            costs = serving.load_calibrated(_path(e.calibrated, base), f"{f}.engine.calibrated")
+            costs = load_calibrated(_path(e.calibrated, base), f"{f}.engine.calibrated")
         else:
             name = e.preset or ("ideal" if d.latency.backend == "ideal" else "vllm")
             costs = serving.preset(name)
@@ -324,3 +325,19 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
             f"{mem.activation_reserve_gb:.1f} GB exceed usable {mem.usable_gb:.1f} GB; raise "
             "draft_gpus or pick a larger draft_gpu")
     return mem
+
+
+def load_calibrated(path, field: str) -> serving.EngineCosts:
+    """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
+    (the fitted fields over the named preset)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecsimError(f"{field}: no engine calibration at {p}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SpecsimError(f"{field}: {p} is not a JSON engine calibration ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
+            or not isinstance(data.get("params", {}), dict):
+        raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
+    return serving.with_overrides(serving.preset(data["preset"]), data.get("params", {}))

@@ -393,20 +393,3 @@ def with_overrides(costs: EngineCosts, overrides: dict) -> EngineCosts:
     sources = {**costs.sources, **{k: "user override" for k in values}}
     return replace(costs, **values, sources=sources)
 
-
-def load_calibrated(path, field: str) -> EngineCosts:
-    """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
-    (the fitted fields over the named preset)."""
-    import json
-    from pathlib import Path
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecsimError(f"{field}: no engine calibration at {p}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SpecsimError(f"{field}: {p} is not a JSON engine calibration ({type(e).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
-            or not isinstance(data.get("params", {}), dict):
-        raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
-    return with_overrides(preset(data["preset"]), data.get("params", {}))
