@@ -27,7 +27,7 @@ from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.deploy.memory import (MemoryPlan, activation_reserve_bytes, engine_overhead_bytes,
                                      plan_memory)
-from simulator.latency import serving
+from simulator.latency import engine_presets, serving
 from simulator.latency.engine_costs import EngineLatency
 from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
                                 SSDConfig)
@@ -65,7 +65,7 @@ class ResolvedDeployment:
     # Query tokens per sequence in a colocated draft's first step of a round: 1 when its KV holds
     # every token but the pending one; 2 when it lags by two (simulator/real_engine.py).
     draft_first_q: int = 1
-    engine: serving.EngineCosts = serving.PRESETS["ideal"]  # the serving engine's implementation
+    engine: serving.EngineCosts = engine_presets.PRESETS["ideal"]  # the serving engine's implementation
 
     @property
     def gpus(self) -> int:
@@ -287,8 +287,8 @@ def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:
             costs = load_calibrated(_path(e.calibrated, base), f"{f}.engine.calibrated")
         else:
             name = e.preset or ("ideal" if d.latency.backend == "ideal" else "vllm")
-            costs = serving.preset(name)
-        return serving.with_overrides(costs, e.params) if e.params else costs
+            costs = engine_presets.preset(name)
+        return engine_presets.with_overrides(costs, e.params) if e.params else costs
     except SpecsimError as err:
         msg = str(err)
         raise SpecsimError(msg if msg.startswith(f) else f"{f}.{msg}") from None
@@ -340,4 +340,4 @@ def load_calibrated(path, field: str) -> serving.EngineCosts:
     if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
             or not isinstance(data.get("params", {}), dict):
         raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
-    return serving.with_overrides(serving.preset(data["preset"]), data.get("params", {}))
+    return engine_presets.with_overrides(engine_presets.preset(data["preset"]), data.get("params", {}))
