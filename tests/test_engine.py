@@ -24,7 +24,8 @@ SMALL_GPU = {"name": "tiny-gpu", "hbm_gb": 24, "bandwidth_tbps": 1.0, "bf16_tflo
 def pressure(dep, chunked, requests, rate, small_gpu=True, max_output=600):
     """Long, varied prompts under a token budget of 4096; on SMALL_GPU the KV cache overflows."""
     dep = {**dep, "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096},
-           **({"gpu": SMALL_GPU, "gpu_memory_utilization": 0.95} if small_gpu else {})}
+           **({"gpu": SMALL_GPU, "gpu_memory_utilization": 0.95,
+               "engine": {"preset": "ideal"}} if small_gpu else {})}
     return scenario_dict([dep], requests=requests, arrival={"process": "poisson", "rate_per_s": rate},
                          prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
                          output={"dist": "uniform", "min": 1, "max": max_output})

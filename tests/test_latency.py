@@ -99,7 +99,8 @@ def test_memory_plan():
     m70, d1 = MODELS["llama-3.1-70b"], MODELS["llama-3.2-1b"]
     plan = plan_memory(m70, H100, 4, "bf16", 0.9, 2e9)
     assert plan.kv_bytes_per_token == 2 * 80 * 2 * 128 * 2  # 2 KV heads per GPU at tp 4
-    expected = (80e9 * 0.9 - m70.weight_bytes() / 4 - 2e9) // plan.kv_bytes_per_token
+    expected = (H100.memory_bytes * 0.9 - m70.weight_bytes() / 4 - 2e9) // plan.kv_bytes_per_token
+    assert H100.memory_bytes == pytest.approx(79.11 * 2**30)  # what the device reports, not 80e9
     assert plan.kv_capacity_tokens == expected
     with_draft = plan_memory(m70, H100, 4, "bf16", 0.9, 2e9, d1, 4)
     assert with_draft.kv_capacity_tokens < plan.kv_capacity_tokens

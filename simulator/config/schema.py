@@ -6,7 +6,7 @@ fit) happen in simulator/deploy/deployments.py; loading YAML and wording errors 
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
@@ -103,6 +103,21 @@ class Latency(Strict):
     profiles_dir: str = "profiles"
 
 
+class Engine(Strict):
+    """The serving engine's implementation (simulator/latency/serving.py): a named preset (default
+    "vllm", the current release; "ideal" with the `ideal` latency backend), field overrides in
+    `params`, or the constants `specsim calibrate-engine` fitted (`calibrated: PATH`)."""
+    preset: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    calibrated: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.calibrated is not None and self.preset is not None:
+            raise ValueError("give 'preset' or 'calibrated', not both (a calibration names its preset)")
+        return self
+
+
 class Scheduler(Strict):
     max_num_seqs: PositiveInt = 256
     max_num_batched_tokens: PositiveInt = 8192
@@ -172,6 +187,7 @@ class Deployment(Strict):
     # no draft profile: draft_latency: {backend: calibrated}); default: the same as `latency`.
     draft_latency: Latency | None = None
     scheduler: Scheduler = Field(default_factory=Scheduler)
+    engine: Engine = Field(default_factory=Engine)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     activation_reserve_gb: Annotated[float, Field(ge=0)] | None = None

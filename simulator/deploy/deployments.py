@@ -13,6 +13,7 @@ workload's operating point (simulator/deploy/gamma.py) and resolves again with i
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,9 +25,12 @@ from simulator.physics.lookahead import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
-from simulator.deploy.memory import MemoryPlan, activation_reserve_bytes, plan_memory
-from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency,
-                                     Scheduler, SSDConfig)
+from simulator.deploy.memory import (MemoryPlan, activation_reserve_bytes, engine_overhead_bytes,
+                                     plan_memory)
+from simulator.latency import engine_presets, serving
+from simulator.latency.engine_costs import EngineLatency
+from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
+                                SSDConfig)
 from simulator.physics.handshake import Handshake
 
 
@@ -61,6 +65,7 @@ class ResolvedDeployment:
     # Query tokens per sequence in a colocated draft's first step of a round: 1 when its KV holds
     # every token but the pending one; 2 when it lags by two (simulator/measure/real_engine.py).
     draft_first_q: int = 1
+    engine: serving.EngineCosts = engine_presets.PRESETS["ideal"]  # the serving engine's implementation
 
     @property
     def gpus(self) -> int:
@@ -219,19 +224,23 @@ def _target_memory(d: Deployment, f: str, target: ModelArch, gpu: GPU, draft: Mo
     """The target GPUs' memory plan (with a colocated draft's weights and KV), or an error
     saying the models do not fit."""
     sch = d.scheduler
+    engine = resolve_engine(d, base, f)
+    spec = d.strategy != "ar"
     if d.activation_reserve_gb is not None:
         reserve = d.activation_reserve_gb * 1e9
     else:
         reserve = activation_reserve_bytes(target, d.tp, sch.max_num_batched_tokens,
-                                           sch.max_num_seqs, gamma + 1, d.dtype)
+                                           sch.max_num_seqs, gamma + 1, d.dtype, engine)
+    graphs, non_torch = engine_overhead_bytes(engine, d.tp, gamma + 1, spec)
     mem = plan_memory(target, gpu, d.tp, d.dtype, d.gpu_memory_utilization, reserve,
-                      None if dedicated else draft, draft_tp)
+                      None if dedicated else draft, draft_tp, block_size=sch.block_size,
+                      graph_bytes=graphs, non_torch_bytes=non_torch)
     if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
         raise SpecsimError(
             f"{f}: {target.name}{' + ' + draft.name if draft else ''} does not fit on {gpu.label} at "
             f"tp={d.tp}: per GPU, weights {mem.target_weights_gb + mem.draft_weights_gb:.1f} GB + "
-            f"activation reserve {mem.activation_reserve_gb:.1f} GB exceed usable "
-            f"{mem.usable_gb:.1f} GB ({gpu.hbm_gb:g} GB x gpu_memory_utilization "
+            f"activations, CUDA graphs and non-torch memory {mem.overhead_gb:.1f} GB exceed usable "
+            f"{mem.usable_gb:.1f} GB ({mem.device_gb:.1f} GB x gpu_memory_utilization "
             f"{d.gpu_memory_utilization}); raise tp or pick a larger GPU")
     return mem
 
@@ -260,7 +269,7 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     mem = _target_memory(d, f, target, gpu, draft, draft_tp, gamma, dedicated)
     draft_mem = handshake = None
     if dedicated:
-        draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma)
+        draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma, engine)
         # The replica holds what both caches hold: the draft keeps KV for the same sequences.
         mem = replace(mem, kv_capacity_tokens=min(mem.kv_capacity_tokens, draft_mem.kv_capacity_tokens))
         link = min(gpu.interconnect_gbps, draft_gpu.interconnect_gbps)
@@ -270,6 +279,12 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     dcfg, dfield = (d.latency, "latency") if d.draft_latency is None else (d.draft_latency, "draft_latency")
     dl = (make_latency(dcfg, draft, draft_gpu, draft_tp, d.dtype, base, f"{f}.{dfield}")
           if draft else None)
+    if serving.replaces_backend_overheads(engine):
+        tl = EngineLatency(tl, engine, n_layers=target.n_layers, tp=d.tp, vocab=target.vocab,
+                           bandwidth=gpu.bandwidth_tbps * 1e12, role="target", gamma=gamma if spec else 0)
+        if dl is not None:
+            dl = EngineLatency(dl, engine, n_layers=draft.n_layers, tp=draft_tp, vocab=draft.vocab,
+                               bandwidth=draft_gpu.bandwidth_tbps * 1e12, role="draft", gamma=gamma)
     n_draft = draft_tp if dedicated else 0
     name = d.name if variant == "alpha" else f"{d.name}[{variant}]"
     return ResolvedDeployment(name, d.strategy, target, draft, gpu, d.tp, draft_tp, d.replicas,
@@ -277,7 +292,30 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
                               _price(d, gpu, draft_gpu, n_draft), d.placement, n_draft,
                               draft_gpu if dedicated else None, draft_mem,
                               handshake, _ssd_config(d), acceptance_sdsl=acc_info,
-                              variant_of=d.name if d.acceptance is not None and d.acceptance.band else None)
+                              variant_of=d.name if d.acceptance is not None and d.acceptance.band else None,
+                              engine=engine)
+
+
+def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:
+    """The deployment's engine costs: a preset (default "vllm"; "ideal" under the `ideal`
+    latency backend, SDSL's cost model, which has no engine), a calibration file written by
+    `specsim calibrate-engine`, and field overrides."""
+    e = d.engine
+    try:
+        if e.calibrated is not None:
+            costs = load_calibrated(_path(e.calibrated, base), f"{f}.engine.calibrated")
+        else:
+            name = e.preset or ("ideal" if d.latency.backend == "ideal" else "vllm")
+            costs = engine_presets.preset(name)
+        return engine_presets.with_overrides(costs, e.params) if e.params else costs
+    except SpecsimError as err:
+        msg = str(err)
+        raise SpecsimError(msg if msg.startswith(f) else f"{f}.{msg}") from None
+
+
+def _path(p: str, base: Path) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() or not (base / q).exists() else base / q
 
 
 def _ssd_config(d: Deployment) -> SSDConfig | None:
@@ -286,7 +324,7 @@ def _ssd_config(d: Deployment) -> SSDConfig | None:
 
 
 def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, tp: int,
-                            gamma: int) -> MemoryPlan:
+                            gamma: int, engine: serving.EngineCosts) -> MemoryPlan:
     """Memory plan of a dedicated draft's GPU(s): its weights, activations and KV, and for SSD
     the KV of the tree branches (max_num_seqs * sum(F_k) * gamma tokens)."""
     sch = d.scheduler
@@ -294,9 +332,11 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
     if d.strategy == "ssd":
         branches = _ssd_config(d).fanout.branches(gamma)
     reserve = activation_reserve_bytes(draft, tp, sch.max_num_batched_tokens, sch.max_num_seqs,
-                                       max(branches, gamma + 1), d.dtype)
+                                       max(branches, gamma + 1), d.dtype, engine)
     reserve += sch.max_num_seqs * branches * gamma * draft.kv_bytes_per_token(tp, d.dtype)
-    mem = plan_memory(draft, gpu, tp, d.dtype, d.gpu_memory_utilization, reserve)
+    graphs, non_torch = engine_overhead_bytes(engine, tp, 1, True)
+    mem = plan_memory(draft, gpu, tp, d.dtype, d.gpu_memory_utilization, reserve,
+                      block_size=sch.block_size, graph_bytes=graphs, non_torch_bytes=non_torch)
     if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
         raise SpecsimError(
             f"{f}.draft_gpu: draft {draft.name} does not fit on {tp} dedicated {gpu.label}: per GPU, "
@@ -304,3 +344,19 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
             f"{mem.activation_reserve_gb:.1f} GB exceed usable {mem.usable_gb:.1f} GB; raise "
             "draft_gpus or pick a larger draft_gpu")
     return mem
+
+
+def load_calibrated(path, field: str) -> serving.EngineCosts:
+    """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
+    (the fitted fields over the named preset)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecsimError(f"{field}: no engine calibration at {p}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SpecsimError(f"{field}: {p} is not a JSON engine calibration ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
+            or not isinstance(data.get("params", {}), dict):
+        raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
+    return engine_presets.with_overrides(engine_presets.preset(data["preset"]), data.get("params", {}))

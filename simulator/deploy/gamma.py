@@ -11,7 +11,7 @@ import numpy as np
 from simulator.config.workload_schema import Workload
 from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
-from simulator.latency.base import LatencyModel, decode_steps
+from simulator.latency.base import LatencyModel, decode_steps, forward_batch, step_overhead
 from simulator.latency.ideal import IdealLatency
 from simulator.physics.acceptance import expected_tokens_per_round
 from simulator.physics.lookahead import (GAMMA_MAX, GammaChoice, OperatingPoint, best_of_curve,
@@ -21,19 +21,23 @@ from simulator.physics.rounds import ar_round, sd_round
 
 
 def ar_step_time(target: LatencyModel, batch: int, context: int) -> float:
-    """One AR decode step of `batch` sequences (engine step overhead included)."""
-    ones, ctx = np.ones(batch, np.int64), np.full(batch, context, np.int64)
-    return ar_round(float(target.forward(ones, ctx, batch).sum()), target.step_overhead_s)
+    """One AR decode step of `batch` sequences, priced as the engine prices it (forward plus
+    the step's engine overhead)."""
+    ctx = np.full(batch, context, np.int64)
+    t = float(sum(forward_batch(target, 1, ctx, batch * context, [], [], batch)))
+    return ar_round(t, step_overhead(target, batch, batch, batch, 0, 0, t))
 
 
 def sd_round_time(target: LatencyModel, draft: LatencyModel, gamma: int, batch: int,
                   context: int) -> float:
-    """gamma draft decode steps + one target verify of gamma+1 tokens per sequence + step overhead."""
+    """gamma draft decode steps + one target verify of gamma+1 tokens per sequence + the step's
+    engine overhead, priced as the engine prices them."""
     ctx = np.full(batch, context, np.int64)
     t_draft = float(sum(decode_steps(draft, ctx, gamma, batch)))
-    q = np.full(batch, gamma + 1, np.int64)
-    t_verify = float(target.forward(q, ctx, batch * (gamma + 1)).sum())
-    return sd_round(t_draft, t_verify, target.step_overhead_s)
+    q = gamma + 1
+    t_verify = float(sum(forward_batch(target, q, ctx, batch * context, [], [], batch * q)))
+    over = step_overhead(target, batch, batch * q, batch * q, batch, gamma, t_draft + t_verify)
+    return sd_round(t_draft, t_verify, over)
 
 
 def ar_throughput(target: LatencyModel, batch: int, context: int) -> float:

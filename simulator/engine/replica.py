@@ -111,6 +111,14 @@ class Replica:
         self.chunked = sch.chunked_prefill
         self.max_prefills = sch.max_prefills_per_step  # None: no limit on prefilling rows per step
         self.blocks_total = dep.memory.kv_capacity_tokens // self.bs
+        # The engine's admission rules (simulator/latency/serving.py): blocks admission keeps
+        # free (vLLM v0's watermark), whether a prompt's blocks are all taken when it is admitted
+        # (v0) or chunk by chunk (V1), and a cap on running sequences when speculating (SGLang).
+        eng = dep.engine
+        self.admit_limit = self.blocks_total - int(eng.kv_watermark * self.blocks_total)
+        self.whole_alloc = eng.whole_prompt_admission
+        if eng.max_running_sd and strategy.lookahead:
+            self.max_seqs = min(self.max_seqs, eng.max_running_sd)
         self.strategy = strategy
         self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
         self._run: list[tuple[_Prefill, int]] = []  # this step's prefill chunks
@@ -208,8 +216,8 @@ class Replica:
             r = self.waiting[0]
             p = int(st.prefill_target[r])
             chunk = p if whole else min(p, left)
-            blocks = -(-chunk // self.bs)
-            if used + blocks > self.blocks_total or (whole and p > left and admitted):
+            blocks = -(-(p if self.whole_alloc else chunk) // self.bs)
+            if used + blocks > self.admit_limit or (whole and p > left and admitted):
                 break
             self.waiting.popleft()
             row = _Prefill(r, p)
@@ -246,7 +254,7 @@ class Replica:
                 q = min(p.tgt - p.comp, left)
                 left -= q
                 run.append((p, q))
-            pre_per.append(-(-(p.comp + q) // bs))
+            pre_per.append(-(-(p.tgt if self.whole_alloc else p.comp + q) // bs))
         ctx_sum = int(ctx.sum())
         used, preempted = self._fit(ctx, ctx_sum, pre_per)
         if preempted:  # no admissions this step (as vLLM)

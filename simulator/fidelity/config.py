@@ -92,7 +92,10 @@ def scenario_dict(cfg: FidelityConfig, concurrency: int, profiles_root: Path,
               "latency": {"backend": "profile", "profiles_dir": str(profiles_root)},
               "scheduler": {"max_num_seqs": int(concurrency), "max_num_batched_tokens": 1 << 20,
                             "chunked_prefill": False, "block_size": 16, "max_prefills_per_step": 1},
-              "activation_reserve_gb": 0.5}
+              "activation_reserve_gb": 0.5,
+              # The real loop is this project's own plain-torch engine, whose overheads the
+              # profile measured: no serving-engine implementation is added on top.
+              "engine": {"preset": "ideal"}}
     sd = {"name": "sd", "strategy": "sd", "draft": cfg.draft, "gamma": cfg.gamma,
           "acceptance": acceptance or {"alpha": 0.5}, **common}
     return {

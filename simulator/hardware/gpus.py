@@ -5,7 +5,50 @@ override them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+GiB = 2**30
+MiB = 2**20
+
+# What the device reports as its total memory, per catalogue GPU: (bytes, source). vLLM reads
+# torch.cuda.mem_get_info()[1] (cudaMemGetInfo); NVML/nvidia-smi reports a few hundred MiB more
+# on the same part, so a CUDA-side reading is preferred where one was found. Readings printed in
+# GiB with two decimals carry +-5 MiB. "UNVERIFIED" marks entries no device reading backs.
+REPORTED_HBM_BYTES: dict[str, tuple[int, str]] = {
+    "h100-sxm": (int(79.11 * GiB),
+                 "CUDA total 79.11 GiB: PyTorch OOM text 'GPU 0 has a total capacity of 79.11 GiB' on "
+                 "H100 80GB, https://github.com/vllm-project/vllm/issues/27508 (nvidia-smi shows "
+                 "81559 MiB, https://github.com/NVIDIA/nccl/issues/1264)"),
+    "h100-pcie": (int(79.11 * GiB),
+                  "UNVERIFIED: no H100 PCIe reading found; taken equal to h100-sxm (both 80 GiB parts)"),
+    "h200-sxm": (143771 * MiB,
+                 "UNVERIFIED: nvidia-smi 143771 MiB as quoted in the issue-16 brief; no device "
+                 "reading found in the searched corpora (datasheet: 141 GB)"),
+    "b200": (int(178.35 * GiB),
+             "CUDA totalGlobalMem 178.35 GiB printed by a device query, "
+             "https://github.com/pytorch/ao/pull/4002"),
+    "a100-80gb-sxm": (int(79.25 * GiB),
+                      "CUDA total 79.25 GiB: PyTorch OOM text '(GPU 0; 79.25 GiB total capacity' on "
+                      "an A100, https://github.com/levihsu/OOTDiffusion/issues/235 (nvidia-smi: "
+                      "81920 MiB, https://github.com/modal-labs/modal-client/pull/2797)"),
+    "a100-40gb": (42298834944,
+                  "CUDA deviceQuery 'Total amount of global memory: 40339 MBytes (42298834944 bytes)' "
+                  "A100-SXM4-40GB, https://github.com/bottlerocket-os/bottlerocket/pull/3873"),
+    "l40s": (46068 * MiB,
+             "nvidia-smi (NVML) total 46068 MiB, https://github.com/modal-labs/modal-client/pull/2797; "
+             "CUDA reports a few hundred MiB less"),
+    "l4": (23034 * MiB,
+           "nvidia-smi (NVML) total 23034 MiB, https://github.com/modal-labs/modal-client/pull/2797; "
+           "CUDA reports a few hundred MiB less"),
+    "mi300x": (206141652992,
+               "rocm-smi 'VRAM Total Memory (B): 206141652992', "
+               "https://github.com/ROCm/legacy-rocm-build/issues/4750 (an issue about partitioned-"
+               "mode reporting; read as the whole-GPU figure, 191.98 GiB)"),
+    "mi325x": (256 * GiB,
+               "UNVERIFIED: datasheet 256 GB read as GiB, as MI300X's 192 GB reads 191.98 GiB in rocm-smi; "
+               "no device reading found"),
+}
+
 
 
 @dataclass(frozen=True)
@@ -14,7 +57,7 @@ class GPU:
 
     name: str
     label: str
-    hbm_gb: float  # decimal GB
+    hbm_gb: float  # the datasheet's figure (decimal GB as printed; 80 GB parts hold 80 GiB)
     bandwidth_tbps: float  # HBM TB/s
     bf16_tflops: float
     fp8_tflops: float | None
@@ -23,6 +66,13 @@ class GPU:
     price_per_gpu_hour: float
     price_date: str = "2026-11"
     notes: str = field(default="", compare=False)
+    # What the device reports (torch.cuda.mem_get_info total), bytes; None: hbm_gb * 1e9.
+    reported_bytes: int | None = None
+
+    @property
+    def memory_bytes(self) -> float:
+        """Total device memory as vLLM sees it (REPORTED_HBM_BYTES for catalogue parts)."""
+        return float(self.reported_bytes) if self.reported_bytes is not None else self.hbm_gb * 1e9
 
     def peak_flops(self, dtype: str = "bf16") -> float:
         if dtype == "fp8":
@@ -55,3 +105,4 @@ GPUS: dict[str, GPU] = {
         GPU("mi325x", "MI325X", 256, 6.0, 1307, 2615, "Infinity Fabric", 896, 2.99),
     ]
 }
+GPUS = {k: replace(g, reported_bytes=REPORTED_HBM_BYTES[k][0]) for k, g in GPUS.items()}

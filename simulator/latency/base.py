@@ -75,6 +75,9 @@ def forward_batch(model: LatencyModel, q_dec: int, dec_ctx: np.ndarray, dec_ctx_
     Backends with `forward_sums(tokens, pairs, kv_positions, n_logits)` (the roofline) are
     priced from the batch's sums, without building arrays. `shift` must not exceed any cache
     (decoding sequences hold at least their prompt, so shift <= 1 is always safe)."""
+    own = getattr(model, "forward_batch", None)  # an engine-cost wrapper prices the batch itself
+    if own is not None:
+        return own(q_dec, dec_ctx, dec_ctx_sum, pre_q, pre_ctx, n_logits, shift)
     sums = getattr(model, "forward_sums", None)
     n = dec_ctx.shape[0]
     if sums is not None:
@@ -94,6 +97,19 @@ def forward_batch(model: LatencyModel, q_dec: int, dec_ctx: np.ndarray, dec_ctx_
         q = np.concatenate([q, np.asarray(pre_q, np.int64)])
         ctx = np.concatenate([ctx, np.asarray(pre_ctx, np.int64)])
     return model.forward(q, ctx, n_logits)
+
+
+def step_overhead(model: LatencyModel, n_seqs: int, n_tokens: int, n_sampled: int,
+                  n_verify: int, gamma: int, gpu_s: float) -> float:
+    """What one engine step pays beyond its forward passes: the backend's constant
+    `step_overhead_s`, or, for a backend wrapped in an engine's implementation costs
+    (simulator/latency/engine_costs.py), its `step_cost` of this step's batch: n_seqs running,
+    n_tokens scheduled, n_sampled positions sampled, n_verify sequences verifying gamma drafted
+    tokens each, after gpu_s seconds of forward passes."""
+    cost = getattr(model, "step_cost", None)
+    if cost is None:
+        return model.step_overhead_s
+    return cost(n_seqs, n_tokens, n_sampled, n_verify, gamma, gpu_s)
 
 
 def plus(a, b) -> tuple:

@@ -280,6 +280,15 @@ class ProfileLatency:
         return total, measured
 
     # ---------------------------------------------------------------------------- interface
+    def token_kernels_s(self, t: int) -> float:
+        """Linear and all-reduce seconds of a forward over t tokens (what CUDA-graph padding
+        rows cost; simulator/latency/engine_costs.py). Not counted as a call in `stats`."""
+        v = self.L * self._per_token("non_attention", self._na, t)[0]
+        v += self._per_token("embedding", self._emb, t)[0]
+        if self.tp > 1:
+            v += 2 * self.L * self._per_token("allreduce", self._ar, t)[0]
+        return v
+
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
         return self._compose(int(q.sum()), n_logits, *self._attention(q, ctx))
 

@@ -145,6 +145,11 @@ class RooflineLatency(Stateless):
         comm = self._comm_per_token * t + self._comm_fixed if self.tp > 1 else 0.0
         return (self._linear(t) + self._lm_head(n_logits), attn, comm, self.params.forward_overhead_s)
 
+    def token_kernels_s(self, t: int) -> float:
+        """Linear and all-reduce seconds of a forward over t tokens (what CUDA-graph padding
+        rows cost; simulator/latency/engine_costs.py)."""
+        return self._linear(t) + (self._comm_per_token * t + self._comm_fixed if self.tp > 1 else 0.0)
+
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
         t = int(q.sum())
         # Each query attends to the cache plus the causal part of its own block.

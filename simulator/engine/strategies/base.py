@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.latency.base import LatencyModel, charge, forward_batch
+from simulator.latency.base import step_overhead, LatencyModel, charge, forward_batch
 
 
 @dataclass
@@ -95,10 +95,16 @@ class Strategy:
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
         return Outcome(1)
 
-    def target_time(self, b: StepBatch) -> float:
-        t = forward_batch(self.target, self.query_tokens, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
-                          b.pre_ctx, b.n_dec * self.query_tokens + b.n_pre_done)
-        return charge(self.target_busy, (t[0], t[1], t[2], t[3] + self.target.step_overhead_s))
+    def target_time(self, b: StepBatch, gpu_before: float = 0.0) -> float:
+        """The target's forward of this step plus the step's engine overhead (charged here, once
+        per step). gpu_before: GPU seconds of the step spent before it (the draft's), which CPU
+        work that overlaps the GPU hides behind."""
+        q = self.query_tokens
+        sampled = b.n_dec * q + b.n_pre_done
+        t = forward_batch(self.target, q, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx, sampled)
+        so = step_overhead(self.target, b.n_dec + len(b.pre_q), b.n_dec * q + sum(b.pre_q), sampled,
+                           b.n_dec if q > 1 else 0, q - 1, gpu_before + t[0] + t[1] + t[2] + t[3])
+        return charge(self.target_busy, (t[0], t[1], t[2], t[3] + so))
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         return self.target_time(b)

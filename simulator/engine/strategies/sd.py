@@ -61,4 +61,5 @@ class SpeculativeStrategy(Strategy):
         return charge(self.draft_busy, d)
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
-        return sd_round(self.draft_time(b), self.target_time(b))
+        d = self.draft_time(b)
+        return sd_round(d, self.target_time(b, d))
