@@ -220,11 +220,11 @@ def _models(d: Deployment, f: str) -> tuple:
 
 
 def _target_memory(d: Deployment, f: str, target: ModelArch, gpu: GPU, draft: ModelArch | None,
-                   draft_tp: int, gamma: int, dedicated: bool) -> MemoryPlan:
+                   draft_tp: int, gamma: int, dedicated: bool,
+                   engine: serving.EngineCosts) -> MemoryPlan:
     """The target GPUs' memory plan (with a colocated draft's weights and KV), or an error
     saying the models do not fit."""
     sch = d.scheduler
-    engine = resolve_engine(d, base, f)
     spec = d.strategy != "ar"
     if d.activation_reserve_gb is not None:
         reserve = d.activation_reserve_gb * 1e9
@@ -266,7 +266,9 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     acceptance, acc_info = d.acceptance, None
     if acceptance is not None and acceptance.sdsl is not None:
         acceptance, acc_info = sdsl_alpha(acceptance, draft, target, variant, f"{f}.acceptance")
-    mem = _target_memory(d, f, target, gpu, draft, draft_tp, gamma, dedicated)
+    engine = resolve_engine(d, base, f)
+    spec = d.strategy != "ar"
+    mem = _target_memory(d, f, target, gpu, draft, draft_tp, gamma, dedicated, engine)
     draft_mem = handshake = None
     if dedicated:
         draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma, engine)
