@@ -118,6 +118,13 @@ class Engine(Strict):
         return self
 
 
+class Quantization(Strict):
+    """Weight-only quantization of each model's GEMM weights: none, int8 (W8A16), int4 (= awq),
+    awq or gptq (simulator/hardware/quant.py; names are checked there, at resolve)."""
+    target: str = "none"
+    draft: str = "none"
+
+
 class Scheduler(Strict):
     max_num_seqs: PositiveInt = 256
     max_num_batched_tokens: PositiveInt = 8192
@@ -189,6 +196,9 @@ class Deployment(Strict):
     scheduler: Scheduler = Field(default_factory=Scheduler)
     engine: Engine = Field(default_factory=Engine)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    # The draft's compute, activation and KV dtype; default: dtype.
+    draft_dtype: Literal["bf16", "fp16", "fp8", "fp32"] | None = None
+    quantization: Quantization = Field(default_factory=Quantization)
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     activation_reserve_gb: Annotated[float, Field(ge=0)] | None = None
     price_per_gpu_hour: Annotated[float, Field(ge=0)] | None = None
@@ -210,8 +220,10 @@ class Deployment(Strict):
             elif pp is not None and len(pp) != self.gamma:
                 raise ValueError(f"acceptance.per_position has {len(pp)} entries; gamma is {self.gamma}")
         else:
-            extra = [k for k in ("draft", "gamma", "acceptance", "draft_placement", "draft_latency")
-                     if getattr(self, k) is not None]
+            extra = [k for k in ("draft", "gamma", "acceptance", "draft_placement", "draft_latency",
+                                 "draft_dtype") if getattr(self, k) is not None]
+            if self.quantization.draft != "none":
+                extra.append("quantization.draft")
             if extra:
                 raise ValueError(f"strategy 'ar' takes no {', '.join(extra)} (did you mean strategy: sd?)")
         if self.strategy == "ssd" and self.draft_placement == "colocated":

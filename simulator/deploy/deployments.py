@@ -32,6 +32,8 @@ from simulator.latency.engine_costs import EngineLatency
 from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
                                 SSDConfig)
 from simulator.physics.handshake import Handshake
+from simulator.hardware.quant import NONE, WeightFormat
+from simulator.deploy.weights import Weights, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class ResolvedDeployment:
     # every token but the pending one; 2 when it lags by two (simulator/measure/real_engine.py).
     draft_first_q: int = 1
     engine: serving.EngineCosts = engine_presets.PRESETS["ideal"]  # the serving engine's implementation
+    weights: Weights | None = None  # each model's dtype and weight format (simulator/deploy/weights.py)
 
     @property
     def gpus(self) -> int:
@@ -124,13 +127,17 @@ def roofline_params(cfg: Latency, field: str) -> RooflineParams:
 
 
 def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, base: Path,
-                 field: str) -> LatencyModel:
-    """The latency backend a deployment asked for, bound to (model, gpu, tp, dtype)."""
+                 field: str, quant: WeightFormat = NONE) -> LatencyModel:
+    """The latency backend a deployment asked for, bound to (model, gpu, tp, dtype, weight
+    format). The ideal backend prices FLOPs only, which weight-only quantization leaves alone."""
     if cfg.backend == "ideal":
         return IdealLatency(model, gpu, tp, dtype)
+    if cfg.backend == "profile" and quant.quantized:
+        raise SpecsimError(f"{field}.backend: a measured profile is of unquantized weights; "
+                           f"{model.name} is {quant.name}-quantized: use backend roofline or calibrated")
     params = roofline_params(cfg, field)
     if cfg.backend == "roofline":
-        m = RooflineLatency(model, gpu, tp, dtype, params)
+        m = RooflineLatency(model, gpu, tp, dtype, params, quant)
         if cfg.params:
             m.source_note = f"datasheet peak FLOP/s and bandwidth x efficiencies, scenario params {cfg.params}"
         return m
@@ -143,7 +150,7 @@ def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, 
             raise SpecsimError(f"{field}.backend: 'calibrated' needs a saved calibration under "
                                f"{root} (run `specsim calibrate`); none found")
         fitted, how = got
-        m = RooflineLatency(model, gpu, tp, dtype, replace(fitted, **cfg.params))
+        m = RooflineLatency(model, gpu, tp, dtype, replace(fitted, **cfg.params), quant)
         m.source, m.source_note = "derived", how
         return m
     from simulator.latency.profile import make_profile_latency  # torch-free, loaded on demand
@@ -209,19 +216,12 @@ def _models(d: Deployment, f: str) -> tuple:
         if draft_tp > d.tp and not dedicated:
             raise SpecsimError(f"{f}.draft_tp: a colocated draft runs on the target's GPUs: "
                                f"draft_tp ({draft_tp}) must be <= tp ({d.tp})")
-        if draft.params >= target.params:
-            raise SpecsimError(f"{f}.draft: draft {draft.name} ({draft.params:.3g} params) must be "
-                               f"smaller than target {target.name} ({target.params:.3g})")
-    if d.dtype == "fp8" and gpu.fp8_tflops is None:
-        raise SpecsimError(f"{f}.dtype: {gpu.label} has no FP8 tensor cores")
-    if dedicated and d.dtype == "fp8" and draft_gpu.fp8_tflops is None:
-        raise SpecsimError(f"{f}.dtype: the draft's {draft_gpu.label} has no FP8 tensor cores")
     return target, gpu, draft, draft_tp, draft_gpu, dedicated
 
 
 def _target_memory(d: Deployment, f: str, target: ModelArch, gpu: GPU, draft: ModelArch | None,
                    draft_tp: int, gamma: int, dedicated: bool,
-                   engine: serving.EngineCosts) -> MemoryPlan:
+                   engine: serving.EngineCosts, w: Weights) -> MemoryPlan:
     """The target GPUs' memory plan (with a colocated draft's weights and KV), or an error
     saying the models do not fit."""
     sch = d.scheduler
@@ -234,7 +234,8 @@ def _target_memory(d: Deployment, f: str, target: ModelArch, gpu: GPU, draft: Mo
     graphs, non_torch = engine_overhead_bytes(engine, d.tp, gamma + 1, spec)
     mem = plan_memory(target, gpu, d.tp, d.dtype, d.gpu_memory_utilization, reserve,
                       None if dedicated else draft, draft_tp, block_size=sch.block_size,
-                      graph_bytes=graphs, non_torch_bytes=non_torch)
+                      graph_bytes=graphs, non_torch_bytes=non_torch, quant=w.target_format,
+                      draft_dtype=w.draft_dtype, draft_quant=w.draft_format)
     if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
         raise SpecsimError(
             f"{f}: {target.name}{' + ' + draft.name if draft else ''} does not fit on {gpu.label} at "
@@ -259,6 +260,7 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     lookahead chosen for `gamma: auto` (without it, GAMMA_MAX stands in: see the docstring)."""
     f = f"deployments[{index}]"
     target, gpu, draft, draft_tp, draft_gpu, dedicated = _models(d, f)
+    w = resolve_weights(d, f, target, draft, gpu, draft_gpu if dedicated else gpu)
     if d.gamma == "auto":
         gamma = gamma if gamma is not None else GAMMA_MAX
     else:
@@ -268,19 +270,19 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
         acceptance, acc_info = sdsl_alpha(acceptance, draft, target, variant, f"{f}.acceptance")
     engine = resolve_engine(d, base, f)
     spec = d.strategy != "ar"
-    mem = _target_memory(d, f, target, gpu, draft, draft_tp, gamma, dedicated, engine)
+    mem = _target_memory(d, f, target, gpu, draft, draft_tp, gamma, dedicated, engine, w)
     draft_mem = handshake = None
     if dedicated:
-        draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma, engine)
+        draft_mem = _dedicated_draft_memory(d, f, draft, draft_gpu, draft_tp, gamma, engine, w)
         # The replica holds what both caches hold: the draft keeps KV for the same sequences.
         mem = replace(mem, kv_capacity_tokens=min(mem.kv_capacity_tokens, draft_mem.kv_capacity_tokens))
         link = min(gpu.interconnect_gbps, draft_gpu.interconnect_gbps)
         handshake = (Handshake(d.handshake_s) if d.handshake_s is not None
                      else Handshake.from_link(link, gamma, target.vocab))
-    tl = make_latency(d.latency, target, gpu, d.tp, d.dtype, base, f"{f}.latency")
+    tl = make_latency(d.latency, target, gpu, d.tp, d.dtype, base, f"{f}.latency", w.target_format)
     dcfg, dfield = (d.latency, "latency") if d.draft_latency is None else (d.draft_latency, "draft_latency")
-    dl = (make_latency(dcfg, draft, draft_gpu, draft_tp, d.dtype, base, f"{f}.{dfield}")
-          if draft else None)
+    dl = (make_latency(dcfg, draft, draft_gpu, draft_tp, w.draft_dtype, base, f"{f}.{dfield}",
+                       w.draft_format) if draft else None)
     if serving.replaces_backend_overheads(engine):
         tl = EngineLatency(tl, engine, n_layers=target.n_layers, tp=d.tp, vocab=target.vocab,
                            bandwidth=gpu.bandwidth_tbps * 1e12, role="target", gamma=gamma if spec else 0)
@@ -295,7 +297,7 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
                               draft_gpu if dedicated else None, draft_mem,
                               handshake, _ssd_config(d), acceptance_sdsl=acc_info,
                               variant_of=d.name if d.acceptance is not None and d.acceptance.band else None,
-                              engine=engine)
+                              engine=engine, weights=w)
 
 
 def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:
@@ -326,7 +328,7 @@ def _ssd_config(d: Deployment) -> SSDConfig | None:
 
 
 def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, tp: int,
-                            gamma: int, engine: serving.EngineCosts) -> MemoryPlan:
+                            gamma: int, engine: serving.EngineCosts, w: Weights) -> MemoryPlan:
     """Memory plan of a dedicated draft's GPU(s): its weights, activations and KV, and for SSD
     the KV of the tree branches (max_num_seqs * sum(F_k) * gamma tokens)."""
     sch = d.scheduler
@@ -334,11 +336,12 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
     if d.strategy == "ssd":
         branches = _ssd_config(d).fanout.branches(gamma)
     reserve = activation_reserve_bytes(draft, tp, sch.max_num_batched_tokens, sch.max_num_seqs,
-                                       max(branches, gamma + 1), d.dtype, engine)
-    reserve += sch.max_num_seqs * branches * gamma * draft.kv_bytes_per_token(tp, d.dtype)
+                                       max(branches, gamma + 1), w.draft_dtype, engine)
+    reserve += sch.max_num_seqs * branches * gamma * draft.kv_bytes_per_token(tp, w.draft_dtype)
     graphs, non_torch = engine_overhead_bytes(engine, tp, 1, True)
-    mem = plan_memory(draft, gpu, tp, d.dtype, d.gpu_memory_utilization, reserve,
-                      block_size=sch.block_size, graph_bytes=graphs, non_torch_bytes=non_torch)
+    mem = plan_memory(draft, gpu, tp, w.draft_dtype, d.gpu_memory_utilization, reserve,
+                      block_size=sch.block_size, graph_bytes=graphs, non_torch_bytes=non_torch,
+                      quant=w.draft_format)
     if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
         raise SpecsimError(
             f"{f}.draft_gpu: draft {draft.name} does not fit on {tp} dedicated {gpu.label}: per GPU, "

@@ -24,6 +24,8 @@ def describe(dep: ResolvedDeployment) -> dict:
         d["ssd"] = dep.ssd.model_dump()
     if dep.acceptance_sdsl is not None:
         d["acceptance_sdsl"] = dep.acceptance_sdsl
+    if dep.weights is not None and not dep.weights.default:
+        d["weights"] = dep.weights.as_dict()
     if dep.gamma_choice is not None:
         d["gamma_auto"] = True
     return d

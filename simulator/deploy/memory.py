@@ -5,6 +5,8 @@ Per GPU: the memory the device reports x gpu_memory_utilization - target weights
 colocated draft's weights / draft_tp - the activation peak of the profiling step - CUDA-graph
 memory (where the engine profiles it) - non-torch memory (CUDA/NCCL workspaces) = KV budget,
 in whole blocks; each token costs the target's and a colocated draft's KV bytes per GPU.
+Weights count their format (weight-only quantized GEMMs with their scales, the rest in the
+model's dtype); each model's KV is in its own dtype.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass
 from simulator.deploy import kv_sizing
 from simulator.hardware.gpus import GPU
 from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
+from simulator.hardware.quant import NONE, WeightFormat
 from simulator.latency.engine_presets import PRESETS
 from simulator.latency.serving import EngineCosts, graph_batch
 
@@ -68,16 +71,20 @@ def engine_overhead_bytes(engine: EngineCosts, tp: int, q_per_seq: int, speculat
 def plan_memory(target: ModelArch, gpu: GPU, tp: int, dtype: str, utilisation: float,
                 reserve_bytes: float, draft: ModelArch | None = None,
                 draft_tp: int | None = None, *, block_size: int = 1,
-                graph_bytes: float = 0.0, non_torch_bytes: float = 0.0) -> MemoryPlan:
+                graph_bytes: float = 0.0, non_torch_bytes: float = 0.0,
+                quant: WeightFormat = NONE, draft_dtype: str | None = None,
+                draft_quant: WeightFormat = NONE) -> MemoryPlan:
+    """`quant`: the target's weight format; `draft_dtype` (default dtype) and `draft_quant` the
+    colocated draft's."""
     total = gpu.memory_bytes
     usable = total * utilisation
-    tw = target.weight_bytes(dtype) / tp
+    tw = target.weight_bytes(dtype, quant) / tp
     kv = target.kv_bytes_per_token(tp, dtype)
     dw = 0.0
     if draft is not None:
-        dtp = draft_tp or tp
-        dw = draft.weight_bytes(dtype) / dtp
-        kv += draft.kv_bytes_per_token(dtp, dtype)
+        dtp, ddt = draft_tp or tp, draft_dtype or dtype
+        dw = draft.weight_bytes(ddt, draft_quant) / dtp
+        kv += draft.kv_bytes_per_token(dtp, ddt)
     budget = usable - tw - dw - reserve_bytes - graph_bytes - non_torch_bytes
     cap = int(max(budget, 0.0) // (kv * block_size)) * block_size
     return MemoryPlan(usable / GB, tw / GB, dw / GB, reserve_bytes / GB, budget / GB, kv, cap,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from simulator.hardware.quant import NONE, WeightFormat
+
 BYTES_PER_DTYPE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 
@@ -60,8 +62,23 @@ class ModelArch:
             bias += self.n_layers * (self.hidden + self.ffn + self.hidden)
         return self.linear_params + emb + norms + bias
 
-    def weight_bytes(self, dtype: str = "bf16") -> float:
-        return self.computed_params * BYTES_PER_DTYPE[dtype]
+    def gemm_shapes(self, tp: int = 1) -> list[tuple[float, float]]:
+        """(in, out) features of one layer's GEMMs on one GPU at tensor parallel `tp`: QKV, O,
+        MLP up(+gate), MLP down (KV heads replicated when tp exceeds them, as vLLM does)."""
+        heads, kv_heads = self.n_heads // tp, max(1, -(-self.n_kv_heads // tp))
+        return [(self.hidden, (heads + 2 * kv_heads) * self.head_dim),
+                (heads * self.head_dim, self.hidden),
+                (self.hidden, (2 if self.gated_mlp else 1) * self.ffn // tp),
+                (self.ffn // tp, self.hidden)]
+
+    def weight_bytes(self, dtype: str = "bf16", quant: WeightFormat = NONE) -> float:
+        """Bytes of all weights: the layers' GEMMs in `quant` (simulator/hardware/quant.py), the
+        rest (embeddings, LM head, norms, biases) in `dtype`."""
+        by = BYTES_PER_DTYPE[dtype]
+        if not quant.quantized:
+            return self.computed_params * by
+        gemms = self.n_layers * sum(quant.gemm_bytes(k, n, by) for k, n in self.gemm_shapes())
+        return gemms + (self.computed_params - self.linear_params) * by
 
     def kv_bytes_per_token(self, tp: int = 1, dtype: str = "bf16") -> float:
         """K and V bytes one token occupies on ONE GPU at tensor parallel `tp`.

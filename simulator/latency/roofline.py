@@ -4,7 +4,10 @@ Per layer (MODEL.md section 5): four GEMMs (QKV, O, MLP up/gate, MLP down) over 
 tokens, each with its own roofline; memory-bound elementwise work (norms, RoPE, activation,
 residual adds); attention over the (q_i, ctx_i) pairs of the batch as one batched kernel; two
 ring all-reduces of T x hidden values when tp > 1. Plus embedding and LM head, and a fixed
-per-forward launch overhead. Every constant is a field of RooflineParams, overridable from a
+per-forward launch overhead. A weight-only quantized model (simulator/hardware/quant.py) reads
+its GEMM weights at the quantized size and, where a GEMM is compute-bound, reaches only
+weight_only_efficiency of the dense GEMM's compute rate (the kernel dequantizes every weight tile
+before its tensor-core MMAs); activations, KV, embeddings and the LM head stay in the dtype. Every constant is a field of RooflineParams, overridable from a
 scenario (`latency: {backend: roofline, params: {...}}`) and fitted by `specsim calibrate`.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
+from simulator.hardware.quant import NONE, WeightFormat
 from simulator.hardware.gpus import GPU
 from simulator.latency.base import Stateless
 
@@ -40,6 +44,13 @@ class RooflineParams:
     forward_overhead_s: float = 3e-4
     # Fixed CPU cost of one engine step (scheduling, sampling, output processing), seconds.
     step_overhead_s: float = 2e-3
+    # Weight-only quantized GEMMs (int8/int4 weights, 16-bit activations): fraction of the dense
+    # GEMM's compute rate they reach when compute-bound, the cost of dequantizing in the kernel.
+    # Not from a primary source: secondary reports of Marlin (arXiv 2408.11743) put batch>=1024
+    # GEMMs ~10% slower than FP16 (wentao.site/marlin_summary), and bitsandbytes' dequantize +
+    # cuBLAS path at 80-90% of fp16 (bitsandbytes commit 96ba7a2); 0.9 is the optimistic end, so
+    # quantized prefill and large-batch verify are if anything priced a little fast. Override it.
+    weight_only_efficiency: float = 0.90
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -53,21 +64,24 @@ class RooflineLatency(Stateless):
     source_note = "datasheet peak FLOP/s and bandwidth x efficiencies (default RooflineParams)"
 
     def __init__(self, model: ModelArch, gpu: GPU, tp: int = 1, dtype: str = "bf16",
-                 params: RooflineParams | None = None):
-        self.model, self.gpu, self.tp, self.dtype = model, gpu, tp, dtype
+                 params: RooflineParams | None = None, quant: WeightFormat = NONE):
+        self.model, self.gpu, self.tp, self.dtype, self.quant = model, gpu, tp, dtype, quant
         self.params = p = params or RooflineParams()
         self.step_overhead_s = p.step_overhead_s
         m, by = model, BYTES_PER_DTYPE[dtype]
         self._flops = gpu.peak_flops(dtype) * p.compute_efficiency
+        # The layers' GEMMs: dequantizing weight-only kernels reach a fraction of the dense rate.
+        self._layer_flops = self._flops * (p.weight_only_efficiency if quant.quantized else 1.0)
         self._attn_flops = gpu.peak_flops(dtype) * p.attention_compute_efficiency
         self._bw = gpu.bandwidth_tbps * 1e12 * p.memory_efficiency
         heads = m.n_heads // tp
         kv_heads = max(1, -(-m.n_kv_heads // tp))
-        # (in_features, out_features) of each GEMM on one GPU.
-        gemms = [(m.hidden, (heads + 2 * kv_heads) * m.head_dim), (heads * m.head_dim, m.hidden)]
-        gemms += [(m.hidden, (2 if m.gated_mlp else 1) * m.ffn // tp), (m.ffn // tp, m.hidden)]
+        gemms = m.gemm_shapes(tp)  # (in_features, out_features) of each GEMM on one GPU
         self._gemm_k = np.array([k for k, _ in gemms], dtype=float)
         self._gemm_n = np.array([n for _, n in gemms], dtype=float)
+        # Weight bytes in units of dtype elements (k * n unquantized, so the arithmetic of an
+        # unquantized model is unchanged).
+        self._gemm_w = np.array([quant.gemm_bytes(k, n, by) / by for k, n in gemms], dtype=float)
         self._by = by
         # Elementwise bytes per token per layer: 2 norms, 2 residual adds, RoPE (read+write each),
         # activation over the MLP's intermediate.
@@ -78,22 +92,29 @@ class RooflineLatency(Stateless):
         link_bw = gpu.interconnect_gbps * 1e9 / 2 * p.interconnect_efficiency  # one-way
         self._ar_bytes_factor = 0.0 if tp == 1 else 2.0 * (tp - 1) / tp / link_bw
         self._lm_k, self._lm_n = m.hidden, m.vocab / tp
+        self._lm_w = self._lm_k * self._lm_n  # the LM head stays in the dtype
         self._comm_per_token = 2.0 * m.n_layers * m.hidden * by * self._ar_bytes_factor
         self._comm_fixed = 2.0 * m.n_layers * p.allreduce_latency_s
         self._linear_cache: dict[int, float] = {}
         self._head_cache: dict[int, float] = {}
         self._fixed_cache: dict[tuple[int, int], tuple] = {}  # (n, n_logits) -> non-attention parts
 
-    def _gemm_time(self, tokens: float, k: np.ndarray | float, n: np.ndarray | float):
+    def _gemm_time(self, tokens: float, k, n, weight_elems, flops_rate: float):
+        """max(FLOPs / compute, (weights + activations in and out) bytes / bandwidth); weights
+        in dtype elements (their bytes / dtype bytes)."""
         flops = 2.0 * tokens * k * n
-        byts = (k * n + tokens * (k + n)) * self._by
-        return np.maximum(flops / self._flops, byts / self._bw)
+        byts = (weight_elems + tokens * (k + n)) * self._by
+        return np.maximum(flops / flops_rate, byts / self._bw)
+
+    def _layer_gemms(self, tokens):
+        return self._gemm_time(tokens, self._gemm_k, self._gemm_n, self._gemm_w, self._layer_flops)
 
     def layer_terms(self, tokens) -> dict[str, np.ndarray]:
         """Seconds of each non-attention term of ONE layer at T = tokens (vectorised): the four
         GEMMs (GEMM_TERMS) and the elementwise work. Calibration fits these to measurements."""
         t = np.asarray(tokens, dtype=float)
-        out = {name: self._gemm_time(t, k, n) for name, k, n in zip(GEMM_TERMS, self._gemm_k, self._gemm_n)}
+        out = {name: self._gemm_time(t, k, n, w, self._layer_flops)
+               for name, k, n, w in zip(GEMM_TERMS, self._gemm_k, self._gemm_n, self._gemm_w)}
         out["elementwise"] = t * self._elementwise_bytes_per_token / self._bw
         return out
 
@@ -123,7 +144,7 @@ class RooflineLatency(Stateless):
         """Non-attention time of the whole model over t tokens (memoised: t repeats a lot)."""
         v = self._linear_cache.get(t)
         if v is None:
-            layer = float(self._gemm_time(float(t), self._gemm_k, self._gemm_n).sum())
+            layer = float(self._layer_gemms(float(t)).sum())
             layer += t * self._elementwise_bytes_per_token / self._bw
             v = self.model.n_layers * layer + self.embedding_s(t)
             self._linear_cache[t] = v
@@ -132,7 +153,8 @@ class RooflineLatency(Stateless):
     def _lm_head(self, n_logits: int) -> float:
         v = self._head_cache.get(n_logits)
         if v is None:
-            v = float(self._gemm_time(float(n_logits), self._lm_k, self._lm_n)) if n_logits else 0.0
+            v = (float(self._gemm_time(float(n_logits), self._lm_k, self._lm_n, self._lm_w, self._flops))
+                 if n_logits else 0.0)
             self._head_cache[n_logits] = v
         return v
 
