@@ -7,7 +7,7 @@ from scipy import stats
 
 from simulator.analysis import steady_state as ss
 from simulator.errors import SpecsimError
-from simulator.metrics import stops_paying
+from simulator.analysis.crossover import stops_paying
 
 
 def closed_loop(c=8, per_slot=50, out=100, ttft=0.5, tpot=0.02, ramp_ttft=20.0, slow=0, slow_tpot=0.06):

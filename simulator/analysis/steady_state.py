@@ -40,13 +40,13 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
+from simulator.analysis.metrics import distribution, tpot
 from simulator.errors import SpecsimError
 
 MIN_REQUESTS = 20  # fewest requests a window must hold (a P99 of fewer is an extreme, not a tail)
 MSER_BINS = 500  # time bins for MSER-5: 100 batches of 5, warm-up resolution of 1% of the span
 MSER_BATCH = 5  # White, Cobb & Spratt (2000): batch means of 5 before MSER
 RATE_TOLERANCE = 0.05  # completions may lag arrivals by 5% in each half of the window (overload())
-PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}  # as simulator.metrics
 
 
 @dataclass(frozen=True)
@@ -177,13 +177,6 @@ def tokens_in_window(first_token, finish, output, t0: float, t1: float) -> np.nd
     return first + rest
 
 
-def _percentiles(x: np.ndarray) -> dict:
-    if x.size == 0:
-        return {"mean": None, **{k: None for k in PERCENTILES}}
-    qs = np.percentile(x, list(PERCENTILES.values()))
-    return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
-
-
 def windowed_metrics(arrival, first_token, finish, output, window: Window,
                      emit_times=None, emit_tokens=None) -> dict:
     """Throughput over the window (tokens emitted in [t0, t1] / (t1 - t0); exact from emit_times and
@@ -202,16 +195,16 @@ def windowed_metrics(arrival, first_token, finish, output, window: Window,
         tokens = float(tokens_in_window(s, f, out, window.t0, window.t1).sum())
     completed = int(np.count_nonzero((f >= window.t0) & (f <= window.t1)))
     sel = window_mask(a, f, window) & ~np.isnan(f)
-    multi = sel & (out > 1)
+    _, tpot_s = tpot(s, f, out, sel)
     return {
         "window": window.kind, "window_reason": window.reason,
         "window_start_s": window.t0, "window_end_s": window.t1,
         "throughput_tokens_per_s": tokens / width,
         "throughput_requests_per_s": completed / width,
         "latency_requests": int(np.count_nonzero(sel)),
-        "ttft_s": _percentiles((s - a)[sel]),
-        "tpot_s": _percentiles((f - s)[multi] / (out[multi] - 1)),
-        "e2e_s": _percentiles((f - a)[sel]),
+        "ttft_s": distribution((s - a)[sel]),
+        "tpot_s": distribution(tpot_s),
+        "e2e_s": distribution((f - a)[sel]),
     }
 
 
@@ -257,7 +250,7 @@ def crossover_ci(points: Sequence[float], ratio_reps, stops_paying: Callable,
                  confidence: float = 0.95) -> dict:
     """Crossover over a sweep with replications. ratio_reps[r][j]: replication r's (per-seed, paired)
     throughput ratio to the baseline at points[j]; stops_paying(points, ratios) -> (point | None,
-    interpolated | None) is the project's rule (simulator.metrics.stops_paying).
+    interpolated | None) is the project's rule (simulator.analysis.crossover.stops_paying).
 
     Estimate: the rule on the mean ratios. Interval: [rule on the CI's lower bounds, rule on its upper
     bounds] (a lower ratio can only move the crossover earlier; hi None = beyond the sweep).
