@@ -321,7 +321,9 @@ def overload(arrival, first_token, finish, offered_rate: float | None, concurren
       service times) but its lower tail stays at the floor (20% of its arrivals find it idle). A
       ratio rule (last quarter's median > 2x the first's) flagged 6% of stable M/M/1 runs at 80% load
       of 2,000 requests, so it is reported (ttft_trend) but does not decide. A closed loop cannot
-      fall behind a rate, so only this test applies to it.
+      fall behind a rate, so only this test applies to it, and only in a steady window: without
+      one (under two turnovers) its requests queue behind the first cohort in issue order, a TTFT
+      that rises with arrival by construction, not a growing queue.
     """
     a, s, f = _arrays(arrival, first_token, finish)
     horizon = np.inf if duration is None else float(np.nanmin(a)) + float(duration)
@@ -346,7 +348,7 @@ def overload(arrival, first_token, finish, offered_rate: float | None, concurren
                            f"{arrival_rate:.4g}/s: completions lag arrivals by "
                            f"{lags[0]:.0%} and {lags[1]:.0%} in the window's two halves")
     else:
-        sel = window_mask(a, f, w)
+        sel = window_mask(a, f, w) & (w.kind == "steady")
         completed = int(np.count_nonzero((f >= w.t0) & (f <= w.t1)))
         completed_rate = completed / w.width if w.width > 0 else None
         offered = None
