@@ -105,6 +105,14 @@ class Replica:
         self.wake: simpy.Event | None = None
         self.busy = 0.0
         self.steps = 0
+        # Step log (the batch actually run, and when tokens came out): per step its start time,
+        # duration, sequences in the pass, scheduled tokens (decode query tokens + prefill chunk
+        # tokens) and output tokens emitted at its end. Plain lists, one append each per step.
+        self.log_start: list[float] = []
+        self.log_dt: list[float] = []
+        self.log_seqs: list[int] = []
+        self.log_tokens: list[int] = []
+        self.log_emitted: list[int] = []
         self.max_blocks_used = 0
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
@@ -291,17 +299,23 @@ class Replica:
             dt = strategy.step_time(b, outcome)
             self.busy += dt
             self.steps += 1
+            self.log_start.append(env.now)
+            self.log_dt.append(dt)
+            self.log_seqs.append(b.n_dec + len(b.pre_q))
+            self.log_tokens.append(b.n_dec * b.q_dec + sum(b.pre_q))
             yield env.timeout(dt)
-            self._apply(b.n_dec, outcome, env.now)
+            self.log_emitted.append(self._apply(b.n_dec, outcome, env.now))
 
-    def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> None:
-        st, finished = self.st, None
+    def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> int:
+        """Apply a step's outcome at its end; returns the output tokens it emitted."""
+        st, finished, emitted = self.st, None, 0
         if n_dec:
             D = self.D
             tok, rem = outcome.tokens, D[REM]
             fin = rem <= tok
             any_fin = bool(fin.any())
             e = np.minimum(tok, rem) if any_fin else tok
+            emitted = int(np.sum(e)) if np.ndim(e) else int(e) * n_dec
             D[CTX] += e
             rem -= e  # a view: updates D
             if outcome.accepted is not None:
@@ -324,6 +338,7 @@ class Replica:
                     continue
                 r = p.rid  # a finished (re)prefill samples one token
                 g = st.generated[r] = st.generated[r] + 1
+                emitted += 1
                 last = st.last_emit[r]
                 if last != last:  # nan: the request's first token
                     st.first[r] = now
@@ -345,3 +360,4 @@ class Replica:
             ids = np.concatenate(finished) if len(finished) > 1 else finished[0]
             st.finish[ids] = now
             self.on_finish(ids.shape[0])
+        return emitted

@@ -49,8 +49,13 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _design(row: dict) -> str:
+    """The row's label, marked when its queue does not keep up (its goodput and $/Mtok are void)."""
+    return _label(row) + (" OVERLOADED" if row.get("overloaded") else "")
+
+
 COLUMNS = [  # (header, getter, format)
-    ("design", _label, ""),
+    ("design", _design, ""),
     ("GPUs", lambda r: r["gpus"], "d"),
     ("tok/s", lambda r: r["throughput_tokens_per_s"], ",.0f"),
     ("tok/s/GPU", lambda r: r["throughput_tokens_per_s_per_gpu"], ",.0f"),
@@ -79,15 +84,7 @@ def console_table(result: RunResult) -> Table:
 def _crossover_section(s: dict) -> list[str]:
     if not s.get("crossover"):
         return []
-    out = ["", "## Where speculation stops paying", ""]
-    for c in s["crossover"]:
-        pts = ", ".join(f"{p[c['param']]:g}: {p['ratio']:.2f}x" for p in c["speedup"])
-        where = (f"at {c['param']} = {c['stops_paying_at']:g} (interpolated "
-                 f"{_fmt(c['stops_paying_at_interpolated'], '.1f')})"
-                 if c["stops_paying_at"] is not None else "not within the sweep")
-        out.append(f"- **{c['design']}** vs {c['baseline']}: throughput ratio by {c['param']}: "
-                   f"{pts}. Stops paying {where}.")
-    return out
+    return ["", "## Where speculation stops paying", ""] + [_crossover_line(c) for c in s["crossover"]]
 
 
 def _design_line(row: dict) -> str:
@@ -149,7 +146,7 @@ def markdown(result: RunResult, scenario_path: str) -> str:
            "|" + "---|" * len(COLUMNS)]
     for row in s["deployments"]:
         out.append("| " + " | ".join(_fmt(g(row), f) if f else str(g(row)) for _, g, f in COLUMNS) + " |")
-    out += _crossover_section(s)
+    out += _overload_section(s) + _steady_section(s) + _crossover_section(s)
     out += ["", "## Designs", ""]
     seen = set()
     for row in s["deployments"]:
@@ -158,6 +155,72 @@ def markdown(result: RunResult, scenario_path: str) -> str:
             out.append(_design_line(row))
     out += _gamma_section(s) + _sdsl_section(s) + _ssd_section(s) + _sources_section(s)
     return "\n".join(out)
+
+
+def _overload_section(s: dict) -> list[str]:
+    rows = [r for r in s["deployments"] if r.get("overloaded")]
+    if not rows:
+        return []
+    out = ["", "**OVERLOADED**: completions do not keep up with arrivals, so these rows' figures "
+           "grow with run length; their goodput and $/Mtok are withheld (raw values in summary.json "
+           "under `overload`).", ""]
+    return out + [f"- {_label(r)}: {r['overload']['reason']}." for r in rows]
+
+
+def _ci_text(c: dict | None, spec: str) -> str:
+    return "" if not c or c.get("lo") is None else f" [{c['lo']:{spec}}, {c['hi']:{spec}}]"
+
+
+def _steady_section(s: dict) -> list[str]:
+    rows = [r for r in s["deployments"] if "window" in r]
+    if not rows:
+        return []
+    n = s.get("replications", 1)
+    ci_note = f"; [95% CI over {n} replications]" if n > 1 else ""
+    out = ["", "## Steady state", "",
+           f"Measured in each run's steady window (ramp-up and drain removed{ci_note}); batch: "
+           "sequences per step, time-weighted; KV capacity in requests at the workload's mean "
+           "prompt + output length.", "",
+           "| design | window (s) | tok/s | TTFT p99 s | TPOT p50 ms | batch p50 / p99 | "
+           "KV capacity (requests) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w, st, b, c = r["window"], r.get("steady") or {}, r["batch"]["seqs"], r.get("ci") or {}
+        tpot = (st.get("tpot_s") or {}).get("p50")
+        out.append(
+            f"| {_design(r)} | {w['t0']:.1f}-{w['t1']:.1f} ({w['kind']}) | "
+            f"{_fmt(st.get('throughput_tokens_per_s'), ',.0f')}"
+            f"{_ci_text(c.get('throughput_tokens_per_s'), ',.0f')} | "
+            f"{_fmt((st.get('ttft_s') or {}).get('p99'), '.3f')}"
+            f"{_ci_text((c.get('ttft_s') or {}).get('p99'), '.3f')} | "
+            f"{_fmt(None if tpot is None else 1e3 * tpot, '.1f')} | "
+            f"{_fmt(b['p50'], '.0f')} / {_fmt(b['p99'], '.0f')} | "
+            f"{_fmt(r['kv_capacity_requests'], ',.0f')} |")
+    return out
+
+
+def _crossover_line(c: dict) -> str:
+    """One design's crossover: ratios with their intervals, where it stops paying, and whether that
+    is significant (the ratio's intervals leave no doubt at the crossing)."""
+    param = c["param"]
+    pts = ", ".join(f"{p[param]:g}: {p['ratio']:.2f}x" + _ci_text(p.get("ci"), ".2f")
+                    for p in c["speedup"])
+    where = "not within the sweep"
+    if c["stops_paying_at"] is not None:
+        where = (f"at {param} = {c['stops_paying_at']:g} (interpolated "
+                 f"{_fmt(c['stops_paying_at_interpolated'], '.1f')})")
+    ci = c.get("stops_paying_ci")
+    if ci and c.get("significant") is not None:
+        hi = "beyond the sweep" if ci["hi"] is None else f"{ci['hi']:g}"
+        lo = "-" if ci["lo"] is None else f"{ci['lo']:g}"
+        where += f", 95% CI [{lo}, {hi}]"
+        if not c["significant"]:
+            strad = ", ".join(f"{x:g}" for x in ci["straddles"])
+            where += (" — not significant (the ratio's interval contains 1 at "
+                      f"{param} {strad})" if strad else " — not significant")
+    basis = {p["basis"] for p in c["speedup"] if "basis" in p}
+    note = f" Throughput basis: {', '.join(sorted(basis))}." if basis else ""
+    return (f"- **{c['design']}** vs {c['baseline']}: throughput ratio by {param}: {pts}. "
+            f"Stops paying {where}.{note}")
 
 
 def _params(n: float) -> str:
