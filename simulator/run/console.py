@@ -153,8 +153,9 @@ def compact_table(summary: dict) -> Table:
     rows = [r for r in summary.get("deployments", []) if isinstance(r, dict)]
     params = {p[0] for p in map(sweep_point, rows) if p}
     notes = ["! = overloaded"] if any(map(overloaded, rows)) else []
-    notes.append("latency: meas N% = share of forward time from measured profile points")
-    t = _table(_title(summary), "; ".join(notes))
+    if any(measured_share(r) is not None for r in rows):
+        notes.append("meas N% = share of forward time from measured profile points")
+    t = _table(_title(summary), "; ".join(notes) or None)
     t.add_column("design", overflow="fold", ratio=1)
     if len(params) == 1:
         _num_col(t, PARAM_SHORT.get(next(iter(params)), next(iter(params))))

@@ -266,12 +266,12 @@ def render_html(summary: dict, images, title: str) -> str:
         parts.append('<p class=miss>Overloaded (arrivals outpace service; latencies grow with the '
                      "run length): " + escape(", ".join(over)) + "</p>")
     parts += ["<h2>Throughput, cost and SLO</h2>", f"<p class=meta>{escape(slo_txt)}</p>",
-              throughput_table(summary, rows), "<h2>Latency</h2>", latency_tables(rows),
-              other_metrics_table(rows), crossover_section(summary)]
+              throughput_table(summary, rows), crossover_section(summary)]
     imgs = _images(images)
     if imgs:
         parts.append("<h2>Plots</h2>" + "".join(_image(p) for p in imgs))
-    parts.append(provenance_section(rows))
+    parts += ["<h2>Latency</h2>", latency_tables(rows), other_metrics_table(rows),
+              provenance_section(rows)]
     rest = {k: v for k, v in summary.items() if k not in TOP_SHOWN}
     if rest:
         parts.append("<h2>Other data</h2><details><summary>"

@@ -36,14 +36,21 @@ MARKERS = "osD^vP*Xh<>"
 
 
 # ------------------------------------------------------------------------------- helpers
-def design_label(row: dict) -> str:
-    """'sd: sd llama-3.1-8b + llama-3.2-1b g4, h100-sxm tp1, roofline' (what the row is)."""
+def design_label(row: dict, rows: list[dict] | None = None) -> str:
+    """'sd: sd llama-3.1-8b + llama-3.2-1b g4, h100-sxm tp1, roofline' (what the row is; with
+    `rows`, the design's rows over a sweep, a gamma that varies is shown as its range)."""
     c = row.get("config") if isinstance(row.get("config"), dict) else {}
     what = str(c.get("target", ""))
     if c.get("draft"):
         what += f" + {c['draft']}"
-    if c.get("gamma") is not None:
-        what += f" g{c['gamma']}"
+        if c.get("draft_placement") == "dedicated":
+            what += f" (on {c.get('draft_gpus', '?')}x {c.get('draft_gpu', '?')})"
+    gammas = sorted({r["config"]["gamma"] for r in rows or [row] if isinstance(r.get("config"), dict)
+                     and num(r["config"].get("gamma")) is not None})
+    if gammas:
+        what += f" g{gammas[0]}" if len(gammas) == 1 else f" g{gammas[0]}-{gammas[-1]}"
+    if c.get("gamma_auto"):
+        what += " (auto)"
     where = str(c.get("gpu", ""))
     if c.get("tp") is not None:
         where += f" tp{c['tp']}"
@@ -102,15 +109,16 @@ def _band(ax, rows, keys, scale, color) -> None:
                         [scale * p[1][1] for p in pts], color=color, alpha=0.2, lw=0, gid="ci-band")
 
 
-def _mark_crossovers(ax, summary: dict) -> int:
+def _mark_crossovers(ax, summary: dict, colors=None) -> int:
     """Vertical line where each design stops paying (interpolated estimate, else the sweep point),
-    with its confidence interval shaded when the crossover carries one. Returns the count."""
+    with its confidence interval shaded when the crossover carries one. `colors(i, crossover)`
+    picks each line's colour. Returns the count."""
     n = 0
-    for c in summary.get("crossover") or []:
+    for i, c in enumerate(summary.get("crossover") or []):
         x = num(c.get("stops_paying_at_interpolated")) or num(c.get("stops_paying_at"))
         if x is None:
             continue
-        ax.axvline(x, color="0.3", ls="--", lw=1, gid=f"crossover-{n}",
+        ax.axvline(x, color=colors(i, c) if colors else "0.3", ls="--", lw=1.2, gid=f"crossover-{n}",
                    label=f"{c.get('design')} stops paying vs {c.get('baseline')} (~{x:.3g})")
         band = ci(c, "stops_paying_at_interpolated", "stops_paying_at")
         if band:
@@ -152,10 +160,11 @@ def sweep_plots(summary: dict, outdir: Path) -> list[Path]:
     fig, (ax,) = _new_fig(7.5, 5.2)
     for i, (name, rs) in enumerate(by.items()):
         x, y = _series(rs, lambda r: num(r.get("throughput_tokens_per_s")))
-        ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colors[name], label=design_label(rs[0]))
+        ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=colors[name],
+                label=design_label(rs[0], rs))
         _band(ax, rs, ("throughput_tokens_per_s",), 1, colors[name])
         _mark_overloaded(ax, rs, lambda r: num(r.get("throughput_tokens_per_s")))
-    _mark_crossovers(ax, summary)
+    _mark_crossovers(ax, summary, lambda i, c: colors.get(c.get("design"), "0.3"))
     _sweep_axes(ax, param, geo, xs)
     ax.set_ylabel("output token throughput (tok/s)")
     ax.set_title(_title(summary, f"throughput vs {param}"))
@@ -167,9 +176,9 @@ def sweep_plots(summary: dict, outdir: Path) -> list[Path]:
         for i, (name, rs) in enumerate(by.items()):
             x, y = _series(rs, lambda r: pct(r, metric, key))
             ax.plot(x, scale * y, marker=MARKERS[i % len(MARKERS)], color=colors[name],
-                    label=design_label(rs[0]))
+                    label=design_label(rs[0], rs))
             _band(ax, rs, keys, scale, colors[name])
-        _mark_crossovers(ax, summary)
+        _mark_crossovers(ax, summary, lambda i, c: colors.get(c.get("design"), "0.3"))
         _sweep_axes(ax, param, geo, xs)
         ax.set_ylabel(ylab)
         ax.set_title(f"{name_} vs {param}")
@@ -206,7 +215,7 @@ def speedup_plot(summary: dict, outdir: Path, geometric: bool | None = None) -> 
         lo_hi = sorted(t for t in lo_hi if None not in t)
         if len(lo_hi) >= 2:
             ax.fill_between(*zip(*lo_hi), color=f"C{i % 10}", alpha=0.2, lw=0, gid="ci-band")
-    _mark_crossovers(ax, summary)
+    _mark_crossovers(ax, summary, lambda i, c: f"C{i % 10}")
     _sweep_axes(ax, param, geometric, [x for x in xs if x is not None])
     ax.set_ylabel("throughput over the baseline (x)")
     ax.set_title(_title(summary, f"speculation's throughput gain vs {param}"))
@@ -221,7 +230,12 @@ def cdf_plot(summary: dict, requests: pd.DataFrame, outdir: Path) -> list[Path]:
     if requests is None or len(requests) == 0 or "deployment" not in requests:
         return []
     rows = summary.get("deployments", [])
-    by_row = {str(r.get("name")): r for r in rows}
+    by = _designs(rows)
+
+    def describe(name: str) -> str:
+        rs = by.get(name) or [{"name": name}]
+        return design_label(rs[0], rs)
+
     names = list(dict.fromkeys(requests["deployment"].astype(str)))
     shown, param = names[:MAX_CDF_DESIGNS], next((p[0] for p in map(sweep_point, rows) if p), None)
     sweep = param is not None and param in requests
@@ -234,7 +248,7 @@ def cdf_plot(summary: dict, requests: pd.DataFrame, outdir: Path) -> list[Path]:
         cmap = matplotlib.colormaps["viridis"]
         for k, (v, g) in enumerate(groups):
             color = cmap(0.85 * k / max(1, len(groups) - 1)) if sweep else f"C{j % 10}"
-            lab = f"{param}={v:g}" if sweep else design_label(by_row.get(name, {"name": name}))
+            lab = f"{param}={v:g}" if sweep else describe(name)
             for ax, col, scale in zip(pair, ("ttft_s", "tpot_s"), (1, 1e3)):
                 if col in g:
                     _cdf_line(ax, scale * g[col].to_numpy(float), color, lab)
@@ -242,8 +256,7 @@ def cdf_plot(summary: dict, requests: pd.DataFrame, outdir: Path) -> list[Path]:
             _auto_log_x(ax)
             ax.set_xlabel(f"{what} ({unit})")
             ax.set_ylabel("share of requests")
-            ax.set_title(f"{what} CDF" + (f": {design_label(by_row.get(name, {'name': name}))}"
-                                          if sweep else ""), fontsize=8)
+            ax.set_title(f"{what} CDF" + (f": {describe(name)}" if sweep else ""), fontsize=8)
         if sweep:
             pair[1].legend(loc="lower right")
     if not sweep:
