@@ -105,9 +105,6 @@ class Search(Strict):
                 raise ValueError(f"'{key}' has repeats: {v}")
         if isinstance(self.replicas, list) and len(set(self.replicas)) != len(self.replicas):
             raise ValueError(f"'replicas' has repeats: {self.replicas}")
-        unknown = sorted(set(self.price_per_gpu_hour) - set(self.gpus))
-        if unknown:
-            raise ValueError(f"price_per_gpu_hour names GPUs not searched: {unknown}")
         return self
 
 
@@ -142,6 +139,10 @@ def parse_plan(data: Any, source: str = "<plan>") -> PlanFile:
         raise SpecsimError(f"{source}: invalid plan\n  workload.arrival.process: a plan needs an "
                            "open-loop arrival with rate_per_s (poisson, gamma or constant), not "
                            f"'{plan.workload.arrival.process}': its rate is the load to carry")
+    unknown = sorted(set(plan.search.price_per_gpu_hour) - set(plan.search.gpus))
+    if unknown:
+        raise SpecsimError(f"{source}: invalid plan\n  search.price_per_gpu_hour: names GPUs not "
+                           f"in search.gpus: {unknown}")
     return plan
 
 
