@@ -99,11 +99,12 @@ class RayExecutor:
     def __enter__(self):
         ray = self.ray
         if not ray.is_initialized():
-            env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-                p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p)}}
-            kwargs = dict(address=self.address, runtime_env=env, log_to_driver=False)
-            if self.address is None:
-                kwargs.update(num_cpus=self.workers or os.cpu_count(), include_dashboard=False)
+            kwargs = dict(address=self.address, log_to_driver=False)
+            if self.address is None:  # local workers import specsim from this very checkout
+                root = str(Path(__file__).resolve().parents[2])
+                path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+                kwargs.update(num_cpus=self.workers or os.cpu_count(), include_dashboard=False,
+                              runtime_env={"env_vars": {"PYTHONPATH": path}})
             try:
                 ray.init(**kwargs)
             except ConnectionError as e:

@@ -246,6 +246,7 @@ def prune(plan: PlanFile, base: Path, source: str) -> tuple[list[Design], list[d
             check_fits(dep, req, "deployment")
         except SpecsimError as e:
             why = str(e).replace("deployments[0]", d["name"], 1)
+            stage = "memory" if "does not fit" in why or "KV slots" in why else "deployment"
         if why is None:
             stage = "bound"
             auto = d.get("gamma") == "auto"
@@ -470,7 +471,9 @@ def best_scenario(plan: PlanFile, ranked: list[dict], designs: list[Design], bas
     sc = scenario_dict(plan, f"{plan.name}-best",
                        [fleet_deployment(by[r["design"]], r["replicas"]) for r in good])
     sc["description"] = (f"specsim plan {plan.name}: the cheapest fleet by {plan.objective} that "
-                         f"meets the SLO at {plan.load:g} req/s, and the next {len(good) - 1}")
+                         f"meets the SLO at {plan.load:g} req/s, and the next {len(good) - 1}. The "
+                         "first reproduces the plan's figures exactly; the runner seeds the others "
+                         "by their position, so they show other random draws of the same load")
     sc["workload"] = _relative_paths(sc["workload"], base, out_dir)
     return {k: sc[k] for k in ("name", "description", "seed", "workload", "slo", "deployments") if k in sc}
 
