@@ -27,7 +27,8 @@ def _bar(enabled: bool):
         return
     prog = Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total} simulations"), TimeElapsedColumn(),
-                    TextColumn("left"), TimeRemainingColumn(), console=err, transient=True)
+                    TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
+                    console=err, transient=True)
     task = prog.add_task("planning", total=1)
     with prog:
         yield lambda label, done, total: prog.update(task, description=label, completed=done,

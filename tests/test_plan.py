@@ -14,7 +14,7 @@ from conftest import ROOT, run_dict
 from simulator.config.plan import load_plan, parse_plan
 from simulator.errors import SpecsimError
 from simulator.run.executors import LocalExecutor, TaskCache, make_executor
-from simulator.run.plan import capacity_bound, prune, run_plan, verdict
+from simulator.run.plan import Design, confirm_fleets, prune, run_plan, verdict
 from simulator.run.plan_report import plan_json, write
 from simulator.runner import run_scenario
 from simulator.scenario import parse_scenario
@@ -125,6 +125,38 @@ def test_capacity_is_bisected_and_replicas_sized_from_it(planned):
         # the fleet search started at ceil(load / capacity) replicas
         start = math.ceil(o.result["load"] / r["capacity_rate_per_s"])
         assert start in [t["replicas"] for t in r["replicas_tried"]]
+
+
+def test_fleet_search_walks_to_the_fewest_passing_replicas():
+    """Fleets pass from 2 replicas up (a stub simulator): started above, the search walks down
+    to 2 and stops when 1 fails; started below, it adds replicas until one passes; never past
+    max_extra_replicas steps or the budget."""
+    from types import SimpleNamespace
+    plan = parse_plan(PLAN)
+    seen = []
+
+    def stub(label, tasks):
+        rows = []
+        for t in tasks:
+            n = t.scenario["deployments"][0]["replicas"]
+            seen.append((t.scenario["deployments"][0]["name"], n))
+            lat = 0.1 if n >= 2 else 1.0  # TTFT p99 bound is 0.25
+            rows.append({"ttft_s": {"p99": lat}, "tpot_s": {"p99": 0.01}})
+        return rows
+
+    def design(name, capacity):
+        dep = {"name": name, "target": "llama-3.1-8b", "gpu": "h100-sxm", "tp": 1, "strategy": "ar"}
+        return Design(name, "h100-sxm", 1, "ar", None, None, dep,
+                      SimpleNamespace(tp=1, draft_gpus=0), bound_rate_per_s=1e9,
+                      capacity_rate_per_s=capacity)
+    down, up, limit, budget = (design("down", 50.0), design("up", 100.0), design("limit", 25.0),
+                               design("budget", 10.0))
+    confirm_fleets(plan, [down, up, limit, budget], Path("."), stub)
+    assert sorted(down.fleets) == [1, 2]       # starts at 2, passes; 1 fails: stop
+    assert sorted(up.fleets) == [1, 2]         # starts at 1, fails; 2 passes: stop
+    assert sorted(limit.fleets) == [2, 3, 4]   # starts at 4; at most 2 steps down
+    assert sorted(budget.fleets) == [2, 3, 4]  # needs 10, the 4-GPU budget caps the start at 4
+    assert len(seen) == 2 + 2 + 3 + 3
 
 
 def test_local_executor_with_1_and_2_workers_gives_identical_plan_json(tmp_path):
