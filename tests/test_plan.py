@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, run_dict
 from simulator.config.plan import load_plan, parse_plan
-from simulator.errors import SpecsimError
-from simulator.run.executors import LocalExecutor, TaskCache, make_executor
-from simulator.run.plan import Design, confirm_fleets, prune, run_plan, verdict
-from simulator.run.plan_report import plan_json, write
+from simulator.run.executors import TaskCache, make_executor
+from simulator.run.plan import confirm_fleets, run_plan
+from simulator.run.plan_space import Design, prune, verdict
+from simulator.run.plan_report import write
 from simulator.runner import run_scenario
 from simulator.scenario import parse_scenario
 
