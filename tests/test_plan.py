@@ -16,8 +16,8 @@ from simulator.run.executors import TaskCache, make_executor
 from simulator.run.plan import confirm_fleets, run_plan
 from simulator.run.plan_space import Design, prune, verdict
 from simulator.run.plan_report import write
-from simulator.runner import run_scenario
-from simulator.scenario import parse_scenario
+from simulator.config.loading import parse_scenario
+from simulator.run.runner import run_scenario
 
 # Llama-3.1-8B at 100 req/s (roofline latencies): one H100 carries it; A100s, priced at $0.90,
 # need several. Cheap enough to brute-force every fleet of 1..4 replicas.
@@ -244,7 +244,7 @@ def test_verdict_is_mlperf_style_on_percentiles():
 
 
 def _cli(args):
-    from simulator.cli_plan import register
+    from simulator.cli.plan import register
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)  # a group, as the real app is
@@ -291,3 +291,14 @@ def test_bad_plan_file_gives_a_clear_error(tmp_path, case):
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
     assert str(path) in r.output and field in r.output and expected in r.output, r.output
+
+
+def test_check_validates_plan_files(tmp_path):
+    """`specsim check` knows a plan file (search:, no deployments:) and reports its own errors."""
+    from simulator.cli import app
+    ok = CliRunner().invoke(app, ["check", str(plan_file(tmp_path))])
+    assert ok.exit_code == 0 and "ok (plan, 4 candidate designs)" in ok.stdout, ok.output
+    d = copy.deepcopy(PLAN)
+    d["search"]["gpus"] = ["h100-sxm", "a100-80gb-sxm", "h900"]
+    bad = CliRunner().invoke(app, ["check", str(plan_file(tmp_path, d, "bad.yaml"))])
+    assert bad.exit_code == 2 and "search.gpus[2]" in bad.output and "Traceback" not in bad.output

@@ -105,13 +105,35 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
               f"({time.monotonic() - t0:.1f} s wall)[/]")
 
 
-def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
-    """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
+def _is_plan(path: Path) -> bool:
+    """A plan file has a `search:` section and no `deployments:` (anything unreadable: not a plan)."""
+    import yaml
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "search" in data and "deployments" not in data
+
+
+def _check_plan(path: Path) -> None:
+    from simulator.config.plan import load_plan
+    from simulator.run.plan_space import enumerate_designs
+
+    plan, _ = load_plan(path)
+    designs = enumerate_designs(plan, str(path))
+    out.print(f"{path}: ok (plan, {len(designs)} candidate designs)", markup=False)
+
+
+def check(scenario: Path = typer.Argument(..., help="Scenario or plan YAML file")):
+    """Validate a scenario (schema, catalogue names, tp, memory fit) or a plan file without simulating."""
     from simulator.deploy.deployments import resolve
     from simulator.deploy.fit import check_fits
     from simulator.config.loading import load_scenario
     from simulator.config.workload import generate
 
+    if _is_plan(scenario):
+        _check_plan(scenario)
+        return
     sc, base = load_scenario(scenario)
     with _about(scenario):
         deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]

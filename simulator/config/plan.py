@@ -15,8 +15,9 @@ from pydantic import (Field, PositiveFloat, PositiveInt, ValidationError, field_
                       model_validator)
 
 from simulator.errors import SpecsimError
-from simulator.scenario import (Acceptance, Closed, InlineGPU, Latency, Scheduler, SSDConfig,
-                                Strict, TraceArrivals, Workload, format_validation_error)
+from simulator.config.loading import format_validation_error
+from simulator.config.schema import Acceptance, InlineGPU, Latency, Scheduler, SSDConfig
+from simulator.config.workload_schema import Closed, Strict, TraceArrivals, Workload
 
 Gamma = Union[PositiveInt, Literal["auto"]]
 

@@ -19,9 +19,9 @@ from typing import Callable
 
 from simulator import __version__
 from simulator.errors import SpecsimError
-from simulator.report import summary_json
-from simulator.runner import RunResult, run_scenario
-from simulator.scenario import parse_scenario
+from simulator.config.loading import parse_scenario
+from simulator.run.report import summary_json
+from simulator.run.runner import RunResult, run_scenario
 
 Progress = Callable[[int], None]  # called with the number of tasks just finished
 

@@ -8,7 +8,7 @@ search space, bounds, pruning and verdict live in simulator/run/plan_space.py):
    TPOT at batch 1 is above PRUNE_MARGIN x the SLO's; or an analytic capacity bound times the
    most replicas the budget allows is below the load. The bound is one replica's decode
    throughput at its largest batch (min(max_num_seqs, KV tokens / mean context)) divided by the
-   mean output length, from the latency backend's own step times (gamma_auto's ar_step_time /
+   mean output length, from the latency backend's own step times (simulator.deploy.gamma's ar_step_time /
    sd_round_time at the expected tokens per round; SSD: the verify pass alone, its drafting
    overlaps); it leaves out prefill, handshakes and queueing, so no replica sustains more.
 3. Capacity per replica under the SLO: bisection on the Poisson rate in (0, bound]
@@ -226,7 +226,7 @@ def rank(plan: PlanFile, designs: list[Design]) -> list[dict]:
 
 def _relative_paths(workload: dict, base: Path, out_dir: Path) -> dict:
     """Trace paths in a workload, re-expressed relative to the folder best.yaml is written to."""
-    from simulator.workload import resolve_path
+    from simulator.config.workload import resolve_path
     w = {k: (dict(v) if isinstance(v, dict) else v) for k, v in workload.items()}
     for key in ("prompt_tokens", "output_tokens", "arrival"):
         if isinstance(w.get(key), dict) and "path" in w[key]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.report import _clean
+from simulator.run.report import clean
 from simulator.run.plan import PlanOutcome
 
 OBJECTIVE_LABEL = {"cost_per_million_tokens": "$ per million output tokens",
@@ -18,7 +18,7 @@ OBJECTIVE_LABEL = {"cost_per_million_tokens": "$ per million output tokens",
 
 
 def plan_json(result: dict) -> str:
-    return json.dumps(_clean(result), indent=2) + "\n"
+    return json.dumps(clean(result), indent=2) + "\n"
 
 
 def _f(v, spec: str) -> str:

@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from simulator import gamma_auto
-from simulator.acceptance import expected_tokens_per_position, expected_tokens_per_round
-from simulator.catalog import GPUS, MODELS
 from simulator.config.plan import PlanFile
-from simulator.deployments import ResolvedDeployment, resolve
+from simulator.config.schema import Deployment
+from simulator.config.workload import generate
+from simulator.deploy.deployments import ResolvedDeployment, resolve
+from simulator.deploy.fit import check_fits
+from simulator.deploy.gamma import ar_step_time, sd_round_time
 from simulator.errors import SpecsimError
-from simulator.runner import check_fits
-from simulator.scenario import Deployment
-from simulator.workload import generate
+from simulator.hardware.gpus import GPUS
+from simulator.hardware.models import MODELS
+from simulator.physics.acceptance import expected_tokens_per_position, expected_tokens_per_round
+from simulator.physics.lookahead import GAMMA_MAX, decode_context
 
 # TPOT prune: a design is dropped when its mean TPOT at batch 1 (no queueing, no batching) is
 # above PRUNE_MARGIN x the TPOT bound. The margin covers per-request spread around that mean
@@ -165,15 +167,15 @@ def _round(dep: ResolvedDeployment, auto: bool, batch: int, ctx: int) -> tuple[f
     gamma: auto takes the best lookahead in 1..GAMMA_MAX."""
     t, dl = dep.target_latency, dep.draft_latency
     if dep.strategy == "ar":
-        return gamma_auto.ar_step_time(t, batch, ctx), 1.0
-    gammas = range(1, gamma_auto.GAMMA_MAX + 1) if auto else [dep.gamma]
+        return ar_step_time(t, batch, ctx), 1.0
+    gammas = range(1, GAMMA_MAX + 1) if auto else [dep.gamma]
     best = None
     for g in gammas:
         if dep.strategy == "ssd":  # drafting overlaps verification: the verify pass alone
             q, c = np.full(batch, g + 1, np.int64), np.full(batch, ctx, np.int64)
             sec = float(t.forward(q, c, batch * (g + 1)).sum()) + t.step_overhead_s
         else:
-            sec = gamma_auto.sd_round_time(t, dl, g, batch, ctx)
+            sec = sd_round_time(t, dl, g, batch, ctx)
         tok = _tokens_per_round(dep, g)
         if best is None or tok / sec > best[1] / best[0]:
             best = (sec, tok)
@@ -183,7 +185,7 @@ def _round(dep: ResolvedDeployment, auto: bool, batch: int, ctx: int) -> tuple[f
 def capacity_bound(dep: ResolvedDeployment, auto: bool, prompt_mean: float,
                    output_mean: float) -> tuple[float, float]:
     """(requests/s one replica cannot exceed, mean TPOT at batch 1), from the latency backend."""
-    ctx = gamma_auto.decode_context(prompt_mean, output_mean)
+    ctx = decode_context(prompt_mean, output_mean)
     batch = max(1, min(dep.scheduler.max_num_seqs, dep.memory.kv_capacity_tokens // max(ctx, 1)))
     sec, tok = _round(dep, auto, batch, ctx)
     sec1, tok1 = _round(dep, auto, 1, ctx)

@@ -23,19 +23,19 @@ SOURCE_MEANING = {
 }
 
 
-def _clean(x):
+def clean(x):
     """JSON-safe: NaN/inf -> null (byte-stable output)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [clean(v) for v in x]
     return x
 
 
 def summary_json(result: RunResult) -> str:
-    return json.dumps(_clean(result.summary), indent=2) + "\n"
+    return json.dumps(clean(result.summary), indent=2) + "\n"
 
 
 def _label(row: dict) -> str:

@@ -12,7 +12,7 @@ from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
 
-from simulator.cli_core import err, out, user_errors
+from simulator.cli.core import err, out, user_errors
 from simulator.config.plan import load_plan
 from simulator.run.executors import TaskCache, make_executor
 from simulator.run.plan import run_plan
