@@ -16,6 +16,14 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+# What each latency_source means, in words (summary.md and summary.html say it).
+SOURCE_MEANING = {
+    "measured": "forward passes timed from a latency profile measured on this device",
+    "derived": ("roofline with efficiencies fitted to measured profiles: this GPU's, or the nearest "
+                "measured GPU's scaled by datasheet"),
+    "roofline": "roofline from datasheet peak FLOP/s and bandwidth with default efficiencies",
+    "law": "SDSL's ideal cost model (2 x params / peak FLOP/s per forward pass)",
+}
 SOURCE_SHORT = {"measured": "meas", "derived": "derived", "roofline": "roofline", "law": "law"}
 PARAM_SHORT = {"concurrency": "conc", "rate_per_s": "req/s"}
 

@@ -13,16 +13,9 @@ import json
 from html import escape
 from pathlib import Path
 
-from simulator.run.console import (PARAM_SHORT, ci, fmt, label, measured_share, num, overloaded,
-                                   pct, slo_of, slo_verdict, total_token_throughput)
+from simulator.run.console import (PARAM_SHORT, SOURCE_MEANING, ci, fmt, label, measured_share, num,
+                                   overloaded, pct, slo_of, slo_verdict, total_token_throughput)
 
-SOURCE_MEANING = {
-    "measured": "forward passes timed from a latency profile measured on the device",
-    "derived": "roofline with efficiencies fitted to measured profiles (this GPU's, or the "
-               "nearest measured GPU's scaled by datasheet)",
-    "roofline": "roofline from datasheet peak FLOP/s and bandwidth with default efficiencies",
-    "law": "SDSL's ideal cost model (2 x params / peak FLOP/s per forward pass)",
-}
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:1250px;

@@ -10,12 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from simulator.run.plots import plan_pareto
 from simulator.run.report import clean
 from simulator.run.plan import PlanOutcome
-
-OBJECTIVE_LABEL = {"cost_per_million_tokens": "$ per million output tokens",
-                   "cost_per_hour": "$ per hour", "gpus": "GPUs"}
-
 
 def plan_json(result: dict) -> str:
     return json.dumps(clean(result), indent=2) + "\n"
@@ -72,46 +69,6 @@ def markdown(result: dict, plan_path: str, wall_s: float | None, simulated: int 
     return "\n".join(out)
 
 
-def pareto_png(result: dict, path: Path) -> None:
-    """Cost (the objective) vs P99 TPOT and vs P99 TTFT per ranked fleet; SLO bounds dashed; the
-    best starred; the Pareto front (no fleet both cheaper and faster) joined."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [x for x in result["ranked"] if x[result["objective"]] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, scale, unit in ((axes[0], "tpot_p99_s", 1e3, "P99 TPOT (ms)"),
-                                 (axes[1], "ttft_p99_s", 1.0, "P99 TTFT (s)")):
-        pts = [(x[key] * scale, x[result["objective"]], x) for x in rows if x[key] is not None]
-        for ok, style in ((True, dict(c="tab:blue", label="meets the SLO")),
-                          (False, dict(facecolors="none", edgecolors="tab:red", label="misses it"))):
-            sel = [(a, b) for a, b, x in pts if x["meets_slo"] == ok]
-            if sel:
-                ax.scatter(*zip(*sel), s=28, **style)
-        front, low = [], float("inf")
-        for a, b, _ in sorted(pts, key=lambda p: (p[0], p[1])):
-            if b < low:
-                front.append((a, b))
-                low = b
-        if len(front) > 1:
-            ax.plot(*zip(*front), c="grey", lw=0.8, label="Pareto front")
-        if key in result["slo"]:
-            ax.axvline(result["slo"][key] * scale, ls="--", c="k", lw=0.8, label="SLO")
-        best = result["best"]
-        if best and best[key] is not None:
-            ax.scatter([best[key] * scale], [best[result["objective"]]], marker="*", s=220,
-                       c="gold", edgecolors="k", zorder=5, label=f"best: {best['name']}")
-        ax.set_xlabel(unit)
-        ax.set_ylabel(OBJECTIVE_LABEL[result["objective"]])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"specsim plan {result['plan']}: {result['load']:g} req/s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": "specsim"})
-    plt.close(fig)
-
-
 def write(outcome: PlanOutcome, out_dir: Path, plan_path: str, wall_s: float | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plan.json").write_text(plan_json(outcome.result))
@@ -121,4 +78,4 @@ def write(outcome: PlanOutcome, out_dir: Path, plan_path: str, wall_s: float | N
     elif best.exists():
         best.unlink()  # a stale winner from an earlier plan would mislead
     (out_dir / "plan.md").write_text(markdown(outcome.result, plan_path, wall_s, outcome.simulated))
-    pareto_png(outcome.result, out_dir / "pareto.png")
+    plan_pareto(outcome.result, out_dir, stem="pareto", svg=False)

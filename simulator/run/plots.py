@@ -6,7 +6,7 @@
            speedup (each design's throughput over its baseline, from summary["crossover"], 1.0 drawn);
   any run: latency_cdf (TTFT and TPOT CDFs per design, from requests.csv),
            busy_breakdown (stacked busy time per design, from busy_breakdown_s).
-`plan_pareto(plan, outdir)`: cost vs P99 TPOT and vs P99 TTFT, SLO lines, the best design marked.
+`plan_pareto(plan, outdir)`: the plan's objective (cost) vs P99 TPOT and vs P99 TTFT, SLO lines,\nthe best design marked (`specsim plan` writes it as pareto.png).
 
 Log x axes where the swept values are geometric; confidence bands where rows carry `ci`. Legends
 name model, GPU, tp, strategy, gamma and latency source (with the measured share). Marks carry
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextvars import ContextVar
 from pathlib import Path
 
 import matplotlib
@@ -33,6 +34,7 @@ RC = {"svg.hashsalt": "specsim", "svg.fonttype": "path", "font.size": 9, "axes.g
       "grid.alpha": 0.3, "legend.fontsize": 7, "figure.dpi": 100}
 MAX_CDF_DESIGNS = 12
 MARKERS = "osD^vP*Xh<>"
+_WITH_SVG: ContextVar[bool] = ContextVar("specsim_plots_svg", default=True)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -87,6 +89,8 @@ def _new_fig(w: float, h: float, n: int = 1, ncols: int = 1) -> tuple[Figure, li
 def _save(fig: Figure, outdir: Path, stem: str) -> list[Path]:
     png, svg = outdir / f"{stem}.png", outdir / f"{stem}.svg"
     fig.savefig(png, dpi=110, metadata=PNG_META)
+    if not _WITH_SVG.get():
+        return [png]
     fig.savefig(svg, metadata=SVG_META)
     return [png, svg]
 
@@ -312,49 +316,67 @@ def busy_plot(summary: dict, outdir: Path) -> list[Path]:
     return _save(fig, outdir, "busy_breakdown")
 
 
-def write_plots(summary: dict, requests: pd.DataFrame | None, outdir) -> list[Path]:
-    """Every plot this summary supports, as PNG and SVG in outdir; returns the paths."""
+def write_plots(summary: dict, requests: pd.DataFrame | None, outdir, svg: bool = True) -> list[Path]:
+    """Every plot this summary supports, as PNG (and SVG unless svg=False) in outdir; returns the
+    paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context(RC):
-        return (sweep_plots(summary, outdir) + cdf_plot(summary, requests, outdir)
-                + busy_plot(summary, outdir))
+    token = _WITH_SVG.set(svg)
+    try:
+        with matplotlib.rc_context(RC):
+            return (sweep_plots(summary, outdir) + cdf_plot(summary, requests, outdir)
+                    + busy_plot(summary, outdir))
+    finally:
+        _WITH_SVG.reset(token)
 
 
 # ----------------------------------------------------------------------------------- plans
-def plan_pareto(plan, outdir) -> list[Path]:
-    """plan (dict or a plan.json path): cost per million tokens vs P99 TPOT and vs P99 TTFT,
-    the SLO limits drawn, designs meeting the SLO filled, the Pareto front joined, best starred."""
+OBJECTIVE_LABEL = {"cost_per_million_tokens": "cost ($ per million output tokens)",
+                   "cost_per_hour": "cost ($ per hour)", "gpus": "GPUs"}
+
+
+def plan_pareto(plan, outdir, stem: str = "plan_pareto", svg: bool = True) -> list[Path]:
+    """plan (dict or a plan.json path): the plan's objective (default cost per million tokens) vs
+    P99 TPOT and vs P99 TTFT, the SLO limits drawn, designs meeting the SLO filled, the Pareto
+    front joined, best starred. Written as outdir/<stem>.png (and .svg unless svg=False)."""
     if not isinstance(plan, dict):
         plan = json.loads(Path(plan).read_text())
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    ranked = [r for r in plan.get("ranked") or [] if num(r.get("cost_per_million_tokens")) is not None]
+    cost = plan.get("objective") or "cost_per_million_tokens"
+    ranked = [r for r in plan.get("ranked") or [] if num(r.get(cost)) is not None]
     if not ranked:
         return []
     slo = plan.get("slo") or {}
     best = (plan.get("best") or {}).get("name")
-    with matplotlib.rc_context(RC):
-        fig, axes = _new_fig(11, 4.8, 2, 2)
-        for ax, key, scale, unit in zip(axes, ("tpot_p99_s", "ttft_p99_s"), (1e3, 1), ("ms", "s")):
-            _pareto_panel(ax, ranked, key, scale, best)
-            lim = num(slo.get(key, slo.get(key.replace("_p99", ""))))
-            if lim is not None:
-                ax.axvline(scale * lim, color="red", ls=":", lw=1.2, gid="slo",
-                           label="SLO limit (P99)")
-                ax.annotate(f"SLO {scale * lim:g} {unit}", (scale * lim, 1), xytext=(3, -12),
-                            xycoords=("data", "axes fraction"), textcoords="offset points",
-                            color="red", fontsize=7)
-            ax.set_xlabel(f"{key[:4].upper()} P99 ({unit})")
-            ax.set_ylabel("cost ($ per million output tokens)")
-        _legend_below(fig, axes[0])
-        fig.suptitle(f"{plan.get('scenario', 'plan')}: cost vs tail latency "
-                     "(filled: meets the SLO; line: Pareto front)")
-        return _save(fig, outdir, "plan_pareto")
+    token = _WITH_SVG.set(svg)
+    try:
+        with matplotlib.rc_context(RC):
+            fig, axes = _new_fig(11, 4.8, 2, 2)
+            for ax, key, scale, unit in zip(axes, ("tpot_p99_s", "ttft_p99_s"), (1e3, 1), ("ms", "s")):
+                _pareto_panel(ax, ranked, key, scale, best, cost)
+                lim = num(slo.get(key, slo.get(key.replace("_p99", ""))))
+                if lim is not None:
+                    ax.axvline(scale * lim, color="red", ls=":", lw=1.2, gid="slo",
+                               label="SLO limit (P99)")
+                    ax.annotate(f"SLO {scale * lim:g} {unit}", (scale * lim, 1), xytext=(3, -12),
+                                xycoords=("data", "axes fraction"), textcoords="offset points",
+                                color="red", fontsize=7)
+                ax.set_xlabel(f"{key[:4].upper()} P99 ({unit})")
+                ax.set_ylabel(OBJECTIVE_LABEL.get(cost, cost))
+            _legend_below(fig, axes[0])
+            name = plan.get("plan") or plan.get("scenario", "plan")
+            load = f" at {plan['load']:g} req/s" if num(plan.get("load")) is not None else ""
+            fig.suptitle(f"{name}{load}: {OBJECTIVE_LABEL.get(cost, cost).split(' (')[0]} vs tail "
+                         "latency (filled: meets the SLO; line: Pareto front)")
+            return _save(fig, outdir, stem)
+    finally:
+        _WITH_SVG.reset(token)
 
 
-def _pareto_panel(ax, ranked: list[dict], key: str, scale: float, best: str | None) -> None:
-    pts = [(scale * num(r.get(key)), num(r["cost_per_million_tokens"]), r) for r in ranked
+def _pareto_panel(ax, ranked: list[dict], key: str, scale: float, best: str | None,
+                  cost: str = "cost_per_million_tokens") -> None:
+    pts = [(scale * num(r.get(key)), num(r[cost]), r) for r in ranked
            if num(r.get(key)) is not None]
     for ok, face in ((True, "C0"), (False, "none")):
         sel = [p for p in pts if bool(p[2].get("meets_slo")) is ok]
