@@ -302,3 +302,17 @@ def test_check_validates_plan_files(tmp_path):
     d["search"]["gpus"] = ["h100-sxm", "a100-80gb-sxm", "h900"]
     bad = CliRunner().invoke(app, ["check", str(plan_file(tmp_path, d, "bad.yaml"))])
     assert bad.exit_code == 2 and "search.gpus[2]" in bad.output and "Traceback" not in bad.output
+
+
+def test_search_engine_block_reaches_every_candidate():
+    """search.engine (a deployment's engine: block) is shared by every candidate; absent, the
+    candidates carry no engine key and take the deployment default."""
+    from simulator.run.plan_space import enumerate_designs
+    d = copy.deepcopy(PLAN)
+    assert all("engine" not in dep for _, dep in enumerate_designs(parse_plan(d), "p.yaml"))
+    d["search"]["engine"] = {"preset": "sglang"}
+    designs = enumerate_designs(parse_plan(d), "p.yaml")
+    assert designs and all(dep["engine"] == {"preset": "sglang"} for _, dep in designs)
+    d["search"]["engine"] = {"preset": "sglang", "calibrated": "x.json"}
+    with pytest.raises(Exception, match="search.engine"):
+        parse_plan(d, "p.yaml")

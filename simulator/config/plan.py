@@ -16,7 +16,7 @@ from pydantic import (Field, PositiveFloat, PositiveInt, ValidationError, field_
 
 from simulator.errors import SpecsimError
 from simulator.config.loading import format_validation_error
-from simulator.config.schema import Acceptance, InlineGPU, Latency, Scheduler, SSDConfig
+from simulator.config.schema import Acceptance, Engine, InlineGPU, Latency, Scheduler, SSDConfig
 from simulator.config.workload_schema import Closed, Strict, TraceArrivals, Workload
 
 Gamma = Union[PositiveInt, Literal["auto"]]
@@ -88,6 +88,7 @@ class Search(Strict):
     # Deployment settings shared by every candidate (a scenario deployment's keys).
     latency: Latency = Field(default_factory=Latency)
     scheduler: Scheduler = Field(default_factory=Scheduler)
+    engine: Engine = Field(default_factory=Engine)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     price_per_gpu_hour: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)

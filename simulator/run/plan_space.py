@@ -92,7 +92,7 @@ def _deployment_dict(plan: PlanFile, gpu: str, tp: int, st, draft, gamma) -> dic
         v = v.model_dump(exclude_defaults=True) if hasattr(v, "model_dump") else v
         if v is not None and v != {} or (key == "ssd" and v == {}):
             d[key] = v
-    for key in ("latency", "scheduler"):
+    for key in ("latency", "scheduler", "engine"):
         v = getattr(s, key).model_dump(exclude_defaults=True)
         if v:
             d[key] = v
