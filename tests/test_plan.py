@@ -112,7 +112,17 @@ def test_best_yaml_reproduces_the_best(planned):
     assert row["tpot_s"]["p99"] == best["tpot_p99_s"]
     assert row["cost_per_million_tokens"] == best["cost_per_million_tokens"]
     assert row["gpus"] == best["gpus"]
-    assert {f.name for f in out.iterdir()} >= {"plan.json", "plan.md", "pareto.png", "best.yaml"}
+    assert {f.name for f in out.iterdir()} >= {"plan.json", "plan.md", "pareto.png", "best.yaml",
+                                               "summary.html"}
+
+
+def test_plan_summary_html_names_the_best_and_embeds_the_pareto_plot(planned):
+    o, out = planned
+    page = (out / "summary.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 1 and "http" not in page
+    best = o.result["best"]
+    assert best["name"] in page and f"{1e3 * best['tpot_p99_s']:.2f}" in page  # P99 TPOT table, ms
+    assert page.count("<tr") >= len(o.result["ranked"])
 
 
 def test_capacity_is_bisected_and_replicas_sized_from_it(planned):
@@ -316,3 +326,12 @@ def test_search_engine_block_reaches_every_candidate():
     d["search"]["engine"] = {"preset": "sglang", "calibrated": "x.json"}
     with pytest.raises(Exception, match="search.engine"):
         parse_plan(d, "p.yaml")
+
+
+def test_cli_table_fits_80_columns(tmp_path):
+    r = _cli([plan_file(tmp_path), "--out", tmp_path / "out", "--workers", 1])
+    assert r.exit_code == 0, r.output
+    table = r.stdout.split("\nbest: ")[0].splitlines()
+    assert max(map(len, table)) <= 80 and "…" not in r.stdout
+    best = json.loads((tmp_path / "out" / "plan.json").read_text())["best"]["name"]
+    assert "PASS" in r.stdout and f"best: {best} (" in r.stdout

@@ -100,6 +100,15 @@ def test_single_run_draws_no_sweep_plots(run_report):
             assert_image(p)
 
 
+def test_no_svg_writes_the_same_pngs_only(sweep_report, tmp_path):
+    s, paths, out = sweep_report
+    r = pd.read_csv(DATA / "sweep" / "requests.csv")
+    png_only = plots.write_plots(s, r, tmp_path, svg=False)
+    assert {p.suffix for p in png_only} == {".png"} and not list(tmp_path.glob("*.svg"))
+    assert {p.name: p.read_bytes() for p in png_only} == {
+        p.name: p.read_bytes() for p in paths if p.suffix == ".png"}
+
+
 def test_crossover_marked_where_it_exists_and_only_there(sweep_report, tmp_path):
     s, paths, out = sweep_report
     assert s["crossover"][0]["stops_paying_at"] == 64  # the fixture's SD stops paying in the sweep

@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from simulator.cli.core import err, out, user_errors
 from simulator.config.plan import load_plan
@@ -59,20 +61,33 @@ def plan(plan_file: Path = typer.Argument(..., help="Plan YAML file"),
     _print(outcome.result)
     out.print(f"[dim]{outcome.simulations} simulations ({outcome.simulated} run, "
               f"{outcome.simulations - outcome.simulated} cached) in {wall:.1f} s wall; wrote "
-              f"{target}/plan.json, plan.md, pareto.png"
+              f"{target}/plan.json, plan.md, pareto.png, summary.html"
               + (", best.yaml" if outcome.best_scenario else "") + "[/]")
 
 
 def _print(result: dict) -> None:
-    t = Table(title=f"specsim plan: {result['plan']} at {result['load']:g} req/s")
-    for h in ("fleet", "GPUs", "$/h", "$/Mtok", "TTFT p99 s", "TPOT p99 ms", "verdict"):
-        t.add_column(h, justify="left" if h in ("fleet", "verdict") else "right")
+    """The ranked fleets within 80 columns: long fleet names fold, the verdict is PASS/FAIL with
+    the worst P99 over its bound (plan.md and summary.html give the full sentence)."""
+    heads = ("GPUs", "$/h", "$/Mtok", "TTFT\np99 s", "TPOT\np99 ms", "worst/\nbound")
+    rows = []
     for x in result["ranked"]:
-        tpot = "-" if x["tpot_p99_s"] is None else f"{1e3 * x['tpot_p99_s']:.1f}"
-        ttft = "-" if x["ttft_p99_s"] is None else f"{x['ttft_p99_s']:.3f}"
-        cost = x["cost_per_million_tokens"]
-        t.add_row(x["name"], str(x["gpus"]), f"{x['cost_per_hour']:.2f}",
-                  "-" if cost is None else f"{cost:.3f}", ttft, tpot, x["verdict"])
+        cost, ratio = x["cost_per_million_tokens"], x.get("worst_slo_ratio")
+        rows.append((x["name"], x["meets_slo"], [
+            str(x["gpus"]), f"{x['cost_per_hour']:.2f}", "-" if cost is None else f"{cost:.3f}",
+            "-" if x["ttft_p99_s"] is None else f"{x['ttft_p99_s']:.3f}",
+            "-" if x["tpot_p99_s"] is None else f"{1e3 * x['tpot_p99_s']:.1f}",
+            ("PASS " if x["meets_slo"] else "FAIL ") + ("-" if ratio is None else f"{ratio:.2f}x")]))
+    widths = [max([len(w) for w in h.split("\n")] + [len(r[2][j]) for r in rows])
+              for j, h in enumerate(heads)]
+    names = max([5] + [len(r[0]) for r in rows])
+    fleet = max(16, min(names, min(out.width, 80) - sum(widths) - 3 * len(heads)))
+    t = Table(title=Text(f"specsim plan: {result['plan']} at {result['load']:g} req/s"),
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+    t.add_column("fleet", overflow="fold", width=fleet)
+    for h, w in zip(heads, widths):
+        t.add_column(h, justify="right", no_wrap=True, width=w)
+    for name, ok, cells in rows:
+        t.add_row(Text(name), *cells[:-1], Text(cells[-1], style="" if ok else "red"))
     out.print(t)
     best = result["best"]
     out.print(f"best: {best['name']} ({best['gpus']} GPUs)" if best

@@ -1,4 +1,4 @@
-"""`specsim plan` outputs: plan.json, best.yaml, plan.md and the Pareto plot (pareto.png).
+"""`specsim plan` outputs: plan.json, best.yaml, plan.md, the Pareto plot (pareto.png) and summary.html.
 
 plan.json is the contract (byte-identical for the same plan whatever the executor); plan.md adds
 the wall time and cache use of the run that wrote it.
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from simulator import __version__
+from simulator.run.html import write_html
 from simulator.run.plots import plan_pareto
 from simulator.run.report import clean
 from simulator.run.plan import PlanOutcome
@@ -78,4 +80,25 @@ def write(outcome: PlanOutcome, out_dir: Path, plan_path: str, wall_s: float | N
     elif best.exists():
         best.unlink()  # a stale winner from an earlier plan would mislead
     (out_dir / "plan.md").write_text(markdown(outcome.result, plan_path, wall_s, outcome.simulated))
-    plan_pareto(outcome.result, out_dir, stem="pareto", svg=False)
+    images = plan_pareto(outcome.result, out_dir, stem="pareto", svg=False)
+    r = outcome.result
+    write_html(out_dir, html_summary(r), images, title=f"specsim plan: {r['plan']} at {r['load']:g} req/s")
+
+
+def html_summary(result: dict) -> dict:
+    """plan.json in the shape summary.html reads (run/html.py): the ranked fleets as design rows,
+    their P90/P99 scalars as percentile blocks; the per-fleet probe lists stay in plan.json."""
+    rows = []
+    for x in result["ranked"]:
+        row = {k: v for k, v in x.items()
+               if not isinstance(v, (list, dict)) and not k.endswith(("_p90_s", "_p99_s"))}
+        for m in ("ttft", "tpot", "e2e"):
+            d = {p: x[f"{m}_{p}_s"] for p in ("p90", "p99") if x.get(f"{m}_{p}_s") is not None}
+            if d:
+                row[f"{m}_s"] = d
+        rows.append(row)
+    best = result.get("best") or {}
+    return {"scenario": result["plan"], "seed": result["seed"], "specsim_version": __version__,
+            "slo": result["slo"],
+            "deployments": rows, "load_requests_per_s": result["load"],
+            "objective": result["objective"], "best": best.get("name", "none meets the SLO")}
