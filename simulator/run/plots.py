@@ -6,7 +6,8 @@
            speedup (each design's throughput over its baseline, from summary["crossover"], 1.0 drawn);
   any run: latency_cdf (TTFT and TPOT CDFs per design, from requests.csv),
            busy_breakdown (stacked busy time per design, from busy_breakdown_s).
-`plan_pareto(plan, outdir)`: the plan's objective (cost) vs P99 TPOT and vs P99 TTFT, SLO lines,\nthe best design marked (`specsim plan` writes it as pareto.png).
+`plan_pareto(plan, outdir)`: the plan's objective (cost) vs P99 TPOT and vs P99 TTFT, SLO lines,
+the best design marked (`specsim plan` writes it as pareto.png).
 
 Log x axes where the swept values are geometric; confidence bands where rows carry `ci`. Legends
 name model, GPU, tp, strategy, gamma and latency source (with the measured share). Marks carry

@@ -2,8 +2,9 @@
 
 `write` writes a run's report folder; `render` (re)draws summary.md, the plots (run/plots.py) and
 summary.html (run/html.py) from a summary and its request table alone, which is what
-`specsim report DIR` calls. Console tables live in run/console.py. Every report says where its numbers come from (latency_source: measured profile, derived
-(calibrated roofline on another GPU), roofline (datasheet), or law (SDSL's ideal cost model)).
+`specsim report DIR` calls (`rerender`). Console tables live in run/console.py. Every report says
+where its numbers come from (latency_source: measured profile, derived (calibrated roofline on
+another GPU), roofline (datasheet), or law (SDSL's ideal cost model)).
 """
 from __future__ import annotations
 
