@@ -44,7 +44,9 @@ def main() -> None:
         cx = s["crossover"][0]
         ratios = " ".join(f"{p['concurrency']}:{p['ratio']:.2f}" for p in cx["speedup"])
         ci = cx.get("stops_paying_ci")
-        extra = f" CI {ci}" if ci else ""
+        extra = ""
+        if ci and ci.get("lo") is not None:
+            extra = f" 95% CI [{ci['lo']:g}, {'beyond' if ci['hi'] is None else format(ci['hi'], 'g')}]"
         sig = cx.get("significant")
         extra += "" if sig is None else (" significant" if sig else " not significant")
         interp = cx["stops_paying_at_interpolated"]

@@ -86,6 +86,7 @@ def _summary_row(dep: ResolvedDeployment, rec, point: dict | None, slo) -> dict:
     if point:
         row["sweep"] = point
     row.update(m)
+    row.update(_total_tokens(rec, m))
     row["latency_source"] = dep.latency_source
     row["latency_notes"] = dep.latency_notes
     row["latency_stats"] = {"target": dep.target_latency.stats,
@@ -96,6 +97,15 @@ def _summary_row(dep: ResolvedDeployment, rec, point: dict | None, slo) -> dict:
     if dep.gamma_choice is not None:
         row["gamma_choice"] = dep.gamma_choice
     return row
+
+
+def _total_tokens(rec, m: dict) -> dict:
+    """vLLM `bench serve`'s total token throughput: (prompt + output tokens of the completed
+    requests) / the same duration as the output throughput."""
+    prompt = int(rec.prompt[~np.isnan(rec.finish)].sum())
+    d = m["duration_s"]
+    return {"prompt_tokens": prompt,
+            "throughput_total_tokens_per_s": (prompt + m["output_tokens"]) / d if d > 0 else 0.0}
 
 
 def _summary(sc: Scenario, seed: int, rows: list[dict], used: list[ResolvedDeployment]) -> dict:
