@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 # Public entry points only (the lead remaps these two imports when the layout changes).
-from simulator.runner import run_scenario
-from simulator.scenario import parse_scenario
+from simulator.run.runner import run_scenario
+from simulator.config.loading import parse_scenario
 
 from conftest import ROOT
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 # Internals (strategy objects; remap here when the layout changes) and the public runner.
-from simulator.runner import run_scenario
-from simulator.scenario import parse_scenario
-from simulator.ssd import Handshake, SSDOutcome, SSDStrategy
-from simulator.strategies import StepBatch
+from simulator.run.runner import run_scenario
+from simulator.config.loading import parse_scenario
+from simulator.engine.strategies.ssd import SSDOutcome, SSDStrategy
+from simulator.physics.handshake import Handshake
+from simulator.engine.strategies.base import StepBatch
 
 from conftest import ROOT
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 # Scenario schema (public) and the workload generator (the one internal this file needs).
-from simulator.scenario import parse_scenario
-from simulator.workload import generate
+from simulator.config.loading import parse_scenario
+from simulator.config.workload import generate
 
 from conftest import ROOT
 

@@ -35,7 +35,8 @@ from typer.testing import CliRunner
 
 # The CLI app (public) and the two engine classes whose steps are checked (internals).
 from simulator.cli import app
-from simulator.engine import ID, Replica, Simulation
+from simulator.engine.replica import ID, Replica
+from simulator.engine.simulation import Simulation
 
 # Shrinking a failure costs minutes on a busy 2-core host: off by default (the failure is still
 # printed, unshrunk); SPECSIM_FUZZ_SHRINK=1 turns it on when you want a minimal reproducer.
