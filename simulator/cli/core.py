@@ -11,13 +11,20 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from simulator.errors import SpecsimError
 
 err = Console(stderr=True)
 # Piped output (files, CI logs) gets a wide table instead of rich's 80-column truncation.
 out = Console(width=None if sys.stdout.isatty() else 180)
+
+
+def error_text(message) -> Text:
+    """`error: message`, the prefix styled and the message literal (names may hold `[...]`)."""
+    return Text.assemble(("error: ", "bold red"), str(message))
 
 
 def user_errors(fn):
@@ -27,7 +34,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SpecsimError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            err.print(error_text(e), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -101,7 +108,7 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
         out.print(f"{c['design']} vs {c['baseline']}: "
                   + (f"stops paying at {c['param']} = {at:g}" if at is not None
                      else f"pays across the whole {c['param']} sweep"), markup=False)
-    out.print(f"[dim]wrote {target}/summary.md, summary.json, requests.csv "
+    out.print(f"[dim]wrote {escape(str(target))}/summary.md, summary.json, requests.csv "
               f"({time.monotonic() - t0:.1f} s wall)[/]")
 
 
@@ -118,7 +125,7 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
         req = generate(sc.workload, sc.seed, base)
         for i, dep in enumerate(deps):
             check_fits(dep, req, f"deployments[{i}]")
-    out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)")
+    out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)", markup=False)
 
 
 def models():

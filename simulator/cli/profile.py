@@ -14,11 +14,12 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from simulator.errors import SpecsimError
 
 _out = Console()
-_err = Console(stderr=True, soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _command() -> str | None:
@@ -88,11 +89,12 @@ def register(app: typer.Typer) -> None:
             path = write_profile(prof, out)
             rows = validation_table(prof)
         except SpecsimError as e:
-            _err.print(f"[bold red]error:[/] {e}", highlight=False)
+            _err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False)
             raise typer.Exit(2)
         m = prof.meta
         _out.print(f"wrote {path} and {path.with_suffix('.json').name}: {len(prof.rows)} rows, "
-                   f"captured in {m.notes['capture_wall_s']} s on {m.device['name']}", highlight=False)
+                   f"captured in {m.notes['capture_wall_s']} s on {m.device['name']}", highlight=False,
+                   markup=False)
         fo = "null" if m.forward_overhead_s is None else f"{m.forward_overhead_s * 1e3:.3f} ms"
         _out.print(f"forward overhead {fo}; {len(m.notes['skipped'])} points skipped", highlight=False)
         if rows:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from simulator.config.schema import Scenario
 from simulator.errors import SpecsimError
+from simulator.user_files import load_user_yaml
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -75,8 +75,4 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecsimError(f"{p}: scenario file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecsimError(f"{p}: not valid YAML: {e}") from None
-    return parse_scenario(data, str(p)), p.parent
+    return parse_scenario(load_user_yaml(p, "scenario file"), str(p)), p.parent

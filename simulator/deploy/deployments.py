@@ -110,16 +110,7 @@ def resolve_gpu(spec: str | InlineGPU, field: str) -> GPU:
 
 
 def roofline_params(cfg: Latency, field: str) -> RooflineParams:
-    names = RooflineParams.field_names()
-    unknown = sorted(set(cfg.params) - set(names))
-    if unknown:
-        raise SpecsimError(f"{field}.params: unknown roofline parameter(s) {unknown}; "
-                           f"known: {', '.join(names)}")
-    bad = [k for k, v in cfg.params.items() if v < 0 or (k.endswith("efficiency") and not 0 < v <= 1)]
-    if bad:
-        raise SpecsimError(f"{field}.params: {bad[0]} = {cfg.params[bad[0]]} is out of range "
-                           "(efficiencies in (0, 1], times >= 0)")
-    return RooflineParams(**cfg.params)
+    return RooflineParams.checked(dict(cfg.params), f"{field}.params")
 
 
 def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, base: Path,

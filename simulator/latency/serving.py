@@ -397,15 +397,15 @@ def with_overrides(costs: EngineCosts, overrides: dict) -> EngineCosts:
 def load_calibrated(path, field: str) -> EngineCosts:
     """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
     (the fitted fields over the named preset)."""
-    import json
     from pathlib import Path
+    from simulator.user_files import load_user_json
     p = Path(path)
+    if not p.is_file():
+        raise SpecsimError(f"{field}: no engine calibration at {p}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecsimError(f"{field}: no engine calibration at {p}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SpecsimError(f"{field}: {p} is not a JSON engine calibration ({type(e).__name__})") from None
+        data = load_user_json(p, "engine calibration")
+    except SpecsimError as e:
+        raise SpecsimError(f"{field}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
             or not isinstance(data.get("params", {}), dict):
         raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
