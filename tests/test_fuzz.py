@@ -8,10 +8,8 @@ scenario files, valid and broken:
 The CLI runs in-process (typer's CliRunner) for speed; per-step engine invariants are checked by
 wrapping two engine methods for the duration of each invocation (`engine_invariants`).
 
-Layout of this file: the input strategies; the property (`check_contract`); the STRICT tests
-(no xfail: these fail today, see /work/notes/rel15.md for every distinct failure); then, clearly
-separated at the bottom, the same properties as xfail(strict=False) variants so that a suite run
-stays readable while the fixes land. When a class of inputs is fixed, delete its xfail variant.
+Layout of this file: the input strategies; the property (`check_contract`); the tests (strict:
+no xfail; rel15.md lists what each found before its fix).
 """
 from __future__ import annotations
 
@@ -136,7 +134,7 @@ def valid_scenarios(draw) -> dict:
         closed = w["arrival"]["process"] == "closed"
         values = (st.integers(1, 8) if closed else st.floats(0.1, 20))
         d["sweep"] = {"param": "concurrency" if closed else "rate_per_s",
-                      "values": draw(st.lists(values, min_size=1, max_size=3))}
+                      "values": draw(st.lists(values, min_size=1, max_size=3, unique=True))}
     return copy.deepcopy(d)
 
 
@@ -363,7 +361,7 @@ KV_TIGHT = {"name": "kv-tight", "seed": 1,
                              "scheduler": {"block_size": 1}}]}
 
 
-# ---- STRICT tests (the contract; several fail today, see rel15.md) -----------------------------
+# ---- the tests (the contract) --------------------------------------------------------------------
 @SETTINGS
 @given(valid_scenarios())
 @example(KV_TIGHT)
@@ -421,41 +419,5 @@ def issue_case(overrides: dict) -> dict:
 
 @pytest.mark.parametrize("case", sorted(ISSUE_CASES))
 def test_issue_inputs_exit_0_or_2_with_sane_results(case):
-    d = issue_case(ISSUE_CASES[case])
-    check_contract(dump(d), d["workload"].get("requests"))
-
-
-# =================================================================================================
-# XFAIL VARIANTS: the same properties, marked as known failures (rel15.md) so that a suite run
-# reports them as xfail instead of failures while the fixes land. Remove each when it passes.
-# =================================================================================================
-KNOWN = "known failure, see /work/notes/rel15.md (fuzz section)"
-
-
-@pytest.mark.xfail(strict=False, reason=KNOWN + ": KV over capacity (F1)")
-@SETTINGS
-@given(valid_scenarios())
-@example(KV_TIGHT)
-def test_valid_scenarios_keep_invariants_known_failures(d):
-    check_contract(dump(d), d["workload"]["requests"])
-
-
-@pytest.mark.xfail(strict=False, reason=KNOWN + ": tracebacks on broken values")
-@SETTINGS
-@given(broken_scenarios())
-def test_broken_scenarios_exit_0_or_2_known_failures(d):
-    check_contract(dump(d), None)
-
-
-@pytest.mark.xfail(strict=False, reason=KNOWN + ": non-UTF-8, deep nesting, duplicated keys")
-@SETTINGS
-@given(broken_texts())
-def test_broken_files_exit_0_or_2_known_failures(content):
-    check_contract(content, None)
-
-
-@pytest.mark.xfail(strict=False, reason=KNOWN + ": issue 15's listed inputs")
-@pytest.mark.parametrize("case", sorted(ISSUE_CASES))
-def test_issue_inputs_exit_0_or_2_with_sane_results_known_failures(case):
     d = issue_case(ISSUE_CASES[case])
     check_contract(dump(d), d["workload"].get("requests"))
