@@ -275,3 +275,15 @@ def test_rate_sweep_over_trace_arrivals(tmp_path):
 def test_version_flag():
     code, out = cli("--version")
     assert code == 0 and out.strip() == f"specsim {__version__}"
+
+
+def test_gamma_auto_with_alpha_1_runs(tmp_path):
+    """Before: `check` accepted it and `run` failed with 'alpha must be in (0, 1), got 1'. With
+    every drafted token accepted, tokens per FLOP rise with gamma: the range's end is chosen."""
+    dep = {"name": "sd", "strategy": "sd", "target": "llama-3.1-8b", "draft": "llama-3.2-1b",
+           "gpu": "h100-sxm", "gamma": "auto", "acceptance": {"alpha": 1.0},
+           "latency": {"backend": "ideal"}}
+    code, out = cli("run", scenario(tmp_path, deployments=[dep]), "--out", tmp_path / "o", "--json")
+    assert code == 0, out
+    row = json.loads((tmp_path / "o" / "summary.json").read_text())["deployments"][0]
+    assert row["config"]["gamma"] == 16, row["config"]
