@@ -70,3 +70,15 @@ def test_one_block_short_is_refused_by_the_fit_check(strategy, block_size, token
     d = scenario(strategy, tokens - 1, block_size)
     with pytest.raises(SpecsimError, match=r"deployments\[0\]: .*KV blocks"):
         run_scenario(parse_scenario(d), ROOT)
+
+
+def test_prefill_over_the_token_budget_without_chunking_is_refused():
+    """Issue 15 (mnbt-100): without chunked prefill an 8k prompt ran whole in one step despite
+    max_num_batched_tokens 100; vLLM refuses that configuration."""
+    d = scenario("ar", 1000, 1)
+    d["deployments"][0]["scheduler"].update(chunked_prefill=False, max_num_batched_tokens=80)
+    with pytest.raises(SpecsimError, match=r"deployments\[0\]\.scheduler\.max_num_batched_tokens: "
+                                           r"80 is below the largest prefill, 91 tokens"):
+        run_scenario(parse_scenario(d), ROOT)
+    d["deployments"][0]["scheduler"]["max_num_batched_tokens"] = 91
+    assert run_scenario(parse_scenario(d), ROOT).summary["deployments"][0]["requests_completed"] == 1

@@ -31,6 +31,14 @@ def check_fits(dep: ResolvedDeployment, req: Requests, field: str) -> None:
                            "gpu_memory_utilization")
     sch, eng = dep.scheduler, dep.engine
     tokens = largest_prefill_tokens(req.prompt, req.output)
+    if not sch.chunked_prefill and tokens > sch.max_num_batched_tokens:
+        # vLLM refuses max_num_batched_tokens < max_model_len without chunked prefill
+        # (vllm/config.py v0.6 SchedulerConfig._verify_args): a prefill always runs whole.
+        raise SpecsimError(f"{field}.scheduler.max_num_batched_tokens: {sch.max_num_batched_tokens} "
+                           f"is below the largest prefill, {tokens} tokens (a prompt, or a prompt "
+                           "plus the tokens recomputed after a preemption), and without chunked "
+                           "prefill a prefill runs whole in one step; raise it or set "
+                           "chunked_prefill: true")
     if sch.chunked_prefill and not eng.whole_prompt_admission:
         tokens = min(tokens, sch.max_num_batched_tokens)
     limit = admission_limit(total, eng.kv_watermark)
