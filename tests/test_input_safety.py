@@ -287,3 +287,11 @@ def test_gamma_auto_with_alpha_1_runs(tmp_path):
     assert code == 0, out
     row = json.loads((tmp_path / "o" / "summary.json").read_text())["deployments"][0]
     assert row["config"]["gamma"] == 16, row["config"]
+
+
+def test_block_size_larger_than_the_cache_is_named(tmp_path):
+    """Before: 'does not fit ... weights 16.1 GB + ... exceed usable 72.0 GB' (self-contradicting,
+    block_size never named)."""
+    p = scenario(tmp_path, d0__scheduler={"block_size": 10**9})
+    flat = refused(p, "deployments[0].scheduler.block_size: 1000000000 tokens per block")
+    assert "exceed usable" not in flat

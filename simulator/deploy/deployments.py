@@ -109,6 +109,14 @@ def resolve_gpu(spec: str | InlineGPU, field: str) -> GPU:
     return GPUS[spec]
 
 
+def _check_block_fits(mem, block_size: int, f: str) -> None:
+    """Memory is left for KV, but not one block of block_size tokens: name block_size."""
+    if mem.kv_budget_gb > 0 and mem.kv_capacity_tokens < block_size:
+        raise SpecsimError(f"{f}.scheduler.block_size: {block_size} tokens per block, but the KV "
+                           f"cache left in memory holds {mem.kv_capacity_tokens} tokens, not one "
+                           "block; use a smaller block_size (vLLM uses 16)")
+
+
 def roofline_params(cfg: Latency, field: str) -> RooflineParams:
     return RooflineParams.checked(dict(cfg.params), f"{field}.params")
 
@@ -227,7 +235,8 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
     mem = plan_memory(target, gpu, d.tp, d.dtype, d.gpu_memory_utilization, reserve,
                       None if dedicated else draft, draft_tp, block_size=sch.block_size,
                       graph_bytes=graphs, non_torch_bytes=non_torch)
-    if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
+    _check_block_fits(mem, sch.block_size, f)
+    if mem.kv_budget_gb <= 0:
         raise SpecsimError(
             f"{f}: {target.name}{' + ' + draft.name if draft else ''} does not fit on {gpu.label} at "
             f"tp={d.tp}: per GPU, weights {mem.target_weights_gb + mem.draft_weights_gb:.1f} GB + "
@@ -308,7 +317,8 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
     graphs, non_torch = engine_overhead_bytes(engine, tp, 1, True)
     mem = plan_memory(draft, gpu, tp, d.dtype, d.gpu_memory_utilization, reserve,
                       block_size=sch.block_size, graph_bytes=graphs, non_torch_bytes=non_torch)
-    if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
+    _check_block_fits(mem, sch.block_size, f)
+    if mem.kv_budget_gb <= 0:
         raise SpecsimError(
             f"{f}.draft_gpu: draft {draft.name} does not fit on {tp} dedicated {gpu.label}: per GPU, "
             f"weights {mem.target_weights_gb:.1f} GB + activation/tree reserve "
