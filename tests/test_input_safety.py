@@ -295,3 +295,13 @@ def test_block_size_larger_than_the_cache_is_named(tmp_path):
     p = scenario(tmp_path, d0__scheduler={"block_size": 10**9})
     flat = refused(p, "deployments[0].scheduler.block_size: 1000000000 tokens per block")
     assert "exceed usable" not in flat
+
+
+def test_one_line_per_mistake(tmp_path):
+    """Before: an 'invalid scenario' header line, then one indented line per mistake."""
+    p = scenario(tmp_path, seed="x", d0__replicas=0)
+    code, out = cli("check", p)
+    lines = out.strip().splitlines()
+    assert code == 2 and len(lines) == 2, out
+    assert all(line.startswith(f"error: {p}: ") for line in lines), out
+    assert "seed:" in lines[0] and "deployments[0].replicas:" in lines[1]

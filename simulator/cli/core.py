@@ -23,8 +23,10 @@ out = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def error_text(message) -> Text:
-    """`error: message`, the prefix styled and the message literal (names may hold `[...]`)."""
-    return Text.assemble(("error: ", "bold red"), str(message))
+    """`error: message`, the prefix styled and the message literal (names may hold `[...]`);
+    a message of several lines (one per mistake) gets the prefix on each."""
+    lines = str(message).splitlines() or [""]
+    return Text("\n").join(Text.assemble(("error: ", "bold red"), line) for line in lines)
 
 
 def user_errors(fn):

@@ -57,8 +57,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
                 msg += f" (got {e['input']!r})"
         if (path, msg) not in seen:
             seen.add((path, msg))
-            lines.append(f"  {path}: {msg}")
-    return f"{source}: invalid scenario\n" + "\n".join(lines)
+            lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)  # one line per mistake
 
 
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
