@@ -305,3 +305,24 @@ def test_one_line_per_mistake(tmp_path):
     assert code == 2 and len(lines) == 2, out
     assert all(line.startswith(f"error: {p}: ") for line in lines), out
     assert "seed:" in lines[0] and "deployments[0].replicas:" in lines[1]
+
+
+def test_profile_refuses_to_overwrite_without_force(tmp_path):
+    """Before: `specsim profile` with its default --out overwrote the bundled CPU profile (and
+    scenarios/cpu-tiny.yaml fell from 70 to 4 tok/s without a word). Refused before capturing."""
+    root = _profile_copy(tmp_path)
+    csv = root / "cpu-local" / "tiny-draft" / "tp1.csv"
+    before = csv.read_bytes()
+    code, out = cli("profile", "--model", "tiny-draft", "--grid", "quick", "--out", root)
+    assert code == 2 and "exists" in out and "--force" in out, out
+    assert csv.read_bytes() == before
+
+
+def test_torch_commands_say_how_to_add_torch(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    for command in (["fidelity"], ["profile", "--model", "tiny-draft"]):
+        code, out = cli(*command)
+        assert code == 2 and "pip install -e '.[torch]'" in " ".join(out.split()), out

@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
                                              "fraction between before and after (0: never)"),
     ) -> None:
         """Real vs simulated throughput, TTFT, TPOT and crossover on this machine."""
+        from simulator.cli.profile import require_torch
+        require_torch("specsim fidelity")
         from simulator.fidelity.config import FidelityConfig
         from simulator.fidelity.experiment import run_fidelity, write_outputs
 

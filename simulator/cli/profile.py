@@ -29,6 +29,22 @@ def _command() -> str | None:
     return None
 
 
+def require_torch(command: str) -> None:
+    """The profiler and the real engine need PyTorch, an optional extra: say how to add it."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        raise SpecsimError(f"{command} needs PyTorch, which this install lacks; add it with "
+                           "pip install -e '.[torch]' (from a checkout) or pip install 'specsim[torch]'")
+
+
+def _refuse_overwrite(root: Path, gpu: str, model: str, tp: int) -> None:
+    from simulator.latency.profiles import profile_paths
+    csv_path, json_path = profile_paths(root, gpu, model, tp)
+    if csv_path.exists() or json_path.exists():
+        raise SpecsimError(f"{csv_path} exists: a scenario may be timed from it; give another "
+                           "--out (or --device-name), or --force to overwrite it")
+
+
 def validation_table(profile) -> list[dict]:
     """Directly timed forward rows vs the measured backend's composition of the same pass."""
     from simulator.hardware.models import MODELS
@@ -72,12 +88,15 @@ def register(app: typer.Typer) -> None:
         forward: bool = typer.Option(True, "--forward/--no-forward", help="time whole-model forwards too"),
         breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown",
                                        help="per-operator torch.profiler rows"),
+        force: bool = typer.Option(False, "--force", help="overwrite an existing profile"),
     ) -> None:
         """Measure per-layer operator times of MODEL on this machine into a profile."""
         from simulator.measure.profiler import CaptureOptions, capture_profile
+        from simulator.measure.profiler.capture import check_options
         from simulator.latency.profiles import write_profile
 
         try:
+            require_torch("specsim profile")
             grid = grid or ("default" if device == "cuda" else "medium")
             opts = CaptureOptions(model=model, tp=tp, device=device, dtype=dtype, grid=grid,
                                   device_name=device_name, threads=threads, seed=seed,
@@ -85,7 +104,13 @@ def register(app: typer.Typer) -> None:
                                   with_breakdown=breakdown,
                                   command=_command(),
                                   log=lambda m: _err.print(m, highlight=False))
+            check_options(opts)
+            known = device_name or ("cpu-local" if device == "cpu" else None)
+            if known and not force:  # refuse before minutes of capture, when the folder is known
+                _refuse_overwrite(out, known, model, tp)
             prof = capture_profile(opts)
+            if not force:
+                _refuse_overwrite(out, prof.meta.gpu, prof.meta.model, prof.meta.tp)
             path = write_profile(prof, out)
             rows = validation_table(prof)
         except SpecsimError as e:
