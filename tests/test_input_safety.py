@@ -326,3 +326,12 @@ def test_torch_commands_say_how_to_add_torch(monkeypatch):
     for command in (["fidelity"], ["profile", "--model", "tiny-draft"]):
         code, out = cli(*command)
         assert code == 2 and "pip install -e '.[torch]'" in " ".join(out.split()), out
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ({"d0__target": "llama-3.1-8"}, "unknown model 'llama-3.1-8' (did you mean 'llama-3.1-8b'?)"),
+    ({"d0__gpu": "h100-sxn"}, "unknown gpu 'h100-sxn' (did you mean 'h100-sxm'?)"),
+    ({"d0__gama": 4}, "deployments[0].gama: unknown key (did you mean 'gamma'?)"),
+])
+def test_misspelt_names_get_a_suggestion(tmp_path, edit, needle):
+    refused(scenario(tmp_path, **edit), needle)

@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from simulator.config.schema import Scenario
-from simulator.errors import SpecsimError
+from simulator.config.workload_schema import Strict
+from simulator.errors import SpecsimError, did_you_mean
 from simulator.user_files import load_user_yaml
 
 
@@ -36,6 +37,16 @@ def _path(loc: tuple) -> tuple[str, str | None]:
     return out or "(top level)", branch
 
 
+def _schema_keys() -> set[str]:
+    """Every key any section of the scenario schema takes (for 'did you mean')."""
+    keys, todo = set(), [Strict]
+    while todo:
+        cls = todo.pop()
+        keys.update(cls.model_fields)
+        todo.extend(cls.__subclasses__())
+    return keys
+
+
 def format_validation_error(source: str, err: ValidationError) -> str:
     lines, seen = [], set()
     for e in err.errors(include_url=False):
@@ -48,7 +59,9 @@ def format_validation_error(source: str, err: ValidationError) -> str:
             if e["type"] in ("model_type", "dict_type"):
                 continue
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling and the scenario reference in README.md)"
+            hint = did_you_mean(e["loc"][-1], _schema_keys())
+            msg = (f"unknown key{hint}" if hint else
+                   "unknown key (check its spelling and the scenario reference in README.md)")
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:

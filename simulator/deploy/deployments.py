@@ -19,7 +19,7 @@ from pathlib import Path
 from simulator.physics import sdsl
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import MODELS, ModelArch
-from simulator.errors import SpecsimError
+from simulator.errors import SpecsimError, did_you_mean
 from simulator.physics.lookahead import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
@@ -93,8 +93,8 @@ def resolve_model(spec: str | InlineModel, field: str) -> ModelArch:
                       spec.tied_embeddings, spec.qkv_bias, spec.gated_mlp, spec.max_position)
         return m if spec.params else replace(m, params=float(m.computed_params))
     if spec not in MODELS:
-        raise SpecsimError(f"{field}: unknown model '{spec}'; known models: {', '.join(MODELS)} "
-                           "(or give an inline architecture)")
+        raise SpecsimError(f"{field}: unknown model '{spec}'{did_you_mean(spec, MODELS)}; known "
+                           f"models: {', '.join(MODELS)} (or give an inline architecture)")
     return MODELS[spec]
 
 
@@ -104,8 +104,8 @@ def resolve_gpu(spec: str | InlineGPU, field: str) -> GPU:
                    spec.bf16_tflops, spec.fp8_tflops, spec.interconnect, spec.interconnect_gbps,
                    spec.price_per_gpu_hour, notes="inline")
     if spec not in GPUS:
-        raise SpecsimError(f"{field}: unknown gpu '{spec}'; known GPUs: {', '.join(GPUS)} "
-                           "(or give an inline device)")
+        raise SpecsimError(f"{field}: unknown gpu '{spec}'{did_you_mean(spec, GPUS)}; known GPUs: "
+                           f"{', '.join(GPUS)} (or give an inline device)")
     return GPUS[spec]
 
 
