@@ -335,3 +335,17 @@ def test_torch_commands_say_how_to_add_torch(monkeypatch):
 ])
 def test_misspelt_names_get_a_suggestion(tmp_path, edit, needle):
     refused(scenario(tmp_path, **edit), needle)
+
+
+def test_draft_with_another_vocabulary_is_warned_about(tmp_path):
+    """Before: a Qwen draft for a Llama target ran without a word (151,936 vs 128,256 tokens)."""
+    dep = {"name": "sd", "strategy": "sd", "target": "llama-3.1-8b", "draft": "qwen2.5-0.5b",
+           "gpu": "h100-sxm", "gamma": 4, "acceptance": {"alpha": 0.7}}
+    p = scenario(tmp_path, deployments=[dep])
+    code, out = cli("check", p)
+    flat = " ".join(out.split())
+    assert code == 0 and "warning:" in flat and "deployments[0].draft: qwen2.5-0.5b" in flat, out
+    code, out = cli("run", p, "--out", tmp_path / "o", "--json")
+    assert code == 0, out
+    row = json.loads((tmp_path / "o" / "summary.json").read_text())["deployments"][0]
+    assert "tokenizer" in row["config"]["warnings"][0]

@@ -127,6 +127,9 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
         req = generate(sc.workload, sc.seed, base)
         for i, dep in enumerate(deps):
             check_fits(dep, req, f"deployments[{i}]")
+    for dep in deps:
+        for w in dep.warnings:
+            err.print(Text.assemble(("warning: ", "bold yellow"), f"{scenario}: {w}"), soft_wrap=True)
     out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)", markup=False)
 
 

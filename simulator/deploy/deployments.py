@@ -65,6 +65,7 @@ class ResolvedDeployment:
     # every token but the pending one; 2 when it lags by two (simulator/real_engine.py).
     draft_first_q: int = 1
     engine: serving.EngineCosts = serving.PRESETS["ideal"]  # the serving engine's implementation
+    warnings: tuple[str, ...] = ()  # accepted but doubtful settings, for the console and report
 
     @property
     def gpus(self) -> int:
@@ -273,7 +274,16 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
                               d.placement, n_draft, draft_gpu if dedicated else None, draft_mem,
                               handshake, _ssd_config(d), acceptance_sdsl=acc_info,
                               variant_of=d.name if d.acceptance is not None and d.acceptance.band else None,
-                              engine=engine)
+                              engine=engine, warnings=_warnings(target, draft, f))
+
+
+def _warnings(target: ModelArch, draft: ModelArch | None, f: str) -> tuple[str, ...]:
+    """Settings that run but that a real engine would not serve as given."""
+    if draft is not None and draft.vocab != target.vocab:
+        return (f"{f}.draft: {draft.name} has a vocabulary of {draft.vocab:,} tokens and "
+                f"{target.name} {target.vocab:,}: the target verifies the draft's token ids, so "
+                "the two must share a tokenizer; alpha for this pair is hypothetical",)
+    return ()
 
 
 def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:

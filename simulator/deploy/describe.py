@@ -26,4 +26,6 @@ def describe(dep: ResolvedDeployment) -> dict:
         d["acceptance_sdsl"] = dep.acceptance_sdsl
     if dep.gamma_choice is not None:
         d["gamma_auto"] = True
+    if dep.warnings:
+        d["warnings"] = list(dep.warnings)
     return d
