@@ -349,3 +349,14 @@ def test_draft_with_another_vocabulary_is_warned_about(tmp_path):
     assert code == 0, out
     row = json.loads((tmp_path / "o" / "summary.json").read_text())["deployments"][0]
     assert "tokenizer" in row["config"]["warnings"][0]
+
+
+def test_bom_in_trace_and_calibration_is_read(tmp_path):
+    """A UTF-8 BOM (as Excel and Notepad write) is not part of the first column's name or key."""
+    t = _trace(tmp_path, b"\xef\xbb\xbfout\n5\n6\n7\n8\n")
+    code, out = cli("check", scenario(tmp_path, workload__output_tokens={
+        "dist": "trace", "path": str(t), "column": "out"}))
+    assert code == 0, out
+    p = _calibration(tmp_path, lambda text: b"\xef\xbb\xbf" + text.encode())
+    code, out = cli("check", p)
+    assert code == 0, out
