@@ -82,3 +82,20 @@ def test_prefill_over_the_token_budget_without_chunking_is_refused():
         run_scenario(parse_scenario(d), ROOT)
     d["deployments"][0]["scheduler"]["max_num_batched_tokens"] = 91
     assert run_scenario(parse_scenario(d), ROOT).summary["deployments"][0]["requests_completed"] == 1
+
+
+def test_check_and_run_agree_on_gamma_auto(tmp_path):
+    """`gamma: auto` (ideal backend, alpha 0.7 -> gamma 3 for this pair): `run` sizes the fit
+    with the chosen gamma (peak 90 + 7 = 97 tokens), and so must `check` (it used the provisional
+    gamma 16, 90 + 33 = 123, and refused what `run` runs)."""
+    import yaml
+    from typer.testing import CliRunner
+    from simulator.cli import app
+    d = scenario("sd", 97, 1)
+    d["deployments"][0].update(gamma="auto", acceptance={"alpha": 0.7})
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(d))
+    res = CliRunner().invoke(app, ["check", str(p)])
+    assert res.exit_code == 0, res.output
+    row = run_scenario(parse_scenario(d), ROOT).summary["deployments"][0]
+    assert row["config"]["gamma"] == 3 and row["requests_completed"] == 1

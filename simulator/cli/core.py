@@ -118,6 +118,7 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
     from simulator.deploy.deployments import resolve
     from simulator.deploy.fit import check_fits
+    from simulator.deploy.gamma import choose_gamma
     from simulator.config.loading import load_scenario
     from simulator.config.workload import generate
 
@@ -125,7 +126,9 @@ def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
     with _about(scenario):
         deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
         req = generate(sc.workload, sc.seed, base)
-        for i, dep in enumerate(deps):
+        for i, (d, dep) in enumerate(zip(sc.deployments, deps)):
+            if d.gamma == "auto":  # as `run` does: the chosen gamma sizes memory and the fit
+                deps[i] = dep = resolve(d, i, base, gamma=choose_gamma(dep, sc.workload, req).gamma)
             check_fits(dep, req, f"deployments[{i}]")
     for dep in deps:
         for w in dep.warnings:
