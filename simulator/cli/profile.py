@@ -75,8 +75,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
         dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)"),
         grid: str = typer.Option(None, "--grid",
-                                 help="quick (tests: seconds), medium (a CPU: minutes), default (a GPU); "
-                                      "by default medium on cpu, default on cuda"),
+                                 help="quick (tests: ~10 s for tiny-draft on an idle core, a few minutes "
+                                      "on busy shared cores or for larger models), medium (a CPU: "
+                                      "minutes), default (a GPU); by default medium on cpu, default "
+                                      "on cuda"),
         out: Path = typer.Option(Path("profiles"), "--out", help="profiles root folder"),
         device_name: str = typer.Option(None, "--device-name",
                                         help="specsim device name (folder), e.g. h100-sxm; default "
