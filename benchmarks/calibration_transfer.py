@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.measure.calibrate import (TERMS, VIDUR_OPS, attention_time, calibrate_full, layer_terms, profile_model)
+from simulator.measure.calibrate import (TERMS, VIDUR_OPS, attention_time, calibrate_full,
+                                         layer_terms, profile_model)
 from simulator.hardware.gpus import GPUS
 from simulator.latency.roofline import RooflineParams
 from simulator.measure.vidur import import_vidur

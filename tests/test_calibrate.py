@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from simulator.latency.calibration import (HAS_LAYER_OVERHEAD, derived_params, load_calibration, save_calibration)
-from simulator.measure.calibrate import (attention_time, calibrate, calibrate_full, layer_non_attention)
+from simulator.latency.calibration import (HAS_LAYER_OVERHEAD, derived_params, load_calibration,
+                                           save_calibration)
+from simulator.measure.calibrate import (attention_time, calibrate, calibrate_full,
+                                         layer_non_attention)
 from simulator.hardware.gpus import GPUS
 from simulator.hardware.models import MODELS
 from simulator.cli import app

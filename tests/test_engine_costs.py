@@ -12,7 +12,7 @@ from simulator.deploy.deployments import resolve
 from simulator.deploy.gamma import ar_step_time, sd_round_time
 from simulator.engine.strategies import StepBatch, make_strategy
 from simulator.hardware.models import MODELS
-from simulator.latency import serving
+from simulator.latency import engine_presets
 from simulator.latency.base import ATTENTION, LINEAR, OVERHEAD, forward_batch
 
 V0_GRAPH, V0_EAGER = "vllm-0.6-batch-expansion-cudagraph", "vllm-0.6-batch-expansion-eager"
@@ -38,12 +38,12 @@ def test_a_batch_one_past_a_captured_size_costs_the_next_captured_size():
     assert t9[LINEAR] == pytest.approx(forward_batch(lat, 1, ctx16, int(ctx16.sum()), [], [], 9)[LINEAR])
     # padding does not attend: attention is the real batch's
     assert t9[ATTENTION] == forward_batch(inner, 1, ctx, int(ctx.sum()), [], [], 9)[ATTENTION]
-    assert t9[OVERHEAD] == serving.PRESETS[V0_GRAPH].graph_replay_s
+    assert t9[OVERHEAD] == engine_presets.PRESETS[V0_GRAPH].graph_replay_s
 
 
 def test_above_the_largest_captured_size_the_forward_runs_eager_and_pays_every_launch():
     dep = dep_of(AR_8B, V0_GRAPH)
-    c, m = serving.PRESETS[V0_GRAPH], MODELS["llama-3.1-8b"]
+    c, m = engine_presets.PRESETS[V0_GRAPH], MODELS["llama-3.1-8b"]
     ctx = np.full(300, 500, np.int64)  # v0 captures up to 256 sequences
     t = forward_batch(dep.target_latency, 1, ctx, int(ctx.sum()), [], [], 300)
     assert t[OVERHEAD] == pytest.approx(c.launch_s * (c.kernels_per_layer * m.n_layers + c.kernels_fixed))
@@ -97,9 +97,16 @@ def test_gamma_auto_prices_the_rounds_the_engine_runs(preset, b):
 
 
 def test_sglang_caps_the_running_batch_when_speculating():
-    from simulator.engine.replica import Replica  # noqa: F401  (the cap lives there)
-    sd = dep_of(SD_8B, "sglang")
-    assert sd.engine.max_running_sd == 48
+    """SGLang's server_args default max_running_requests 48 with a speculative algorithm."""
+    from simulator.config.workload import generate
+    from simulator.engine.simulation import Simulation
+    d = scenario_dict([{**SD_8B, "engine": {"preset": "sglang"}}], requests=120,
+                      arrival={"process": "closed", "concurrency": 100})
+    sc = parse_scenario(d)
+    req = generate(sc.workload, 1, ROOT)
+    sd = Simulation(resolve(sc.deployments[0], 0, ROOT), req, seed=1)
+    ar = Simulation(dep_of(AR_8B, "sglang"), req, seed=1)
+    assert sd.replicas[0].max_seqs == 48 and ar.replicas[0].max_seqs == 256
 
 
 def test_unknown_preset_and_field_are_one_line_errors():
@@ -108,3 +115,15 @@ def test_unknown_preset_and_field_are_one_line_errors():
         dep_of(AR_8B, "vlm")
     with pytest.raises(SpecsimError, match=r"deployments\[0\]\.engine: unknown field\(s\) cpu_step"):
         dep_of(AR_8B, "vllm", params={"cpu_step": 1})
+
+
+def test_mixed_batches_pay_eager_launches_or_only_the_piecewise_ones():
+    c, m = engine_presets.PRESETS["vllm"], MODELS["llama-3.1-8b"]
+    ctx = np.full(4, 800, np.int64)
+    v1 = dep_of(AR_8B, "vllm").target_latency
+    t = forward_batch(v1, 1, ctx, int(ctx.sum()), [256], [0], 5)
+    assert t[OVERHEAD] == pytest.approx(c.launch_s * c.piecewise_kernels_per_layer * m.n_layers)
+    v0 = dep_of(AR_8B, V0_GRAPH)
+    c0 = engine_presets.PRESETS[V0_GRAPH]
+    t0 = forward_batch(v0.target_latency, 1, ctx, int(ctx.sum()), [256], [0], 5)
+    assert t0[OVERHEAD] == pytest.approx(c0.launch_s * (c0.kernels_per_layer * m.n_layers + c0.kernels_fixed))

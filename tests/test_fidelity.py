@@ -14,7 +14,8 @@ import pytest
 
 from simulator.analysis.crossover import crossover_point as crossover
 from simulator.fidelity.config import METRICS, FidelityConfig, scenario_dict
-from simulator.fidelity.metrics import (compare, crossover_distance, crossovers, error_summary, request_metrics)
+from simulator.fidelity.metrics import (compare, crossover_distance, crossovers, error_summary,
+                                        request_metrics)
 from simulator.fidelity.microbench import overhead_at
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,13 +9,8 @@ from scipy import stats  # noqa: E402
 
 from simulator.hardware.models import MODELS, ModelArch  # noqa: E402
 from simulator.measure import real_engine as re_  # noqa: E402
-from simulator.measure.real_engine import (  # noqa: E402
-    acceptance_stats,
-    greedy_accept,
-    make_pair,
-    run_real,
-    speculative_accept,
-)
+from simulator.measure.real_engine import acceptance_stats, make_pair, run_real
+from simulator.measure.sampling import greedy_accept, speculative_accept
 from simulator.measure.torch_models import KVCache, attention, build_model, truncated_copy  # noqa: E402
 
 torch.set_num_threads(1)

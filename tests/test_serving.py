@@ -6,14 +6,15 @@ from dataclasses import fields
 import pytest
 
 from simulator.errors import SpecsimError
+from simulator.latency import engine_presets as ep
 from simulator.latency import serving as sv
 from simulator.latency.serving import EngineCosts
 
-V0_GRAPH = sv.preset("vllm-0.6-batch-expansion-cudagraph")
-V0_EAGER = sv.preset("vllm-0.6-batch-expansion-eager")
-VLLM = sv.preset("vllm")
-SGLANG = sv.preset("sglang")
-IDEAL = sv.preset("ideal")
+V0_GRAPH = ep.preset("vllm-0.6-batch-expansion-cudagraph")
+V0_EAGER = ep.preset("vllm-0.6-batch-expansion-eager")
+VLLM = ep.preset("vllm")
+SGLANG = ep.preset("sglang")
+IDEAL = ep.preset("ideal")
 
 
 def test_batch_one_past_a_captured_size_runs_as_the_next_captured_size():
@@ -75,9 +76,9 @@ def test_batch_expansion_scores_every_position_as_a_one_token_sequence():
     assert sv.graph_batch(n, V0_GRAPH) is None
 
 
-@pytest.mark.parametrize("name", sorted(sv.PRESETS))
+@pytest.mark.parametrize("name", sorted(ep.PRESETS))
 def test_cpu_time_grows_with_sequences_and_sampled_positions_at_the_preset_slopes(name):
-    c = sv.with_overrides(sv.preset(name), {"cpu_per_sampled_s": 2e-6, "cpu_per_token_s": 1e-7})
+    c = ep.with_overrides(ep.preset(name), {"cpu_per_sampled_s": 2e-6, "cpu_per_token_s": 1e-7})
     b, gamma = 16, 4
     t = sv.cpu_step_s(c, b, b * (gamma + 1), b * (gamma + 1))
     assert t == pytest.approx(c.cpu_step_fixed_s + 16 * c.cpu_per_seq_s + 80 * 1e-7 + 80 * 2e-6)
@@ -105,9 +106,9 @@ def test_rejection_sampling_reads_b_gamma_plus_one_rows_and_b_gamma_draft_rows()
     assert sv.rejection_sampling_s(b, gamma, vocab, 1.0, only_rejection) == vocab * b * gamma
 
 
-@pytest.mark.parametrize("name", sorted(sv.PRESETS))
+@pytest.mark.parametrize("name", sorted(ep.PRESETS))
 def test_every_constant_a_preset_sets_has_a_source(name):
-    c = sv.preset(name)
+    c = ep.preset(name)
     blank = EngineCosts(name="blank")
     for f in fields(EngineCosts):
         if f.name in ("name", "version", "sources"):
@@ -122,13 +123,13 @@ def test_every_constant_a_preset_sets_has_a_source(name):
 
 def test_overrides_reject_unknown_fields_by_name_and_validate_values():
     with pytest.raises(SpecsimError, match="launch_us"):
-        sv.with_overrides(VLLM, {"launch_us": 1.0, "launch_s": 1e-6})
-    c = sv.with_overrides(VLLM, {"launch_s": 9e-6, "capture_sizes": [1, 2, 3]})
+        ep.with_overrides(VLLM, {"launch_us": 1.0, "launch_s": 1e-6})
+    c = ep.with_overrides(VLLM, {"launch_s": 9e-6, "capture_sizes": [1, 2, 3]})
     assert c.launch_s == 9e-6 and c.capture_sizes == (1, 2, 3)
     assert c.sources["launch_s"] == "user override"
     assert VLLM.launch_s == 4.5e-6  # the preset itself is untouched
     with pytest.raises(SpecsimError, match="cpu_per_seq_s"):
-        sv.with_overrides(VLLM, {"cpu_per_seq_s": -1.0})
+        ep.with_overrides(VLLM, {"cpu_per_seq_s": -1.0})
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -150,7 +151,7 @@ def test_bad_values_are_one_clear_error_naming_the_field(kwargs, field):
 
 def test_unknown_preset_suggests_the_closest_names():
     with pytest.raises(SpecsimError, match="did you mean vllm"):
-        sv.preset("vlm")
+        ep.preset("vlm")
 
 
 def test_ideal_adds_exactly_zero_and_keeps_the_backend_overheads():
@@ -163,7 +164,7 @@ def test_ideal_adds_exactly_zero_and_keeps_the_backend_overheads():
         assert sv.proposer_s(c, n) == 0.0
         assert sv.rejection_sampling_s(n, 4, 128256, 3.35e12, c) == 0.0
     assert sv.verify_shape(8, 4, c) == (8, 5)
-    assert sv.replaces_backend_overheads(sv.with_overrides(c, {"proposer_step_s": 1e-5}))
-    assert sv.replaces_backend_overheads(sv.with_overrides(c, {"verify_scoring": "batch_expansion"}))
-    for name in sv.PRESETS.keys() - {"ideal"}:
-        assert sv.replaces_backend_overheads(sv.preset(name))
+    assert sv.replaces_backend_overheads(ep.with_overrides(c, {"proposer_step_s": 1e-5}))
+    assert sv.replaces_backend_overheads(ep.with_overrides(c, {"verify_scoring": "batch_expansion"}))
+    for name in ep.PRESETS.keys() - {"ideal"}:
+        assert sv.replaces_backend_overheads(ep.preset(name))

@@ -19,7 +19,10 @@ from simulator.run.report import markdown, summary_json
 from simulator.config.loading import parse_scenario
 from simulator.physics.handshake import Handshake
 from simulator.engine.strategies.ssd import SSDStrategy
-from simulator.physics.ssd import (batch1_terms, geometric_fanout, geometric_fanout_continuous, hit_probability, optimal_fanout, ssd_speedup_batch1, stop_distribution, stop_distribution_per_position, uniform_fanout)
+from simulator.physics.ssd import (batch1_terms, geometric_fanout, geometric_fanout_continuous,
+                                   hit_probability, optimal_fanout, ssd_speedup_batch1,
+                                   stop_distribution, stop_distribution_per_position,
+                                   uniform_fanout)
 from simulator.engine.strategies.base import StepBatch
 from simulator.config.workload import generate
 

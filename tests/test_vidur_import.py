@@ -16,7 +16,8 @@ from simulator.hardware.models import MODELS
 from simulator.errors import SpecsimError
 from simulator.latency.profile import ProfileLatency
 from simulator.latency.profiles import SIDECAR_KEYS, load_profile
-from simulator.measure.vidur import LAYER_OPS, import_vidur, write_vidur
+from simulator.measure.vidur_files import LAYER_OPS
+from simulator.measure.vidur import import_vidur, write_vidur
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -25,8 +25,9 @@ from simulator.cli import sdsl as cli_sdsl  # noqa: E402
 from simulator.cli import calibrate as cli_calibrate  # noqa: E402
 from simulator.cli import profile as cli_profile  # noqa: E402
 from simulator.cli import fidelity as cli_fidelity  # noqa: E402
+from simulator.cli import engine as cli_engine  # noqa: E402
 
-for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile, cli_fidelity):
+for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile, cli_fidelity, cli_engine):
     _module.register(app)
 
 

@@ -20,7 +20,8 @@ from simulator.latency.calibration import save_calibration
 from simulator.cli.core import user_errors
 from simulator.errors import SpecsimError
 from simulator.latency.roofline import RooflineParams
-from simulator.measure.vidur import GPU_NAMES, NOT_IN_CATALOGUE, import_vidur
+from simulator.measure.vidur_files import GPU_NAMES, NOT_IN_CATALOGUE
+from simulator.measure.vidur import import_vidur
 from simulator.latency.profiles import write_profile
 
 _out = Console()

@@ -15,7 +15,9 @@ import pandas as pd
 
 from simulator.errors import SpecsimError
 from simulator.user_files import read_user_text
-from simulator.config.workload_schema import (MAX_REQUESTS, MAX_TOKENS, Closed, Constant, Fixed, GammaArrivals, Normal, Poisson, TraceArrivals, TraceLengths, Uniform, Workload)
+from simulator.config.workload_schema import (MAX_REQUESTS, MAX_TOKENS, Closed, Constant, Fixed,
+                                              GammaArrivals, Normal, Poisson, TraceArrivals,
+                                              TraceLengths, Uniform, Workload)
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,14 @@ from simulator.physics import sdsl
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import MODELS, ModelArch
 from simulator.errors import SpecsimError, did_you_mean
+from simulator.user_files import load_user_json
 from simulator.physics.lookahead import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.deploy.memory import (MemoryPlan, activation_reserve_bytes, engine_overhead_bytes,
                                      plan_memory)
-from simulator.latency import serving
+from simulator.latency import engine_presets, serving
 from simulator.latency.engine_costs import EngineLatency
 from simulator.config.schema import (Acceptance, Deployment, InlineGPU, InlineModel, Latency, Scheduler,
                                 SSDConfig)
@@ -64,7 +65,7 @@ class ResolvedDeployment:
     # Query tokens per sequence in a colocated draft's first step of a round: 1 when its KV holds
     # every token but the pending one; 2 when it lags by two (simulator/real_engine.py).
     draft_first_q: int = 1
-    engine: serving.EngineCosts = serving.PRESETS["ideal"]  # the serving engine's implementation
+    engine: serving.EngineCosts = engine_presets.PRESETS["ideal"]  # the serving engine's implementation
     warnings: tuple[str, ...] = ()  # accepted but doubtful settings, for the console and report
 
     @property
@@ -293,11 +294,11 @@ def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:
     e = d.engine
     try:
         if e.calibrated is not None:
-            costs = serving.load_calibrated(_path(e.calibrated, base), f"{f}.engine.calibrated")
+            costs = load_calibrated(_path(e.calibrated, base), f"{f}.engine.calibrated")
         else:
             name = e.preset or ("ideal" if d.latency.backend == "ideal" else "vllm")
-            costs = serving.preset(name)
-        return serving.with_overrides(costs, e.params) if e.params else costs
+            costs = engine_presets.preset(name)
+        return engine_presets.with_overrides(costs, e.params) if e.params else costs
     except SpecsimError as err:
         msg = str(err)
         raise SpecsimError(msg if msg.startswith(f) else f"{f}.{msg}") from None
@@ -335,3 +336,19 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
             f"{mem.activation_reserve_gb:.1f} GB exceed usable {mem.usable_gb:.1f} GB; raise "
             "draft_gpus or pick a larger draft_gpu")
     return mem
+
+
+def load_calibrated(path, field: str) -> serving.EngineCosts:
+    """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
+    (the fitted fields over the named preset)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecsimError(f"{field}: no engine calibration at {p}")
+    try:
+        data = load_user_json(p, "engine calibration")
+    except SpecsimError as e:
+        raise SpecsimError(f"{field}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
+            or not isinstance(data.get("params", {}), dict):
+        raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")
+    return engine_presets.with_overrides(engine_presets.preset(data["preset"]), data.get("params", {}))

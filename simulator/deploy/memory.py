@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from simulator.deploy import kv_sizing
 from simulator.hardware.gpus import GPU
 from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
-from simulator.latency.serving import EngineCosts, PRESETS, graph_batch
+from simulator.latency.engine_presets import PRESETS
+from simulator.latency.serving import EngineCosts, graph_batch
 
 GB = 1e9
 

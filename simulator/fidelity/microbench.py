@@ -16,7 +16,8 @@ def measure_host_overhead(vocab: int, gamma: int, temperature: float, batches, *
     copies + KV rollback bookkeeping. Medians over `repeats`."""
     import torch
 
-    from simulator.measure.real_engine import greedy_accept, probs_from_logits, sample_tokens, speculative_accept
+    from simulator.measure.sampling import (greedy_accept, probs_from_logits, sample_tokens,
+                                            speculative_accept)
 
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(seed)

@@ -72,7 +72,9 @@ class EngineLatency:
         """(padding seconds, launch seconds) of one forward of n_seqs sequences x q tokens."""
         c = self.costs
         launch = serving.forward_launch_s(n_seqs, self.n_layers, c, q, self.tp, self.speculative)
-        if not uniform:  # mixed prefill + decode batches are not captured whole: eager launches
+        if not uniform:  # mixed prefill + decode batches are not captured whole
+            if c.cuda_graphs and c.piecewise_kernels_per_layer:
+                return 0.0, c.launch_s * c.piecewise_kernels_per_layer * self.n_layers
             return 0.0, serving.forward_launch_s(n_seqs, self.n_layers, self._eager, q, self.tp,
                                                  self.speculative)
         t = n_seqs * q

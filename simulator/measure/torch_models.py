@@ -36,68 +36,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from simulator.hardware.models import ModelArch
+from simulator.measure.kv_cache import KVCache
+from simulator.measure.shard import ShardShape, shard_shape
 
-__all__ = [
-    "ShardShape",
-    "shard_shape",
-    "RMSNorm",
-    "Attention",
-    "MLP",
-    "Block",
-    "Transformer",
-    "KVCache",
-    "attention",
-    "causal_mask",
-    "apply_rope",
-    "build_model",
-    "truncated_copy",
-]
-
-
-# --------------------------------------------------------------------------------------- shapes
-@dataclass(frozen=True)
-class ShardShape:
-    """Per-GPU dimensions of one tensor-parallel shard."""
-
-    family: str
-    n_layers: int
-    hidden: int
-    n_heads: int  # query heads on this GPU
-    n_kv_heads: int  # KV heads on this GPU (replicated when tp > kv heads)
-    head_dim: int
-    ffn: int  # MLP intermediate size on this GPU
-    vocab: int  # full vocabulary (the LM head is not split here; see note in build_model)
-    qkv_bias: bool
-    gated_mlp: bool
-    tied_embeddings: bool
-    max_position: int
-
-
-def shard_shape(arch: ModelArch, tp: int = 1, n_layers: int | None = None) -> ShardShape:
-    why = arch.check_tp(tp)
-    if why:
-        raise ValueError(f"{arch.name}: {why}")
-    return ShardShape(
-        family=arch.family,
-        n_layers=arch.n_layers if n_layers is None else int(n_layers),
-        hidden=arch.hidden,
-        n_heads=arch.n_heads // tp,
-        n_kv_heads=max(1, arch.n_kv_heads // tp),
-        head_dim=arch.head_dim,
-        ffn=-(-arch.ffn // tp),
-        vocab=arch.vocab,
-        qkv_bias=arch.qkv_bias or arch.family == "opt",
-        gated_mlp=arch.gated_mlp,
-        tied_embeddings=arch.tied_embeddings,
-        max_position=arch.max_position,
-    )
+__all__ = ["ShardShape", "shard_shape", "RMSNorm", "Attention", "MLP", "Block", "Transformer", "KVCache",
+           "attention", "causal_mask", "apply_rope", "build_model", "truncated_copy"]
 
 
 # ---------------------------------------------------------------------------------- components
@@ -274,56 +223,6 @@ class Block(nn.Module):
         else:
             o = self.attend(q, k, v, positions, cache, layer, slots, kv_lens, max_kv, mask)
         return self.post_attention(x, o)
-
-
-# ------------------------------------------------------------------------------------- KV cache
-class KVCache:
-    """Preallocated K/V for `max_seqs` slots of up to `max_len` tokens, all layers.
-
-    k, v: [n_layers, max_seqs, max_len, n_kv_heads, head_dim]; `lens` [max_seqs] (CPU LongTensor)
-    is the number of valid positions per slot. Positions >= lens[slot] hold stale data that is
-    never read (masked) and is overwritten by the next write: rolling back is O(1).
-    """
-
-    def __init__(self, n_layers, max_seqs, max_len, n_kv_heads, head_dim, dtype=torch.float32, device="cpu"):
-        self.n_layers, self.max_seqs, self.max_len = n_layers, max_seqs, max_len
-        shape = (n_layers, max_seqs, max_len, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lens = torch.zeros(max_seqs, dtype=torch.long)
-
-    @classmethod
-    def for_model(cls, model: "Transformer", max_seqs: int, max_len: int) -> "KVCache":
-        s = model.shape
-        p = model.embed.weight
-        return cls(len(model.layers), max_seqs, max_len, s.n_kv_heads, s.head_dim, p.dtype, p.device)
-
-    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """k, v token-major [b, s, hkv, d] written at (slots[j], positions[j, i])."""
-        idx_s = slots[:, None]
-        self.k[layer][idx_s, positions] = k
-        self.v[layer][idx_s, positions] = v
-
-    def gather(self, layer: int, slots: torch.Tensor, length: int):
-        """K, V of `slots` up to `length` positions as [b, hkv, length, d] (a gather copy)."""
-        k = self.k[layer][slots, :length].transpose(1, 2)
-        v = self.v[layer][slots, :length].transpose(1, 2)
-        return k, v
-
-    def rollback(self, slot: int, n: int) -> None:
-        """Drop the last n positions of `slot` (rejected draft tokens)."""
-        if n < 0:
-            raise ValueError("rollback by a negative count")
-        if n > int(self.lens[slot]):
-            raise ValueError(f"rollback of {n} positions but slot {slot} holds {int(self.lens[slot])}")
-        self.lens[slot] -= n
-
-    def rollback_many(self, slots, ns) -> None:
-        for s_, n in zip(list(map(int, slots)), list(map(int, ns))):
-            self.rollback(s_, n)
-
-    def reset(self, slot: int) -> None:
-        self.lens[slot] = 0
 
 
 # ---------------------------------------------------------------------------------- transformer

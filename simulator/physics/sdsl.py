@@ -33,6 +33,7 @@ import numpy as np
 from scipy.special import lambertw
 
 from simulator.errors import SpecsimError
+from simulator.physics.rounds import sd_round
 
 
 class SDSLError(SpecsimError, ValueError):
@@ -265,7 +266,7 @@ def latency_speedup(alpha: float, gamma: int, t_ar_token: float, t_draft_step: f
     for name, v in (("AR step time", t_ar_token), ("draft step time", t_draft_step),
                     ("verify time", t_verify)):
         _positive(name, v)
-    return expected_tokens_per_round(alpha, gamma) * t_ar_token / (gamma * t_draft_step + t_verify)
+    return expected_tokens_per_round(alpha, gamma) * t_ar_token / sd_round(gamma * t_draft_step, t_verify)
 
 
 def best_latency_gamma(alpha: float, t_ar_token: float, t_draft_step: float,
