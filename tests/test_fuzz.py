@@ -141,10 +141,11 @@ def valid_scenarios(draw) -> dict:
 # ---- broken scenarios ---------------------------------------------------------------------------
 NASTY = [math.nan, math.inf, -math.inf, 0, -1, -1e-300, 1.5, 1e308, 2**64 + 1, -(2**63), "",
          "[/x]", "[bold]x", "é\u202eΩ", None, True, [], {}, {"x": 1}, [[[[1]]]]]
-# Fields where a huge but finite number would make a run allocate or loop for minutes (the
-# unbounded sizes of rel15.md U1/U2): they get the nasty values that fail fast.
+# Size fields: huge values must be refused up front by the named limits (requests, replicas,
+# rate x duration_s), never start a run that allocates or loops for minutes.
 SIZE_KEYS = {"requests", "replicas", "concurrency", "duration_s", "values", "rate_per_s"}
-NASTY_SIZE = [math.nan, math.inf, -math.inf, 0, -1, 1.5, "", "[/x]", None, True, [], {}]
+NASTY_SIZE = [math.nan, math.inf, -math.inf, 0, -1, 1.5, 1e308, 2**64 + 1, 10**7, "", "[/x]",
+              None, True, [], {}]
 
 
 def leaf_paths(obj, prefix=()):
