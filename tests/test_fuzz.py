@@ -40,7 +40,7 @@ from simulator.engine.simulation import Simulation
 # printed, unshrunk); SPECSIM_FUZZ_SHRINK=1 turns it on when you want a minimal reproducer.
 _PHASES = [Phase.explicit, Phase.reuse, Phase.generate] + (
     [Phase.shrink] if os.environ.get("SPECSIM_FUZZ_SHRINK") == "1" else [])
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     phases=_PHASES, print_blob=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 TIMEOUT_S = 20  # per CLI invocation: a hang is a failure, not a stuck suite
