@@ -185,7 +185,9 @@ def broken_scenarios(draw) -> dict:
         kind = draw(st.sampled_from(["value", "value", "unknown_key", "delete"]))
         if kind == "value":
             pool = NASTY_SIZE if path[-1] in SIZE_KEYS else NASTY
-            set_path(d, path, draw(st.sampled_from(pool)))
+            # A copy: a shared NASTY dict or list mutated by a later step would leak into other
+            # examples and could be made to contain itself (endless recursion in leaf_paths).
+            set_path(d, path, copy.deepcopy(draw(st.sampled_from(pool))))
         elif kind == "unknown_key":
             parent = d
             for p in path[:-1]:
