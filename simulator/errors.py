@@ -4,3 +4,10 @@ from __future__ import annotations
 
 class SpecsimError(Exception):
     """Bad user input (scenario, profile, CSV, arguments): the message names the file and field."""
+
+
+def did_you_mean(name: object, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a misspelt `name`, else ''."""
+    import difflib
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""

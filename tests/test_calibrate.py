@@ -150,7 +150,7 @@ def test_bad_calibration_file(tmp_path):
     d = json.loads(path.read_text())
     d["params"]["warp_factor"] = 9
     path.write_text(json.dumps(d))
-    with pytest.raises(SpecsimError, match=r"calibration\.json: key 'params' has unknown field.*warp_factor"):
+    with pytest.raises(SpecsimError, match=r"calibration\.json: params: unknown roofline parameter.*warp_factor"):
         load_calibration(path)
     d["params"].pop("warp_factor")
     d["extra"] = 1

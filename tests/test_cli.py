@@ -1,6 +1,7 @@
 """The command line: run/check contract, clear errors (exit 2, no traceback), shipped scenarios."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 @pytest.mark.parametrize("scenario", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_scenarios_validate(scenario):
+    outside = [p for p in re.findall(r"path: *([^,}\s]+)", scenario.read_text())
+               if not (scenario.parent / p).resolve().is_relative_to(ROOT.resolve())
+               and not (scenario.parent / p).exists()]
+    if outside:  # e.g. the Vidur traces under ../shared/data, beside the project, not in it
+        pytest.skip(f"needs data beside the project: {outside[0]}")
     r = specsim("check", scenario)
     assert r.returncode == 0, r.stderr
 

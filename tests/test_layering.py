@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "simulator"
-# Import order: a package may import the ones before it. `simulator` itself (the version) and
-# simulator.errors sit below every layer.
+# Import order: a package may import the ones before it. `simulator` itself (the version),
+# simulator.errors and simulator.user_files (reading the files users hand the tool: scenario,
+# trace, profile, calibration) sit below every layer.
 LAYERS = ("hardware", "physics", "latency", "config", "deploy", "engine", "analysis", "run",
           "measure", "fidelity", "cli")
-BASE = {"simulator", "simulator.errors"}
+BASE = {"simulator", "simulator.errors", "simulator.user_files"}
 MAX_LINES = 400
 
 

@@ -334,3 +334,19 @@ def test_in_context_row_is_the_layer_difference_floored_at_the_op():
     t2 = np.array([[10.0, 9.9, 0.5], [10.0, 10.1, 0.6], [10.2, 10.0, 0.5]])
     r2 = _in_context_row("attention", 1, 1, 0, 1, t2)
     assert r2.median_s == pytest.approx(0.5) and 0 < r2.p10_s <= r2.median_s <= r2.p90_s
+
+
+def test_breakdown_keeps_kineto_trace_lines_out_of_the_output(capfd):
+    """torch.profiler's native library wrote 'USDT:... profiler_start / profiler_stop' lines to
+    stderr on every breakdown point (issue 15: profiler log lines leak into the output)."""
+    from simulator.measure.profiler import timing
+    x = torch.ones(64, 64)
+    rows = timing._breakdown(torch, torch.device("cpu"), "mm", 1, 1, 0, 64, lambda: x @ x, 2)
+    assert rows
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err, err
+    with timing._quiet_native_stderr():
+        os.write(2, b"USDT:2026-12-02 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
+                    b"a real warning\n")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "a real warning" in err

@@ -295,6 +295,10 @@ def test_cli_fit_alpha(app, tmp_path):
     ("draft_ppl,alpha\n10,0.6\n", "missing column(s) target_ppl"),
     ("draft_ppl,target_ppl,alpha\n10,5,0.6\n11,abc,0.6\n", "column target_ppl, row 3"),
     ("", "cannot read as CSV"),
+    # Issue 15: alpha 1.5 used to be fitted (R^2 0.93); an acceptance rate lies in (0, 1].
+    ("draft_ppl,target_ppl,alpha\n10,5,0.6\n11,5,1.5\n", "column alpha, row 3"),
+    ("draft_ppl,target_ppl,alpha\n10,5,0.6\n11,5,0\n", "column alpha, row 3"),
+    ("draft_ppl,target_ppl,alpha\n0.5,5,0.6\n", "column draft_ppl, row 2"),
 ])
 def test_cli_fit_alpha_bad_file_exits_2(app, tmp_path, content, needle):
     path = tmp_path / "bad.csv"

@@ -315,3 +315,16 @@ def test_compare_names_must_exist():
                 compare=[["ssd", "nope"]])
     with pytest.raises(SpecsimError, match=r"compare\[0\]: \['nope'\] not deployment names"):
         parse_scenario(d)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.999999])
+def test_geometric_fanout_with_certain_acceptance_stays_whole(alpha):
+    """alpha = 1: P(stop at k) = 0 for k < gamma, so after the capped last position is pinned the
+    free positions weigh nothing; the budget used to be split as 0/0 (NaN, then int64 -2^63:
+    negative branch counts, or a rounding loop that never ends). Issue 15, rel15.md row 14."""
+    from simulator.physics.ssd import geometric_fanout
+    gamma = 4
+    for cap in range(2, 9):
+        for budget in range(gamma + 1, min(20, cap * (gamma + 1)) + 1):
+            f = geometric_fanout(alpha, gamma, 2.0, budget, cap)
+            assert f.sum() == budget and f.min() >= 1 and f.max() <= cap, (cap, budget, f)

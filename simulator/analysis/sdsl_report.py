@@ -197,7 +197,7 @@ def read_alpha_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not path.is_file():
         raise SpecsimError(f"{path}: no such file")
     try:
-        df = pd.read_csv(path, dtype=str, skipinitialspace=True)
+        df = pd.read_csv(path, dtype=str, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise SpecsimError(f"{path}: cannot read as CSV ({e})") from None
     df.columns = [str(c).strip() for c in df.columns]
@@ -214,4 +214,13 @@ def read_alpha_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise SpecsimError(f"{path}: column {c}, row {i + 2} (line {i + 2} of the file): "
                                f"'{df[c].iloc[i]}' is not a finite number")
         cols.append(values)
+    # alpha is an acceptance rate, a perplexity is at least 1: name the first row outside.
+    for c, values, ok, want in (("alpha", cols[2], (cols[2] > 0) & (cols[2] <= 1), "in (0, 1]"),
+                                ("draft_ppl", cols[0], cols[0] >= 1, ">= 1"),
+                                ("target_ppl", cols[1], cols[1] >= 1, ">= 1")):
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            i = int(bad[0])
+            raise SpecsimError(f"{path}: column {c}, row {i + 2} (line {i + 2} of the file): "
+                               f"{values[i]:g} is out of range (expected {want})")
     return cols[0], cols[1], cols[2]

@@ -6,6 +6,19 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Predict LLM serving performance with speculative decoding.")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from simulator import __version__
+        typer.echo(f"specsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print specsim's version and exit.")) -> None:
+    """Predict LLM serving performance with speculative decoding."""
+
 # Feature modules add their commands through register(app). Keep this list explicit.
 from simulator.cli import core as cli_core  # noqa: E402
 from simulator.cli import sdsl as cli_sdsl  # noqa: E402

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from simulator.measure.calibrate import calibrate_full, load_gpu_profiles
@@ -24,7 +25,7 @@ from simulator.measure.vidur import import_vidur
 from simulator.latency.profiles import write_profile
 
 _out = Console()
-_err = Console(stderr=True, soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def import_vidur_cmd(
@@ -44,13 +45,13 @@ def import_vidur_cmd(
     for vg in sorted({p.meta.notes["vidur_gpu"] for p in profiles} & NOT_IN_CATALOGUE):
         _err.print(f"note: Vidur GPU {vg!r} is not in the GPU catalogue: imported as {GPU_NAMES[vg]!r}; "
                    f"a scenario must define that device inline to use it", highlight=False)
-    t = Table(title=f"imported {len(profiles)} profiles into {out}")
+    t = Table(title=escape(f"imported {len(profiles)} profiles into {out}"))
     for col in ("gpu", "model", "tp", "rows", "Vidur model", "catalogue match"):
         t.add_column(col)
     for p in profiles:
         write_profile(p, out)
-        t.add_row(p.meta.gpu, p.meta.model, str(p.meta.tp), str(len(p.rows)),
-                  p.meta.notes["vidur_model"], p.meta.notes["catalogue_match"])
+        t.add_row(*map(escape, (p.meta.gpu, p.meta.model, str(p.meta.tp), str(len(p.rows)),
+                                str(p.meta.notes["vidur_model"]), str(p.meta.notes["catalogue_match"]))))
     _out.print(t)
 
 
@@ -76,7 +77,7 @@ def calibrate_cmd(
     if as_json:
         print(json.dumps(cal.to_dict(), indent=2))
         return
-    t = Table(title=f"{cal.gpu}: roofline calibrated on {len(profiles)} profile(s), saved to {path}")
+    t = Table(title=escape(f"{cal.gpu}: roofline calibrated on {len(profiles)} profile(s), saved to {path}"))
     for col in ("param", "fitted", "default"):
         t.add_column(col, justify="right")
     d = RooflineParams()
@@ -94,7 +95,7 @@ def calibrate_cmd(
             r.add_row(kind, label, str(s["points"]), f"{s['median_abs_rel_err']:.3f}",
                       f"{s['max_abs_rel_err']:.3f}", f"{s['rms_log_err']:.3f}")
     _out.print(r)
-    _out.print(cal.notes, highlight=False)
+    _out.print(cal.notes, highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from simulator.errors import SpecsimError
 
@@ -21,6 +22,13 @@ err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 180)
 
 
+def error_text(message) -> Text:
+    """`error: message`, the prefix styled and the message literal (names may hold `[...]`);
+    a message of several lines (one per mistake) gets the prefix on each."""
+    lines = str(message).splitlines() or [""]
+    return Text("\n").join(Text.assemble(("error: ", "bold red"), line) for line in lines)
+
+
 def user_errors(fn):
     """Print SpecsimError as a clear message with exit code 2, never a traceback."""
     @wraps(fn)
@@ -28,7 +36,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SpecsimError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            err.print(error_text(e), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -136,10 +144,10 @@ def report(folder: Path = typer.Argument(..., help="A report folder written by `
 
 def _is_plan(path: Path) -> bool:
     """A plan file has a `search:` section and no `deployments:` (anything unreadable: not a plan)."""
-    import yaml
+    from simulator.user_files import load_user_yaml
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_user_yaml(path)
+    except SpecsimError:
         return False
     return isinstance(data, dict) and "search" in data and "deployments" not in data
 
@@ -164,7 +172,10 @@ def check(scenario: Path = typer.Argument(..., help="Scenario or plan YAML file"
     sc, base = load_scenario(scenario)
     with _about(scenario):
         deps, req = check_scenario(sc, base)
-    out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)")
+    for dep in deps:
+        for w in dep.warnings:
+            err.print(Text.assemble(("warning: ", "bold yellow"), f"{scenario}: {w}"), soft_wrap=True)
+    out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)", markup=False)
 
 
 def _catalogue(rows: list[dict], columns: list, title: str, json_out: bool) -> None:

@@ -16,7 +16,7 @@ from simulator.cli.core import user_errors
 from simulator.errors import SpecsimError
 
 _out = Console()
-_err = Console(stderr=True, soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def parse_concurrency(text: str) -> tuple[int, ...]:
@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
                                              "fraction between before and after (0: never)"),
     ) -> None:
         """Real vs simulated throughput, TTFT, TPOT and crossover on this machine."""
+        from simulator.cli.profile import require_torch
+        require_torch("specsim fidelity")
         from simulator.fidelity.config import FidelityConfig
         from simulator.fidelity.experiment import run_fidelity, write_outputs
 
@@ -77,4 +79,4 @@ def register(app: typer.Typer) -> None:
         res = run_fidelity(cfg, out, log=lambda m: _err.print(m, highlight=False))
         paths = write_outputs(res, out)
         _out.print(paths["md"].read_text(), highlight=False, markup=False)
-        _out.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+        _out.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False, markup=False)

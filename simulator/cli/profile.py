@@ -13,11 +13,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from simulator.errors import SpecsimError
 
 _out = Console()
-_err = Console(stderr=True, soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _command() -> str | None:
@@ -25,6 +26,22 @@ def _command() -> str | None:
     if sys.argv and Path(sys.argv[0]).name == "specsim":
         return shlex.join(["specsim", *sys.argv[1:]])
     return None
+
+
+def require_torch(command: str) -> None:
+    """The profiler and the real engine need PyTorch, an optional extra: say how to add it."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        raise SpecsimError(f"{command} needs PyTorch, which this install lacks; add it with "
+                           "pip install -e '.[torch]' (from a checkout) or pip install 'specsim[torch]'")
+
+
+def _refuse_overwrite(root: Path, gpu: str, model: str, tp: int) -> None:
+    from simulator.latency.profiles import profile_paths
+    csv_path, json_path = profile_paths(root, gpu, model, tp)
+    if csv_path.exists() or json_path.exists():
+        raise SpecsimError(f"{csv_path} exists: a scenario may be timed from it; give another "
+                           "--out (or --device-name), or --force to overwrite it")
 
 
 def register(app: typer.Typer) -> None:
@@ -35,8 +52,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
         dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)"),
         grid: str = typer.Option(None, "--grid",
-                                 help="quick (tests: seconds), medium (a CPU: minutes), default (a GPU); "
-                                      "by default medium on cpu, default on cuda"),
+                                 help="quick (tests: ~10 s for tiny-draft on an idle core, a few minutes "
+                                      "on busy shared cores or for larger models), medium (a CPU: "
+                                      "minutes), default (a GPU); by default medium on cpu, default "
+                                      "on cuda"),
         out: Path = typer.Option(Path("profiles"), "--out", help="profiles root folder"),
         device_name: str = typer.Option(None, "--device-name",
                                         help="specsim device name (folder), e.g. h100-sxm; default "
@@ -48,12 +67,15 @@ def register(app: typer.Typer) -> None:
         forward: bool = typer.Option(True, "--forward/--no-forward", help="time whole-model forwards too"),
         breakdown: bool = typer.Option(True, "--breakdown/--no-breakdown",
                                        help="per-operator torch.profiler rows"),
+        force: bool = typer.Option(False, "--force", help="overwrite an existing profile"),
     ) -> None:
         """Measure per-layer operator times of MODEL on this machine into a profile."""
         from simulator.measure.profiler import CaptureOptions, capture_profile
+        from simulator.measure.profiler.capture import check_options
         from simulator.latency.profiles import write_profile
 
         try:
+            require_torch("specsim profile")
             grid = grid or ("default" if device == "cuda" else "medium")
             opts = CaptureOptions(model=model, tp=tp, device=device, dtype=dtype, grid=grid,
                                   device_name=device_name, threads=threads, seed=seed,
@@ -61,16 +83,23 @@ def register(app: typer.Typer) -> None:
                                   with_breakdown=breakdown,
                                   command=_command(),
                                   log=lambda m: _err.print(m, highlight=False))
+            check_options(opts)
+            known = device_name or ("cpu-local" if device == "cpu" else None)
+            if known and not force:  # refuse before minutes of capture, when the folder is known
+                _refuse_overwrite(out, known, model, tp)
             prof = capture_profile(opts)
+            if not force:
+                _refuse_overwrite(out, prof.meta.gpu, prof.meta.model, prof.meta.tp)
             path = write_profile(prof, out)
             from simulator.measure.profiler.validation import validation_table
             rows = validation_table(prof)
         except SpecsimError as e:
-            _err.print(f"[bold red]error:[/] {e}", highlight=False)
+            _err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False)
             raise typer.Exit(2)
         m = prof.meta
         _out.print(f"wrote {path} and {path.with_suffix('.json').name}: {len(prof.rows)} rows, "
-                   f"captured in {m.notes['capture_wall_s']} s on {m.device['name']}", highlight=False)
+                   f"captured in {m.notes['capture_wall_s']} s on {m.device['name']}", highlight=False,
+                   markup=False)
         fo = "null" if m.forward_overhead_s is None else f"{m.forward_overhead_s * 1e3:.3f} ms"
         _out.print(f"forward overhead {fo}; {len(m.notes['skipped'])} points skipped", highlight=False)
         if rows:

@@ -13,18 +13,20 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from simulator.analysis.sdsl_report import read_alpha_csv, sdsl_report
 from simulator.errors import SpecsimError
 from simulator.physics import sdsl
 
 _out = Console()
-_err = Console(stderr=True, soft_wrap=True)  # one unwrapped line: messages stay greppable
+_err = Console(stderr=True, soft_wrap=True, markup=False)  # one unwrapped line: messages stay greppable
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _err.print(Text.assemble(("error: ", "bold red"), str(message)), highlight=False)
     raise typer.Exit(2)
 
 
@@ -36,8 +38,9 @@ def _fmt_params(n: float) -> str:
 
 def _print_report(r: dict) -> None:
     who = r["draft"] or f"hypothetical N* = {_fmt_params(r['n_star_params'])} draft"
-    _out.print(f"[bold]SDSL[/] target {r['target']} ({_fmt_params(r['target_params'])}), {who}; "
-               f"D = {r['training_tokens']:.3g} tokens, ppl law {r['ppl_law']}", highlight=False)
+    _out.print(Text.assemble(("SDSL", "bold"), f" target {r['target']} ({_fmt_params(r['target_params'])}), "
+                             f"{who}; D = {r['training_tokens']:.3g} tokens, ppl law {r['ppl_law']}"),
+               highlight=False)
     _out.print(f"  alpha    {r['alpha']:.4f}  (band +/- RMSE {r['alpha_rmse']:.3f}: "
                f"{r['alpha_band'][0]:.4f} .. {r['alpha_band'][1]:.4f})", highlight=False)
     _out.print(f"  gamma*   {r['gamma_opt']:.3f}  (best whole lookahead {r['gamma_int']})", highlight=False)
@@ -49,20 +52,20 @@ def _print_report(r: dict) -> None:
     _out.print(f"  N*       {_fmt_params(r['n_star_params'])} (mu*M + M0), "
                f"{_fmt_params(r['n_star_optimizer_params'])} (numerical optimum over the laws)",
                highlight=False)
-    t = Table(title=f"Candidate drafts for {r['target']} on {r['gpu']}, ranked by GPU speedup",
+    t = Table(title=escape(f"Candidate drafts for {r['target']} on {r['gpu']}, ranked by GPU speedup"),
               box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("#GPU", "draft", "size", "alpha", "gamma*", "xFLOP", "#FLOP", "gamma", "xGPU"):
         t.add_column(col, no_wrap=True, min_width=len(col), justify="left" if col == "draft" else "right")
     for c in r["candidates"]:
-        t.add_row(str(c["rank_latency"]), c["draft"] + ("" if c["vocab_match"] else " (v)"),
+        t.add_row(str(c["rank_latency"]), escape(c["draft"] + ("" if c["vocab_match"] else " (v)")),
                   _fmt_params(c["params"]), f"{c['alpha']:.3f}", f"{c['gamma_opt']:.2f}",
                   f"{c['speedup_flops']:.2f}", str(c["rank_flops"]), str(c["gamma_latency"]),
                   f"{c['speedup_latency']:.2f}")
     _out.print(t)
     for s in r["skipped"]:
-        _out.print(f"  skipped {s['draft']}: {s['reason']}", highlight=False)
+        _out.print(f"  skipped {s['draft']}: {s['reason']}", highlight=False, markup=False)
     for note in r["notes"]:
-        _out.print(f"  note: {note}", highlight=False)
+        _out.print(f"  note: {note}", highlight=False, markup=False)
 
 
 def sdsl_cmd(
@@ -108,7 +111,7 @@ def fit_alpha_cmd(
                           "n_rows": fit.n_rows}))
         return
     ref = sdsl.ALPHA_LAW
-    t = Table(title=f"alpha = A*draft_ppl + B*target_ppl + C, fitted on {fit.n_rows} rows of {file}")
+    t = Table(title=escape(f"alpha = A*draft_ppl + B*target_ppl + C, fitted on {fit.n_rows} rows of {file}"))
     for col in ("", "fitted", "SDSL published"):
         t.add_column(col, justify="right")
     for name, a, b in (("A", law.A, ref.A), ("B", law.B, ref.B), ("C", law.C, ref.C),

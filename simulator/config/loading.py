@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from simulator.config.schema import Scenario
-from simulator.errors import SpecsimError
+from simulator.config.workload_schema import Strict
+from simulator.errors import SpecsimError, did_you_mean
+from simulator.user_files import load_user_yaml
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -36,6 +37,16 @@ def _path(loc: tuple) -> tuple[str, str | None]:
     return out or "(top level)", branch
 
 
+def _schema_keys() -> set[str]:
+    """Every key any section of the scenario schema takes (for 'did you mean')."""
+    keys, todo = set(), [Strict]
+    while todo:
+        cls = todo.pop()
+        keys.update(cls.model_fields)
+        todo.extend(cls.__subclasses__())
+    return keys
+
+
 def format_validation_error(source: str, err: ValidationError) -> str:
     lines, seen = [], set()
     for e in err.errors(include_url=False):
@@ -48,7 +59,9 @@ def format_validation_error(source: str, err: ValidationError) -> str:
             if e["type"] in ("model_type", "dict_type"):
                 continue
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling and the scenario reference in README.md)"
+            hint = did_you_mean(e["loc"][-1], _schema_keys())
+            msg = (f"unknown key{hint}" if hint else
+                   "unknown key (check its spelling and the scenario reference in README.md)")
         elif e["type"] == "missing":
             msg = "required key is missing"
         else:
@@ -57,8 +70,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
                 msg += f" (got {e['input']!r})"
         if (path, msg) not in seen:
             seen.add((path, msg))
-            lines.append(f"  {path}: {msg}")
-    return f"{source}: invalid scenario\n" + "\n".join(lines)
+            lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)  # one line per mistake
 
 
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
@@ -75,8 +88,4 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecsimError(f"{p}: scenario file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecsimError(f"{p}: not valid YAML: {e}") from None
-    return parse_scenario(data, str(p)), p.parent
+    return parse_scenario(load_user_yaml(p, "scenario file"), str(p)), p.parent

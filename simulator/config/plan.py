@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
                       model_validator)
 
 from simulator.errors import SpecsimError
+from simulator.user_files import load_user_yaml
 from simulator.config.loading import format_validation_error
 from simulator.config.schema import Acceptance, Engine, InlineGPU, Latency, Scheduler, SSDConfig
 from simulator.config.workload_schema import Closed, Strict, TraceArrivals, Workload
@@ -153,8 +153,4 @@ def load_plan(path: str | Path) -> tuple[PlanFile, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecsimError(f"{p}: plan file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SpecsimError(f"{p}: not valid YAML: {e}") from None
-    return parse_plan(data, str(p)), p.parent.resolve()
+    return parse_plan(load_user_yaml(p, "plan file"), str(p)), p.parent.resolve()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
-from simulator.config.workload_schema import Closed, SLO, Strict, Workload
+from simulator.config.workload_schema import (MAX_REPLICAS, Closed, PositiveInt, SLO, Strict, Tokens,
+                                              TraceArrivals, Workload)
 
 
 # ---- deployments ------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ class InlineModel(Strict):
     tied_embeddings: bool = False
     qkv_bias: bool = False
     gated_mlp: bool = True
-    max_position: PositiveInt = 131072
+    max_position: Tokens = 131072
 
 
 class InlineGPU(Strict):
@@ -127,7 +128,7 @@ class Quantization(Strict):
 
 class Scheduler(Strict):
     max_num_seqs: PositiveInt = 256
-    max_num_batched_tokens: PositiveInt = 8192
+    max_num_batched_tokens: Tokens = 8192
     chunked_prefill: bool = True
     block_size: PositiveInt = 16
     # At most this many sequences prefill (whole prompts or chunks) in one step; None = no limit.
@@ -176,7 +177,7 @@ class Deployment(Strict):
     gpu: str | InlineGPU
     tp: PositiveInt = 1
     draft_tp: PositiveInt | None = None  # colocated draft's tensor parallelism; default = tp
-    replicas: PositiveInt = 1
+    replicas: Annotated[int, Field(gt=0, le=MAX_REPLICAS)] = 1
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
     strategy: Literal["ar", "sd", "ssd"] = "ar"
     # Where the draft runs: on the target's GPUs (sd default) or its own GPUs (required by ssd).
@@ -262,11 +263,22 @@ class Sweep(Strict):
     param: Literal["concurrency", "rate_per_s"]
     values: list[PositiveFloat] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _values(self):
+        for i, v in enumerate(self.values):
+            if self.values.index(v) != i:
+                raise ValueError(f"values[{i}]: {v:g} repeats values[{self.values.index(v)}] "
+                                 "(each point is run once; remove the duplicate)")
+            if self.param == "concurrency" and v != int(v):
+                raise ValueError(f"values[{i}]: concurrency {v:g} is not a whole number of "
+                                 "requests in flight")
+        return self
+
 
 class Scenario(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seed: int = 1
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 1  # numpy's SeedSequence takes no negatives
     # Independent runs of each (sweep point, deployment); seeds derived from (seed, replication
     # index). Rows show replication 0's figures plus 95% intervals over all of them.
     replications: int = Field(default=1, ge=1, le=100, strict=True)
@@ -297,4 +309,7 @@ class Scenario(Strict):
             if (self.sweep.param == "concurrency") != closed:
                 raise ValueError(f"sweep.param '{self.sweep.param}' does not fit arrival process "
                                  f"'{self.workload.arrival.process}'")
+            if isinstance(self.workload.arrival, TraceArrivals):
+                raise ValueError("sweep.param 'rate_per_s' does not apply to trace arrivals: a "
+                                 "trace replays its own times (change arrival.speedup instead)")
         return self

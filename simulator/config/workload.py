@@ -6,6 +6,7 @@ request when one completes.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
-from simulator.config.workload_schema import (Closed, Constant, Fixed, GammaArrivals, Normal,
-                                              Poisson, TraceArrivals, TraceLengths, Uniform,
-                                              Workload)
+from simulator.user_files import read_user_text
+from simulator.config.workload_schema import (MAX_REQUESTS, MAX_TOKENS, Closed, Constant, Fixed,
+                                              GammaArrivals, Normal, Poisson, TraceArrivals,
+                                              TraceLengths, Uniform, Workload)
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,22 @@ def _trace_column(path: str, column: str, base: Path, field: str) -> np.ndarray:
     p = resolve_path(path, base, field)
     if p not in _TRACE_CACHE:
         try:
-            _TRACE_CACHE[p] = pd.read_csv(p)
+            text = read_user_text(p, "CSV trace")
+        except SpecsimError as e:
+            raise SpecsimError(f"{field}: {e}") from None
+        try:
+            _TRACE_CACHE[p] = pd.read_csv(io.StringIO(text))
         except Exception as e:  # pandas raises many types for a malformed file
-            raise SpecsimError(f"{p}: cannot read CSV trace ({e})") from None
+            raise SpecsimError(f"{field}: {p}: cannot read CSV trace "
+                               f"({' '.join(str(e).split())})") from None
     df = _TRACE_CACHE[p]
     if column not in df.columns:
-        raise SpecsimError(f"{p}: {field}: column '{column}' not found; columns are {list(df.columns)}")
+        raise SpecsimError(f"{field}: {p}: column '{column}' not found; columns are {list(df.columns)}")
+    if len(df) == 0:
+        raise SpecsimError(f"{field}: {p}: the trace has a header but no rows")
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
     if not np.all(np.isfinite(values)):
-        raise SpecsimError(f"{p}: column '{column}' has non-numeric or missing values")
+        raise SpecsimError(f"{field}: {p}: column '{column}' has non-numeric or missing values")
     return values
 
 
@@ -73,9 +82,15 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, base: Path, field: st
         out = np.rint(rng.lognormal(np.log(spec.mean) - sigma2 / 2, np.sqrt(sigma2), size=n))
     elif isinstance(spec, TraceLengths):
         values = _trace_column(spec.path, spec.column, base, field)
-        if np.any(values < 1):
-            raise SpecsimError(f"{field}: trace column '{spec.column}' has lengths < 1")
-        out = np.resize(np.rint(values), n)
+        bad = np.flatnonzero((values < 1) | (values > MAX_TOKENS) | (values != np.rint(values)))
+        if bad.size:
+            raise SpecsimError(f"{field}: trace column '{spec.column}', data row {bad[0] + 1}: "
+                               f"{values[bad[0]]:g} is not a whole number of tokens in "
+                               f"1..{MAX_TOKENS:,}")
+        if n > len(values) and not spec.repeat:
+            raise SpecsimError(f"{field}: {n} requests but the trace has {len(values)} rows; "
+                               "lower the request count or set repeat: true to cycle the rows")
+        out = np.resize(values, n)
         if spec.max is not None:
             out = np.minimum(out, spec.max)
         return out.astype(np.int64)
@@ -97,25 +112,39 @@ def arrival_times(spec, n: int | None, duration_s: float | None, rng: np.random.
                 raise SpecsimError(f"workload.requests: {n} requested but the trace has {len(t)} arrivals")
             return t[:n]
         return t[t <= duration_s]
-    rate = spec.rate_per_s
-    count = n if n is not None else int(duration_s * rate * 1.2 + 10 * np.sqrt(duration_s * rate) + 10)
-    if isinstance(spec, Poisson):
-        gaps = rng.exponential(1.0 / rate, size=count)
-    elif isinstance(spec, GammaArrivals):
-        shape = 1.0 / spec.burstiness**2  # CV of a gamma is 1/sqrt(shape)
-        gaps = rng.gamma(shape, 1.0 / (rate * shape), size=count)
-    elif isinstance(spec, Constant):
-        gaps = np.full(count, 1.0 / rate)
-    else:  # pragma: no cover
-        raise TypeError(spec)
+    if n is not None:
+        gaps = _gaps(spec, n, rng)
+        return np.cumsum(gaps) - gaps[0]
+    # Within duration_s: draw a first chunk sized for the mean count plus margin, then more
+    # chunks until the window is covered (bursty gamma gaps can fall short of any fixed count).
+    mean = duration_s * spec.rate_per_s
+    chunk = int(mean * 1.2 + 10 * np.sqrt(mean) + 10)
+    gaps = _gaps(spec, chunk, rng)
     t = np.cumsum(gaps) - gaps[0]
-    if n is None:
-        t = t[t <= duration_s]
-    return t
+    while t[-1] <= duration_s:
+        if t.shape[0] > MAX_REQUESTS:
+            raise SpecsimError(f"workload.duration_s: more than {MAX_REQUESTS:,} arrivals fall "
+                               f"within {duration_s:g} s (the request limit)")
+        t = np.concatenate([t, t[-1] + np.cumsum(_gaps(spec, chunk, rng))])
+    return t[t <= duration_s]
+
+
+def _gaps(spec, count: int, rng: np.random.Generator) -> np.ndarray:
+    rate = spec.rate_per_s
+    if isinstance(spec, Poisson):
+        return rng.exponential(1.0 / rate, size=count)
+    if isinstance(spec, GammaArrivals):
+        shape = 1.0 / spec.burstiness**2  # CV of a gamma is 1/sqrt(shape)
+        return rng.gamma(shape, 1.0 / (rate * shape), size=count)
+    if isinstance(spec, Constant):
+        return np.full(count, 1.0 / rate)
+    raise TypeError(spec)  # pragma: no cover - the schema admits nothing else
 
 
 def generate(workload: Workload, seed: int, base: Path) -> Requests:
     """Draw the scenario's requests. Deterministic in (workload, seed)."""
+    if not 0 <= seed <= 2**63 - 1:  # the file's seed is checked by the schema; this is --seed
+        raise SpecsimError(f"seed: {seed} is out of range (expected an integer in 0..2^63-1)")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     arr_rng, len_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(2))
     spec = workload.arrival

@@ -13,14 +13,14 @@ workload's operating point (simulator/deploy/gamma.py) and resolves again with i
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from simulator.physics import sdsl
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import MODELS, ModelArch
-from simulator.errors import SpecsimError
+from simulator.errors import SpecsimError, did_you_mean
+from simulator.user_files import load_user_json
 from simulator.physics.lookahead import GAMMA_MAX
 from simulator.latency.base import LatencyModel
 from simulator.latency.ideal import IdealLatency
@@ -69,6 +69,7 @@ class ResolvedDeployment:
     draft_first_q: int = 1
     engine: serving.EngineCosts = engine_presets.PRESETS["ideal"]  # the serving engine's implementation
     weights: Weights | None = None  # each model's dtype and weight format (simulator/deploy/weights.py)
+    warnings: tuple[str, ...] = ()  # accepted but doubtful settings, for the console and report
 
     @property
     def gpus(self) -> int:
@@ -97,8 +98,8 @@ def resolve_model(spec: str | InlineModel, field: str) -> ModelArch:
                       spec.tied_embeddings, spec.qkv_bias, spec.gated_mlp, spec.max_position)
         return m if spec.params else replace(m, params=float(m.computed_params))
     if spec not in MODELS:
-        raise SpecsimError(f"{field}: unknown model '{spec}'; known models: {', '.join(MODELS)} "
-                           "(or give an inline architecture)")
+        raise SpecsimError(f"{field}: unknown model '{spec}'{did_you_mean(spec, MODELS)}; known "
+                           f"models: {', '.join(MODELS)} (or give an inline architecture)")
     return MODELS[spec]
 
 
@@ -108,22 +109,21 @@ def resolve_gpu(spec: str | InlineGPU, field: str) -> GPU:
                    spec.bf16_tflops, spec.fp8_tflops, spec.interconnect, spec.interconnect_gbps,
                    spec.price_per_gpu_hour, notes="inline")
     if spec not in GPUS:
-        raise SpecsimError(f"{field}: unknown gpu '{spec}'; known GPUs: {', '.join(GPUS)} "
-                           "(or give an inline device)")
+        raise SpecsimError(f"{field}: unknown gpu '{spec}'{did_you_mean(spec, GPUS)}; known GPUs: "
+                           f"{', '.join(GPUS)} (or give an inline device)")
     return GPUS[spec]
 
 
+def _check_block_fits(mem, block_size: int, f: str) -> None:
+    """Memory is left for KV, but not one block of block_size tokens: name block_size."""
+    if mem.kv_budget_gb > 0 and mem.kv_capacity_tokens < block_size:
+        raise SpecsimError(f"{f}.scheduler.block_size: {block_size} tokens per block, but the KV "
+                           f"cache left in memory holds {mem.kv_capacity_tokens} tokens, not one "
+                           "block; use a smaller block_size (vLLM uses 16)")
+
+
 def roofline_params(cfg: Latency, field: str) -> RooflineParams:
-    names = RooflineParams.field_names()
-    unknown = sorted(set(cfg.params) - set(names))
-    if unknown:
-        raise SpecsimError(f"{field}.params: unknown roofline parameter(s) {unknown}; "
-                           f"known: {', '.join(names)}")
-    bad = [k for k, v in cfg.params.items() if v < 0 or (k.endswith("efficiency") and not 0 < v <= 1)]
-    if bad:
-        raise SpecsimError(f"{field}.params: {bad[0]} = {cfg.params[bad[0]]} is out of range "
-                           "(efficiencies in (0, 1], times >= 0)")
-    return RooflineParams(**cfg.params)
+    return RooflineParams.checked(dict(cfg.params), f"{field}.params")
 
 
 def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, base: Path,
@@ -236,7 +236,8 @@ def _target_memory(d: Deployment, f: str, target: ModelArch, gpu: GPU, draft: Mo
                       None if dedicated else draft, draft_tp, block_size=sch.block_size,
                       graph_bytes=graphs, non_torch_bytes=non_torch, quant=w.target_format,
                       draft_dtype=w.draft_dtype, draft_quant=w.draft_format)
-    if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
+    _check_block_fits(mem, sch.block_size, f)
+    if mem.kv_budget_gb <= 0:
         raise SpecsimError(
             f"{f}: {target.name}{' + ' + draft.name if draft else ''} does not fit on {gpu.label} at "
             f"tp={d.tp}: per GPU, weights {mem.target_weights_gb + mem.draft_weights_gb:.1f} GB + "
@@ -297,7 +298,16 @@ def resolve(d: Deployment, index: int, base: Path, *, variant: str = "alpha",
                               draft_gpu if dedicated else None, draft_mem,
                               handshake, _ssd_config(d), acceptance_sdsl=acc_info,
                               variant_of=d.name if d.acceptance is not None and d.acceptance.band else None,
-                              engine=engine, weights=w)
+                              engine=engine, weights=w, warnings=_warnings(target, draft, f))
+
+
+def _warnings(target: ModelArch, draft: ModelArch | None, f: str) -> tuple[str, ...]:
+    """Settings that run but that a real engine would not serve as given."""
+    if draft is not None and draft.vocab != target.vocab:
+        return (f"{f}.draft: {draft.name} has a vocabulary of {draft.vocab:,} tokens and "
+                f"{target.name} {target.vocab:,}: the target verifies the draft's token ids, so "
+                "the two must share a tokenizer; alpha for this pair is hypothetical",)
+    return ()
 
 
 def resolve_engine(d: Deployment, base: Path, f: str) -> serving.EngineCosts:
@@ -342,7 +352,8 @@ def _dedicated_draft_memory(d: Deployment, f: str, draft: ModelArch, gpu: GPU, t
     mem = plan_memory(draft, gpu, tp, w.draft_dtype, d.gpu_memory_utilization, reserve,
                       block_size=sch.block_size, graph_bytes=graphs, non_torch_bytes=non_torch,
                       quant=w.draft_format)
-    if mem.kv_budget_gb <= 0 or mem.kv_capacity_tokens < sch.block_size:
+    _check_block_fits(mem, sch.block_size, f)
+    if mem.kv_budget_gb <= 0:
         raise SpecsimError(
             f"{f}.draft_gpu: draft {draft.name} does not fit on {tp} dedicated {gpu.label}: per GPU, "
             f"weights {mem.target_weights_gb:.1f} GB + activation/tree reserve "
@@ -355,12 +366,12 @@ def load_calibrated(path, field: str) -> serving.EngineCosts:
     """Engine costs saved by `specsim calibrate-engine`: {"preset": name, "params": {...}, ...}
     (the fitted fields over the named preset)."""
     p = Path(path)
+    if not p.is_file():
+        raise SpecsimError(f"{field}: no engine calibration at {p}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecsimError(f"{field}: no engine calibration at {p}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise SpecsimError(f"{field}: {p} is not a JSON engine calibration ({type(e).__name__})") from None
+        data = load_user_json(p, "engine calibration")
+    except SpecsimError as e:
+        raise SpecsimError(f"{field}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("preset"), str) \
             or not isinstance(data.get("params", {}), dict):
         raise SpecsimError(f"{field}: {p} must hold {{'preset': name, 'params': {{...}}}}")

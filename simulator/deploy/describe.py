@@ -28,4 +28,6 @@ def describe(dep: ResolvedDeployment) -> dict:
         d["weights"] = dep.weights.as_dict()
     if dep.gamma_choice is not None:
         d["gamma_auto"] = True
+    if dep.warnings:
+        d["warnings"] = list(dep.warnings)
     return d

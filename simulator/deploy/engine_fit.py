@@ -18,7 +18,6 @@ bounded at >= 0), starting from the deployment's preset.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from scipy.optimize import least_squares
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.gamma import ar_step_time, sd_round_time
 from simulator.errors import SpecsimError
+from simulator.user_files import load_user_json
 from simulator.latency import serving
 from simulator.latency.engine_costs import EngineLatency
 from simulator.physics.acceptance import expected_tokens_per_round
@@ -86,10 +86,7 @@ def _from_csv(path: Path) -> list[Measurement]:
 
 
 def _from_vllm_json(path: Path, strategy: str | None, gamma: int | None) -> Measurement:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise SpecsimError(f"{path}: not a `vllm bench serve` result JSON") from None
+    d = load_user_json(path, "`vllm bench serve` result JSON")
     if not isinstance(d, dict) or "max_concurrency" not in d:
         raise SpecsimError(f"{path}: expected a `vllm bench serve --save-result` file with "
                            "max_concurrency (a closed-loop run)")

@@ -27,6 +27,8 @@ import simpy
 
 from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
+from simulator.deploy.kv_blocks import (admission_limit, blocks_for, decode_row_blocks,
+                                        total_blocks)
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
@@ -118,12 +120,12 @@ class Replica:
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
         self.chunked = sch.chunked_prefill
         self.max_prefills = sch.max_prefills_per_step  # None: no limit on prefilling rows per step
-        self.blocks_total = dep.memory.kv_capacity_tokens // self.bs
+        self.blocks_total = total_blocks(dep.memory.kv_capacity_tokens, self.bs)
         # The engine's admission rules (simulator/latency/serving.py): blocks admission keeps
         # free (vLLM v0's watermark), whether a prompt's blocks are all taken when it is admitted
         # (v0) or chunk by chunk (V1), and a cap on running sequences when speculating (SGLang).
         eng = dep.engine
-        self.admit_limit = self.blocks_total - int(eng.kv_watermark * self.blocks_total)
+        self.admit_limit = admission_limit(self.blocks_total, eng.kv_watermark)
         self.whole_alloc = eng.whole_prompt_admission
         if eng.max_running_sd and strategy.lookahead:
             self.max_seqs = min(self.max_seqs, eng.max_running_sd)
@@ -203,13 +205,16 @@ class Replica:
         bound = (ctx_sum + n * (c + bs - 1)) // bs + pre_blocks  # >= the sum of row ceilings
         if bound <= self.max_blocks_used and not self.waiting:
             return None, False
-        per = (ctx + (c + bs - 1)) // bs
+        per = decode_row_blocks(ctx, self.qdec, self.lookahead, bs)
         used = int(per.sum()) + pre_blocks
         if used <= self.blocks_total:
             self.max_blocks_used = max(self.max_blocks_used, used)
             return used, False
         cum = np.cumsum(np.concatenate([per, np.asarray(pre_per, np.int64)]))
-        keep = max(1, int(np.searchsorted(cum, self.blocks_total, side="right")))
+        keep = int(np.searchsorted(cum, self.blocks_total, side="right"))
+        if keep == 0:  # the fit check (deploy/fit.py) sizes requests so that this cannot happen
+            raise RuntimeError(f"replica {self.idx}: one sequence needs {int(cum[0])} KV blocks "
+                               f"of {self.blocks_total}: the fit check let it through")
         self._preempt_tail(keep)
         used = int(cum[keep - 1])
         self.max_blocks_used = max(self.max_blocks_used, used)
@@ -224,7 +229,7 @@ class Replica:
             r = self.waiting[0]
             p = int(st.prefill_target[r])
             chunk = p if whole else min(p, left)
-            blocks = -(-(p if self.whole_alloc else chunk) // self.bs)
+            blocks = blocks_for(p if self.whole_alloc else chunk, self.bs)
             if used + blocks > self.admit_limit or (whole and p > left and admitted):
                 break
             self.waiting.popleft()
@@ -262,7 +267,7 @@ class Replica:
                 q = min(p.tgt - p.comp, left)
                 left -= q
                 run.append((p, q))
-            pre_per.append(-(-(p.tgt if self.whole_alloc else p.comp + q) // bs))
+            pre_per.append(blocks_for(p.tgt if self.whole_alloc else p.comp + q, bs))
         ctx_sum = int(ctx.sum())
         used, preempted = self._fit(ctx, ctx_sum, pre_per)
         if preempted:  # no admissions this step (as vLLM)

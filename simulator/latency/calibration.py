@@ -15,6 +15,7 @@ from pathlib import Path
 
 from simulator import __version__
 from simulator.errors import SpecsimError
+from simulator.user_files import load_user_json
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.latency.roofline import RooflineParams
 
@@ -81,12 +82,7 @@ def save_calibration(cal: Calibration, root: Path | str = Path("profiles")) -> P
 
 def load_calibration(path: Path | str) -> Calibration:
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecsimError(f"{path}: calibration file not found") from None
-    except json.JSONDecodeError as e:
-        raise SpecsimError(f"{path}: not valid JSON ({e})") from None
+    d = load_user_json(path, "calibration file")
     if not isinstance(d, dict):
         raise SpecsimError(f"{path}: expected a JSON object with keys {', '.join(CALIBRATION_KEYS)}")
     missing = [k for k in CALIBRATION_KEYS if k not in d]
@@ -99,20 +95,20 @@ def load_calibration(path: Path | str) -> Calibration:
     if d["format_version"] != CALIBRATION_VERSION:
         raise SpecsimError(f"{path}: key 'format_version' is {d['format_version']!r}, expected "
                            f"{CALIBRATION_VERSION}")
-    raw = d["params"]
+    params = RooflineParams.checked(d["params"], f"{path}: params")
     names = RooflineParams.field_names()
-    if not isinstance(raw, dict) or set(raw) - set(names):
-        bad = sorted(set(raw) - set(names)) if isinstance(raw, dict) else raw
-        raise SpecsimError(f"{path}: key 'params' has unknown field(s) {bad}; expected "
-                           f"{', '.join(names)}")
-    for k, v in raw.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise SpecsimError(f"{path}: params.{k} is {v!r}, expected a finite number >= 0")
+    fitted = d["fitted"]
+    if not isinstance(fitted, list) or not all(isinstance(k, str) and k in names for k in fitted):
+        raise SpecsimError(f"{path}: key 'fitted' is {fitted!r}, expected a list of parameter "
+                           f"names ({', '.join(names)})")
+    for k in ("residuals", "default_residuals", "layer_overhead_fit"):
+        if not isinstance(d[k], dict):
+            raise SpecsimError(f"{path}: key {k!r} is {d[k]!r}, expected an object")
     if d["gpu"] != path.parent.name:
         raise SpecsimError(f"{path}: key 'gpu' is {d['gpu']!r} but the file sits under "
                            f"{path.parent.name!r} (expected <gpu>/{CALIBRATION_FILE})")
     fields = {k: d[k] for k in CALIBRATION_KEYS if k not in ("format_version", "params")}
-    return Calibration(params=RooflineParams(**raw), **fields)
+    return Calibration(params=params, **fields)
 
 
 def _distance(a: GPU, b: GPU) -> tuple[int, float]:

@@ -16,6 +16,7 @@ or key, and what was expected.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.errors import SpecsimError
+from simulator.user_files import load_user_json, read_user_text
 
 FORMAT_VERSION = 1
 CSV_COLUMNS = ("op", "batch", "q", "ctx", "tokens", "median_s", "p10_s", "p90_s", "samples")
@@ -189,10 +191,7 @@ def load_profile(path: Path | str, *, model: str | None = None, tp: int | None =
 
 
 def _load_meta(json_path: Path) -> ProfileMeta:
-    try:
-        d = json.loads(json_path.read_text())
-    except json.JSONDecodeError as e:
-        raise SpecsimError(f"{json_path}: not valid JSON ({e})") from None
+    d = load_user_json(json_path, "profile sidecar")
     if not isinstance(d, dict):
         raise SpecsimError(f"{json_path}: expected a JSON object with keys {', '.join(SIDECAR_KEYS)}")
     _check_meta(d, str(json_path))
@@ -251,7 +250,7 @@ def _check_meta(d: dict, where: str) -> None:
 
 def _load_rows(csv_path: Path) -> list[ProfileRow]:
     where = str(csv_path)
-    with csv_path.open(newline="") as f:
+    with io.StringIO(read_user_text(csv_path, "profile CSV"), newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader)

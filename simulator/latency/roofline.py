@@ -12,10 +12,12 @@ scenario (`latency: {backend: roofline, params: {...}}`) and fitted by `specsim 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 
+from simulator.errors import SpecsimError
 from simulator.hardware.models import BYTES_PER_DTYPE, ModelArch
 from simulator.hardware.quant import NONE, WeightFormat
 from simulator.hardware.gpus import GPU
@@ -55,6 +57,29 @@ class RooflineParams:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def checked(cls, raw, where: str) -> "RooflineParams":
+        """Overrides from a scenario or a calibration file: known names, finite numbers,
+        efficiencies in (0, 1] (a fraction of peak; 0 would divide by zero), times >= 0.
+        SpecsimError naming `where` and the key otherwise."""
+        names = cls.field_names()
+        if not isinstance(raw, dict):
+            raise SpecsimError(f"{where}: expected an object of {', '.join(names)}, got {raw!r}")
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise SpecsimError(f"{where}: unknown roofline parameter(s) {unknown}; "
+                               f"known: {', '.join(names)}")
+        for k, v in raw.items():
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if ok and k.endswith("efficiency"):
+                ok = 0 < v <= 1
+            elif ok:
+                ok = v >= 0
+            if not ok:
+                want = "a fraction in (0, 1]" if k.endswith("efficiency") else "seconds >= 0, finite"
+                raise SpecsimError(f"{where}.{k}: {v!r} is out of range (expected {want})")
+        return cls(**raw)
 
 
 class RooflineLatency(Stateless):

@@ -113,6 +113,8 @@ def choose_closed_form(alpha: float, draft_params: float, target_params: float,
     the draft's effective parameter count is draft_params * peak_ratio.
     """
     n_eff = draft_params * peak_ratio
+    if alpha >= 1.0:
+        return _certain_acceptance(n_eff, target_params)
     g_star = sdsl.optimal_gamma(alpha, n_eff, target_params)
     t_star = sdsl.optimal_tokens_per_flop(alpha, n_eff, target_params)
     candidates = sorted({max(1, math.floor(g_star)), max(1, math.ceil(g_star))})
@@ -124,6 +126,17 @@ def choose_closed_form(alpha: float, draft_params: float, target_params: float,
               + " / ".join(f"T({c['gamma']}) = {c['tokens_per_flop'] / t_star:.5f} T*" for c in curve))
     return GammaChoice(gamma, "closed_form", reason, gamma_star=g_star, tokens_per_flop_star=t_star,
                        curve=curve)
+
+
+def _certain_acceptance(n_eff: float, target_params: float) -> GammaChoice:
+    """alpha = 1: every drafted token is accepted, T(gamma) = (gamma + 1) / (2 (gamma N + M)),
+    monotone in gamma (rising when M > N): no interior optimum, so the end of the range."""
+    gamma = GAMMA_MAX if target_params > n_eff else 1
+    t = (gamma + 1) / (2.0 * (gamma * n_eff + target_params))
+    reason = (f"closed form (ideal backend): alpha 1 accepts every drafted token, so T(gamma) = "
+              f"(gamma + 1) / (2 (gamma N + M)) is monotone (N/M = {n_eff / target_params:.4g}) "
+              f"and has no interior optimum; gamma {gamma}, the end of the range 1..{GAMMA_MAX}")
+    return GammaChoice(gamma, "closed_form", reason, curve=[{"gamma": gamma, "tokens_per_flop": t}])
 
 
 def best_of_curve(tput: np.ndarray, ar: float, point: OperatingPoint) -> GammaChoice:

@@ -69,7 +69,10 @@ def optimal_fanout_continuous(p_stop: np.ndarray, r: float, budget: float,
     free = np.ones(w.shape[0], bool)
     left = float(budget)
     while True:
-        f[free] = left * w[free] / w[free].sum()
+        tot = w[free].sum()
+        # alpha = 1 puts all weight on k = gamma: once that position is capped the free ones
+        # weigh nothing, and the rest of the budget is spread evenly (any split is optimal).
+        f[free] = left * w[free] / tot if tot > 0 else left / max(int(free.sum()), 1)
         over = free & (f > cap) if cap is not None else np.zeros_like(free)
         if not over.any():
             return f

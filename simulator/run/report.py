@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.errors import SpecsimError
+from simulator.user_files import load_user_json
 from simulator.run.console import SOURCE_MEANING
 from simulator.run.runner import RunResult
 
@@ -323,10 +324,7 @@ def rerender(out_dir: Path, svg: bool = True) -> list[Path]:
     path = out_dir / "summary.json"
     if not path.is_file():
         raise SpecsimError(f"{out_dir}: no summary.json in this folder (is it a `specsim run` report?)")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SpecsimError(f"{path}: not valid JSON: {e}") from None
+    summary = load_user_json(path, "summary.json")
     if not isinstance(summary, dict) or not isinstance(summary.get("deployments"), list):
         raise SpecsimError(f"{path}: deployments: expected the list of design rows of a run summary")
     csv = out_dir / "requests.csv"

@@ -127,7 +127,9 @@ def check_scenario(sc: Scenario, base: Path) -> tuple[list[ResolvedDeployment], 
     simulating (a SpecsimError names the first field that does not)."""
     deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
     req = generate(sc.workload, sc.seed, base)
-    for i, dep in enumerate(deps):
+    for i, (d, dep) in enumerate(zip(sc.deployments, deps)):
+        if d.gamma == "auto":  # as `run` does: the chosen gamma sizes memory and the fit
+            deps[i] = dep = resolve(d, i, base, gamma=choose_gamma(dep, sc.workload, req).gamma)
         check_fits(dep, req, f"deployments[{i}]")
     return deps, req
 

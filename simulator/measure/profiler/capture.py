@@ -154,6 +154,11 @@ def _notes(timer: _Timer, torch, allocator: str, bench: Bench, fwd_notes: dict, 
     }
 
 
+def check_options(opts: CaptureOptions) -> None:
+    """SpecsimError naming the first bad option, before any timing starts."""
+    _checked(opts, _torch())
+
+
 def capture_profile(opts: CaptureOptions) -> Profile:
     """Measure the profile described by `opts` on this machine and return it (not written)."""
     torch = _torch()

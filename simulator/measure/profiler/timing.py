@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import re
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -183,6 +188,31 @@ class _InContextAttention:
         return sum(s_lay), s_na[0], s_lay[1]
 
 
+# Kineto (torch's profiler library, torch 2.13) writes a trace line per profiler start and stop
+# straight to file descriptor 2 ("USDT:... SyncActivityProfilerHandler.cpp:52] profiler_start");
+# older builds print "STAGE:... ActivityProfilerController" lines. Dropped; anything else is kept.
+_KINETO_NOISE = re.compile(r"^(USDT|STAGE):.*(ActivityProfiler|profiler_(start|stop))")
+
+
+@contextmanager
+def _quiet_native_stderr():
+    """Capture what native code writes to fd 2 and pass on all but kineto's trace lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines()
+                    if line.strip() and not _KINETO_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
 def _breakdown(torch, device, parent, b, q, ctx, T, fn, iters) -> list[ProfileRow]:
     """Per-operator self time of fn() from torch.profiler, averaged over `iters` calls."""
     from torch.profiler import ProfilerActivity, profile
@@ -190,12 +220,13 @@ def _breakdown(torch, device, parent, b, q, ctx, T, fn, iters) -> list[ProfileRo
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     fn()
-    with profile(activities=acts) as prof:
-        for _ in range(iters):
-            fn()
-        if cuda:
-            torch.cuda.synchronize()
-    events = prof.key_averages()
+    with _quiet_native_stderr():
+        with profile(activities=acts) as prof:
+            for _ in range(iters):
+                fn()
+            if cuda:
+                torch.cuda.synchronize()
+        events = prof.key_averages()
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     total = sum(float(getattr(e, attr)) for e in events)
     if cuda and total <= 0:
