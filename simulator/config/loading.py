@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from simulator.config.schema import Scenario
+from simulator.config.sweep import check_sweep
 from simulator.errors import SpecsimError
 
 
@@ -65,9 +66,11 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
     try:
-        return Scenario.model_validate(data)
+        sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise SpecsimError(format_validation_error(source, e)) from None
+    check_sweep(sc, source)
+    return sc
 
 
 def load_scenario(path: str | Path) -> tuple[Scenario, Path]:

@@ -47,10 +47,10 @@ def simulate(task: Task) -> dict:
     return json.loads(summary_json(result))
 
 
-def _in_process(tasks: list[Task], progress: Progress | None) -> list[dict]:
+def _in_process(tasks: list, progress: Progress | None, fn: Callable = simulate) -> list:
     out = []
     for t in tasks:
-        out.append(simulate(t))
+        out.append(fn(t))
         if progress:
             progress(1)
     return out
@@ -72,10 +72,11 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
-    def map(self, tasks: list[Task], progress: Progress | None = None) -> list[dict]:
+    def map(self, tasks: list, progress: Progress | None = None, fn: Callable = simulate) -> list:
+        """fn(task) for every task, results in the tasks' order (fn: a module-level function)."""
         if self._pool is None or len(tasks) <= 1:
-            return _in_process(tasks, progress)
-        futures = {self._pool.submit(simulate, t): i for i, t in enumerate(tasks)}
+            return _in_process(tasks, progress, fn)
+        futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
         out: list = [None] * len(tasks)
         for f in as_completed(futures):
             out[futures[f]] = f.result()
@@ -110,15 +111,17 @@ class RayExecutor:
             except ConnectionError as e:
                 raise SpecsimError(f"--ray-address: cannot connect to Ray at {self.address}: {e}") from None
             self._started = True
-        self._remote = ray.remote(num_cpus=1)(simulate)
+        self._remote = {}
         return self
 
     def __exit__(self, *exc):
         if self._started:
             self.ray.shutdown()
 
-    def map(self, tasks: list[Task], progress: Progress | None = None) -> list[dict]:
-        refs = [self._remote.remote(t) for t in tasks]
+    def map(self, tasks: list, progress: Progress | None = None, fn: Callable = simulate) -> list:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+        refs = [self._remote[fn].remote(t) for t in tasks]
         pending = list(refs)
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
