@@ -145,3 +145,28 @@ def test_run_with_one_or_two_workers_writes_identical_files(tmp_path):
     s = json.loads((outs[0] / "summary.json").read_text())
     assert len(s["deployments"]) == 8 and s["deployments"][0]["replications"] == 2
     assert len(pd.read_csv(outs[0] / "requests.csv")) == 8 * 30
+
+
+def test_ray_executor_gives_the_in_process_run(tmp_path):
+    # Bug caught: a Ray task resolving or seeding differently from this process.
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'specsim[ray]')")
+    from simulator.run.executors import RayExecutor
+    from simulator.run.report import summary_json
+    from simulator.run.runner import run_scenario
+    sc = parse_scenario(_grid({"workload.arrival.concurrency": [1, 8], "deployments.gamma": [2, 4]}))
+    here = run_scenario(sc, ROOT)
+    with RayExecutor(None, 2) as ex:  # starts and stops a local Ray with 2 CPUs
+        there = run_scenario(sc, ROOT, executor=ex)
+    assert summary_json(there) == summary_json(here)
+    assert there.requests.to_csv(index=False) == here.requests.to_csv(index=False)
+    import ray
+    assert not ray.is_initialized()
+
+
+def test_check_resolves_every_grid_point():
+    # Bug caught: `specsim check` passing a grid whose later point cannot be built (tp 3 does not
+    # divide the 32 heads), the error then surfacing only mid-run, or not saying which point.
+    from simulator.run.runner import check_scenario
+    sc = parse_scenario(_grid({"deployments.tp": [1, 3]}, deps=(AR_8B,)))
+    with pytest.raises(SpecsimError, match=r"deployments\[0\]\.tp: tp=3 .* \(at sweep point tp 3\)"):
+        check_scenario(sc, ROOT)

@@ -16,7 +16,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from simulator.config.sweep import point_label
+from simulator.config.sweep import point_label, point_words
 
 # What each latency_source means, in words (summary.md and summary.html say it).
 SOURCE_MEANING = {
@@ -173,7 +173,8 @@ def compact_table(summary: dict) -> Table:
         _num_col(t, h)
     t.add_column("latency", no_wrap=True)
     for r in rows:
-        name = str(r.get("name", "?")) if len(params) == 1 else label(r)
+        s = r.get("sweep")
+        name = str(r.get("name", "?")) + (f" · {point_words(s)}" if isinstance(s, dict) and len(params) != 1 else "")
         cells = [Text(name + (" !" if overloaded(r) else ""),
                       style="bold red" if overloaded(r) else "")]
         if len(params) == 1:

@@ -71,12 +71,14 @@ def _summary(sc: Scenario, seed: int, rows: list[dict], used: list[ResolvedDeplo
 
 
 def check_scenario(sc: Scenario, base: Path) -> tuple[list[ResolvedDeployment], Requests]:
-    """`specsim check`: resolve every deployment and check that the workload fits each, without
-    simulating (a SpecsimError names the first field that does not)."""
+    """`specsim check`: resolve every deployment and check that the workload fits each (at every
+    point of a grid sweep), without simulating (a SpecsimError names the first field that does not)."""
     deps = [resolve(d, i, base) for i, d in enumerate(sc.deployments)]
     req = generate(sc.workload, sc.seed, base)
     for i, dep in enumerate(deps):
         check_fits(dep, req, f"deployments[{i}]")
+    if sc.sweep is not None and sc.sweep.grid is not None:
+        RunContext(sc, base).jobs()  # every grid point's deployments resolve and fit
     return deps, req
 
 

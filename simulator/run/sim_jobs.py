@@ -96,15 +96,24 @@ class RunContext:
 
     def jobs(self) -> list[tuple[int, int, int]]:
         """(point, deployment, replication) of every simulation, in the report's order, after
-        checking that each workload fits each deployment (the first that does not is an error)."""
+        resolving each point's deployments and checking that each workload fits each (the first
+        that does not is an error naming the sweep point)."""
         out = []
-        for pi in range(len(self.points)):
-            for ei, (index, *_rest) in enumerate(self.expanded(pi)):
-                dep = self.deployment(pi, ei)
-                for r in range(len(self.seeds)):
-                    check_fits(dep, self.requests(pi, r), f"deployments[{index}]")
-                    out.append((pi, ei, r))
+        for pi, (point, _) in enumerate(self.points):
+            try:
+                out += self._point_jobs(pi)
+            except SpecsimError as e:
+                raise SpecsimError(f"{e} (at sweep point {point_words(point)})" if point else str(e)) from None
             self._requests = {k: v for k, v in self._requests.items() if k[1] == 0}
+        return out
+
+    def _point_jobs(self, pi: int) -> list[tuple[int, int, int]]:
+        out = []
+        for ei, (index, *_rest) in enumerate(self.expanded(pi)):
+            dep = self.deployment(pi, ei)
+            for r in range(len(self.seeds)):
+                check_fits(dep, self.requests(pi, r), f"deployments[{index}]")
+                out.append((pi, ei, r))
         return out
 
 
