@@ -1,10 +1,12 @@
 """Run independent simulation tasks: in this process, in local worker processes, or as Ray tasks,
 with a content-hashed cache of finished results.
 
-A task is plain data (a scenario dict, a seed and the folder its relative paths resolve against),
-so it pickles and its result depends on nothing but its content: the seed comes from the task,
-never from the worker that runs it, and results come back in submission order. Hence the same
-tasks give the same results whatever the executor and worker count.
+A task is plain data (`specsim plan`'s Task: a scenario dict, a seed and the folder its relative
+paths resolve against; `specsim run`'s SimJob, run/sim_jobs.py: one simulation of a scenario) and
+`map(tasks, progress, fn)` applies a module-level function to each. A task pickles and its result
+depends on nothing but its content: the seed comes from the task, never from the worker that runs
+it, and results come back in submission order. Hence the same tasks give the same results whatever
+the executor and worker count.
 """
 from __future__ import annotations
 
