@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 from simulator.errors import SpecsimError
@@ -92,17 +93,21 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
         json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout"),
         wide: bool = typer.Option(False, "--wide", help="Print every metric (vLLM bench-serve names), "
                                   "not the 80-column table"),
-        svg: bool = typer.Option(True, "--svg/--no-svg", help="Write each plot as SVG too (PNG always)")):
+        svg: bool = typer.Option(True, "--svg/--no-svg", help="Write each plot as SVG too (PNG always)"),
+        workers: int = typer.Option(1, "--workers", min=1, help="Simulations in parallel (local "
+                                    "processes; each holds its own copy of the run's state)"),
+        executor: str = typer.Option("local", "--executor", help="local (processes) or ray"),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                                  help="Existing Ray cluster (default: a local Ray for this run)")):
     """Simulate every deployment of a scenario; print a comparison and write reports/<name>/
     (summary.json, requests.csv, summary.md, plots, summary.html)."""
     from simulator.run.report import summary_json, write
-    from simulator.run.runner import run_scenario
     from simulator.config.loading import load_scenario
 
     sc, base = load_scenario(scenario)
     t0 = time.monotonic()
-    with _about(scenario), _progress(sys.stderr.isatty()) as factory:
-        result = run_scenario(sc, base, seed, factory)
+    with _about(scenario):
+        result = _simulate_all(sc, base, seed, workers, executor, ray_address)
     target = out_dir or Path("reports") / sc.name
     plots = write(result, target, str(scenario), svg)
     if json_out:
@@ -111,6 +116,36 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
     print_summary(result.summary, wide)
     out.print(f"[dim]wrote {target}/summary.md, summary.json, requests.csv, summary.html and "
               f"{len(plots)} plot files ({time.monotonic() - t0:.1f} s wall)[/]")
+
+
+def _simulate_all(sc, base: Path, seed, workers: int, executor: str, ray_address):
+    """In this process with a bar per simulation (one worker, the default), else on the executor
+    with one bar for the whole run and its ETA; the results are the same."""
+    from simulator.run.executors import make_executor
+    from simulator.run.runner import run_scenario
+
+    if workers == 1 and executor == "local" and ray_address is None:
+        with _progress(sys.stderr.isatty()) as factory:
+            return run_scenario(sc, base, seed, factory)
+    with make_executor(executor, workers, ray_address) as ex, _run_bar(sys.stderr.isatty(), sc.name) as done:
+        return run_scenario(sc, base, seed, executor=ex, done=done)
+
+
+@contextmanager
+def _run_bar(enabled: bool, name: str):
+    """One bar on stderr for a run on an executor: simulations done of all, elapsed, time left."""
+    if not enabled:
+        yield None
+        return
+    prog = Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total} simulations"), TimeElapsedColumn(),
+                    TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
+                    console=err, transient=True)
+    task = prog.add_task(name, total=None)
+    with prog:
+        def done(n: int, total: int | None = None):
+            prog.update(task, advance=n, **({"total": total} if total is not None else {}))
+        yield done
 
 
 def print_summary(summary: dict, wide: bool) -> None:
@@ -122,9 +157,11 @@ def print_summary(summary: dict, wide: bool) -> None:
         Console(width=max(out.width, natural_width(t)), force_terminal=out.is_terminal).print(t)
     else:
         out.print(compact_table(summary))
+    from simulator.config.sweep import point_words
     for c in summary.get("crossover", []):
         at = c["stops_paying_at"]
-        out.print(f"{c['design']} vs {c['baseline']}: "
+        where = f" ({point_words(c['at'])})" if c.get("at") else ""
+        out.print(f"{c['design']} vs {c['baseline']}{where}: "
                   + (f"stops paying at {c['param']} = {at:g}" if at is not None
                      else f"pays across the whole {c['param']} sweep"), markup=False)
 

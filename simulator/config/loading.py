@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from simulator.config.schema import Scenario
+from simulator.config.sweep import check_sweep
 from simulator.config.workload_schema import Strict
 from simulator.errors import SpecsimError, did_you_mean
 from simulator.user_files import load_user_yaml
@@ -78,9 +79,11 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
     try:
-        return Scenario.model_validate(data)
+        sc = Scenario.model_validate(data)
     except ValidationError as e:
         raise SpecsimError(format_validation_error(source, e)) from None
+    check_sweep(sc, source)
+    return sc
 
 
 def load_scenario(path: str | Path) -> tuple[Scenario, Path]:

@@ -259,20 +259,39 @@ class Deployment(Strict):
 
 
 class Sweep(Strict):
-    """Run every deployment at each value of one workload parameter (e.g. closed-loop concurrency)."""
-    param: Literal["concurrency", "rate_per_s"]
-    values: list[PositiveFloat] = Field(min_length=1)
+    """Run every deployment at each sweep point: `param` + `values` (one arrival parameter, e.g.
+    closed-loop concurrency), or `grid`: {FIELD_PATH: [values]} over any workload or deployment
+    fields, every combination (simulator/config/sweep.py resolves and validates the paths)."""
+    param: Literal["concurrency", "rate_per_s"] | None = None
+    values: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    grid: dict[str, list[Any]] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
-    def _values(self):
-        for i, v in enumerate(self.values):
-            if self.values.index(v) != i:
-                raise ValueError(f"values[{i}]: {v:g} repeats values[{self.values.index(v)}] "
-                                 "(each point is run once; remove the duplicate)")
-            if self.param == "concurrency" and v != int(v):
-                raise ValueError(f"values[{i}]: concurrency {v:g} is not a whole number of "
-                                 "requests in flight")
+    def _form(self):
+        if (self.grid is not None) == (self.param is not None or self.values is not None):
+            raise ValueError("give either 'param' and 'values', or 'grid' ({FIELD_PATH: [values]})")
+        if self.grid is None:
+            if self.param is None or self.values is None:
+                raise ValueError("give both 'param' and 'values'")
+            for i, v in enumerate(self.values):
+                if self.values.index(v) != i:
+                    raise ValueError(f"values[{i}]: {v:g} repeats values[{self.values.index(v)}] "
+                                     "(each point is run once; remove the duplicate)")
+                if self.param == "concurrency" and v != int(v):
+                    raise ValueError(f"values[{i}]: concurrency {v:g} is not a whole number of "
+                                     "requests in flight")
+        for path, vals in (self.grid or {}).items():
+            if not vals:
+                raise ValueError(f"grid.{path}: give at least one value")
+            _distinct(f"grid.{path}", vals)
         return self
+
+
+def _distinct(where: str, values: list) -> None:
+    rep = [v for i, v in enumerate(values) if v in values[:i]]
+    if rep:
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else repr(v) for v in rep)
+        raise ValueError(f"{where}: repeated values [{shown}] (each sweep point once)")
 
 
 class Scenario(Strict):
@@ -304,7 +323,7 @@ class Scenario(Strict):
                 raise ValueError(f"compare[{i}]: {bad} not deployment names ({names})")
         if self.compare and self.sweep is None:
             raise ValueError("compare needs a sweep (it reports where one design stops beating another)")
-        if self.sweep is not None:
+        if self.sweep is not None and self.sweep.param is not None:
             closed = isinstance(self.workload.arrival, Closed)
             if (self.sweep.param == "concurrency") != closed:
                 raise ValueError(f"sweep.param '{self.sweep.param}' does not fit arrival process "

@@ -16,6 +16,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from simulator.config.sweep import point_label, point_words
+
 # What each latency_source means, in words (summary.md and summary.html say it).
 SOURCE_MEANING = {
     "measured": "forward passes timed from a latency profile measured on this device",
@@ -53,8 +55,8 @@ def sweep_point(row: dict) -> tuple[str, float] | None:
 
 def label(row: dict) -> str:
     """Design name, with the sweep point when there is one."""
-    p = sweep_point(row)
-    return f"{row.get('name', '?')} @{p[0]}={p[1]:g}" if p else str(row.get("name", "?"))
+    s = row.get("sweep")
+    return str(row.get("name", "?")) + (point_label(s) if isinstance(s, dict) else "")
 
 
 def measured_share(row: dict) -> float | None:
@@ -171,7 +173,9 @@ def compact_table(summary: dict) -> Table:
         _num_col(t, h)
     t.add_column("latency", no_wrap=True)
     for r in rows:
-        cells = [Text(str(r.get("name", "?")) + (" !" if overloaded(r) else ""),
+        s = r.get("sweep")
+        name = str(r.get("name", "?")) + (f" · {point_words(s)}" if isinstance(s, dict) and len(params) != 1 else "")
+        cells = [Text(name + (" !" if overloaded(r) else ""),
                       style="bold red" if overloaded(r) else "")]
         if len(params) == 1:
             p = sweep_point(r)

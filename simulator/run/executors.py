@@ -1,10 +1,12 @@
 """Run independent simulation tasks: in this process, in local worker processes, or as Ray tasks,
 with a content-hashed cache of finished results.
 
-A task is plain data (a scenario dict, a seed and the folder its relative paths resolve against),
-so it pickles and its result depends on nothing but its content: the seed comes from the task,
-never from the worker that runs it, and results come back in submission order. Hence the same
-tasks give the same results whatever the executor and worker count.
+A task is plain data (`specsim plan`'s Task: a scenario dict, a seed and the folder its relative
+paths resolve against; `specsim run`'s SimJob, run/sim_jobs.py: one simulation of a scenario) and
+`map(tasks, progress, fn)` applies a module-level function to each. A task pickles and its result
+depends on nothing but its content: the seed comes from the task, never from the worker that runs
+it, and results come back in submission order. Hence the same tasks give the same results whatever
+the executor and worker count.
 """
 from __future__ import annotations
 
@@ -47,10 +49,10 @@ def simulate(task: Task) -> dict:
     return json.loads(summary_json(result))
 
 
-def _in_process(tasks: list[Task], progress: Progress | None) -> list[dict]:
+def _in_process(tasks: list, progress: Progress | None, fn: Callable = simulate) -> list:
     out = []
     for t in tasks:
-        out.append(simulate(t))
+        out.append(fn(t))
         if progress:
             progress(1)
     return out
@@ -72,10 +74,11 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
-    def map(self, tasks: list[Task], progress: Progress | None = None) -> list[dict]:
+    def map(self, tasks: list, progress: Progress | None = None, fn: Callable = simulate) -> list:
+        """fn(task) for every task, results in the tasks' order (fn: a module-level function)."""
         if self._pool is None or len(tasks) <= 1:
-            return _in_process(tasks, progress)
-        futures = {self._pool.submit(simulate, t): i for i, t in enumerate(tasks)}
+            return _in_process(tasks, progress, fn)
+        futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
         out: list = [None] * len(tasks)
         for f in as_completed(futures):
             out[futures[f]] = f.result()
@@ -110,15 +113,17 @@ class RayExecutor:
             except ConnectionError as e:
                 raise SpecsimError(f"--ray-address: cannot connect to Ray at {self.address}: {e}") from None
             self._started = True
-        self._remote = ray.remote(num_cpus=1)(simulate)
+        self._remote = {}
         return self
 
     def __exit__(self, *exc):
         if self._started:
             self.ray.shutdown()
 
-    def map(self, tasks: list[Task], progress: Progress | None = None) -> list[dict]:
-        refs = [self._remote.remote(t) for t in tasks]
+    def map(self, tasks: list, progress: Progress | None = None, fn: Callable = simulate) -> list:
+        if fn not in self._remote:
+            self._remote[fn] = self.ray.remote(num_cpus=1)(fn)
+        refs = [self._remote[fn].remote(t) for t in tasks]
         pending = list(refs)
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from simulator.config.sweep import point_label, value_words
 from simulator.errors import SpecsimError
 from simulator.user_files import load_user_json
 from simulator.run.console import SOURCE_MEANING
@@ -37,10 +38,7 @@ def summary_json(result: RunResult) -> str:
 
 
 def _label(row: dict) -> str:
-    if "sweep" in row:
-        (k, v), = row["sweep"].items()
-        return f"{row['name']} @{k}={v:g}"
-    return row["name"]
+    return row["name"] + point_label(row.get("sweep"))
 
 
 def _fmt(v, spec: str) -> str:
@@ -262,7 +260,7 @@ def _sdsl_section(s: dict) -> list[str]:
         return []
     out = ["", "## SDSL: acceptance from the law, and the optimal draft size", ""]
     for g in groups:
-        at = "".join(f" at {k} = {v:g}" for k, v in g.get("sweep", {}).items())
+        at = "".join(f" at {k} = {value_words(v)}" for k, v in g.get("sweep", {}).items())
         drafts = g["drafts"]
         best, near = g["best_by_throughput"], g["nearest_to_n_star"]
         size = {d["design"]: d["draft_params"] for d in drafts}
@@ -287,7 +285,7 @@ def _sdsl_section(s: dict) -> list[str]:
                 "", "| design | alpha- | alpha | alpha+ |", "|---|---|---|---|"]
         cells: dict[str, dict] = {}
         for r in band:
-            key = r["variant_of"] + "".join(f" @{k}={v:g}" for k, v in r.get("sweep", {}).items())
+            key = r["variant_of"] + point_label(r.get("sweep"))
             a = r["config"]["acceptance_sdsl"]
             cells.setdefault(key, {})[a["variant"]] = (
                 f"{r['throughput_tokens_per_s']:,.0f} tok/s (alpha {a['alpha']:.3f}, "
