@@ -15,7 +15,9 @@ and its partial prefills, rarely more than one or two, in a list; progress is wr
 per-request arrays when a request finishes or is preempted. A step is described to the
 strategy by the decode table's context column and sum plus the prefill chunks, so backends that
 price from sums (the roofline) build no per-sequence arrays. One SimPy event per batch step
-(plus one per open-loop arrival), never per token.
+(plus one per open-loop arrival), never per token; with macro-steps (the default) one per run
+of predictable decode steps (simulator/engine/macro.py), the single-step loop kept as the
+reference (macro_steps=False).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import simpy
 
 from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
+from simulator.engine import macro
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
@@ -90,9 +93,17 @@ class Replica:
     """
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
-                 strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None]):
+                 strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None],
+                 macro_steps: bool = True, horizon: Callable[[], float] | None = None):
+        """macro_steps: advance runs of predictable decode steps in one event (False: the
+        single-step reference loop). horizon: the time of the next open-loop arrival."""
         self.env, self.idx, self.dep, self.st, self.rng = env, idx, dep, st, rng
         self.on_finish = on_finish
+        self.macro = macro_steps and strategy.macro_safe
+        self.horizon = horizon or (lambda: float("inf"))
+        self._live: macro.Run | None = None  # the run being waited for
+        self._preempted = False  # the step just planned preempted
+        self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
         self.D = np.zeros((6, 0), np.int64)
         self.alpha = np.zeros(0)  # per decoding sequence
@@ -105,6 +116,7 @@ class Replica:
         self.wake: simpy.Event | None = None
         self.busy = 0.0
         self.steps = 0
+        self._last_dt: float | None = None
         self.max_blocks_used = 0
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
@@ -130,6 +142,10 @@ class Replica:
 
     def submit(self, r: int) -> None:
         self.st.replica[r] = self.idx
+        live = self._live
+        if live is not None and live.interruptible and live.cut_at is None and not self.waiting:
+            live.cut(self.env.now)  # the request could be admitted at the next step
+            self.process.interrupt()
         self.waiting.append(r)
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
@@ -205,7 +221,14 @@ class Replica:
         self._preempt_tail(keep)
         used = int(cum[keep - 1])
         self.max_blocks_used = max(self.max_blocks_used, used)
+        self._preempted = True
         return used, True
+
+    def note_kv(self, ctx: np.ndarray) -> None:
+        """Track the KV peak of a decode step over caches ctx as _fit does (macro-steps)."""
+        c, bs = self.qdec + self.lookahead + self.bs - 1, self.bs
+        if (int(ctx.sum()) + ctx.shape[0] * c) // bs > self.max_blocks_used:
+            self.max_blocks_used = max(self.max_blocks_used, int(((ctx + c) // bs).sum()))
 
     def _admit(self, used: int, left: int, whole: bool, cap: int | None) -> None:
         """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
@@ -232,6 +255,7 @@ class Replica:
         """This step's batch: which sequences run and how many tokens each puts in the pass.
         Leaves the prefill chunks in self._run; None when nothing can run."""
         self._run = run = []
+        self._preempted = False
         bs = self.bs
         ctx = self.D[CTX]
         n = ctx.shape[0]
@@ -287,12 +311,32 @@ class Replica:
             if b is None:  # cannot happen with a plan the memory check accepted; never spin
                 yield from self._idle()
                 continue
+            if self.macro and b.n_dec and not self._run and not self.pre and not self._preempted:
+                run = macro.plan_run(self, env.now, self.horizon(), self._last_dt)
+                if run is not None:
+                    yield from self._wait_run(run)
+                    continue
             outcome = strategy.sample(self.rng, self.alpha) if b.n_dec else None
-            dt = strategy.step_time(b, outcome)
+            dt = self._last_dt = strategy.step_time(b, outcome)
             self.busy += dt
             self.steps += 1
+            self.events += 1
             yield env.timeout(dt)
             self._apply(b.n_dec, outcome, env.now)
+
+    def _wait_run(self, run: macro.Run):
+        """Wait for a run of decode steps to end (or, cut by an arrival, for the step in
+        progress), then apply it."""
+        env = self.env
+        self._live = run
+        try:
+            yield env.timeout(macro.exact_delay(env.now, run.ends[-1]))
+        except simpy.Interrupt:
+            yield env.timeout(macro.exact_delay(env.now, run.ends[run.cut_at - 1]))
+        self._live = None
+        J = run.cut_at or run.steps
+        self._last_dt = float(run.dt[J - 1])
+        macro.apply_run(self, run)
 
     def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> None:
         st, finished = self.st, None

@@ -299,8 +299,30 @@ class ProfileLatency:
         t, ok = self._attention_uniform(n, q, c)
         return self._compose(n * q, n_logits, t, t if ok else 0.0)
 
-    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> np.ndarray:
-        """The forward's breakdown from its token count and one layer's attention."""
+    def forward_decode_many(self, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
+                            shift: int = 0, ctx_max: np.ndarray | None = None):
+        """forward_uniform for each step of a run of decode steps (simulator/latency/base.py
+        forward_decode_many): one attention lookup per step, the token-count parts once."""
+        if shift or n == 0 or (self.ctx_stat == "max" and ctx_max is None):
+            return None
+        cs = ctx_max if self.ctx_stat == "max" else np.round(ctx_sums / n).astype(np.int64)
+        att = [self._attention_uniform(n, q_dec, c) for c in cs.tolist()]
+        linear, lin_meas, comm, comm_meas, fell = self._token_parts(n * q_dec, n_logits)
+        L, over = self.L, self._overhead
+        over_meas = over if self._overhead_measured else 0.0
+        attn = []
+        for t, ok in att:  # the stats, step by step as _compose keeps them
+            a = L * t
+            self._calls += 1
+            self._fallback_calls += fell or (not ok and 0.0 < t)
+            self._t_total += linear + a + comm + over
+            self._t_measured += lin_meas + (a if ok else 0.0) + comm_meas + over_meas
+            attn.append(a)
+        return (linear, np.array(attn), comm, over)
+
+    def _token_parts(self, T: int, n_logits: int) -> tuple:
+        """(linear, its measured part, communication, its measured part, any fallback) of a
+        forward over T tokens with n_logits sampled positions."""
         L = self.L
         na, na_ok = self._per_token("non_attention", self._na, T)
         emb, emb_ok = self._per_token("embedding", self._emb, T)
@@ -312,14 +334,19 @@ class ProfileLatency:
             linear += head
             lin_meas += head if head_ok else 0.0
             fell_back |= not head_ok
-        fell_back |= attn_meas < attn
-        attn, attn_meas = L * attn, L * attn_meas
         comm = comm_meas = 0.0
         if self.tp > 1:
             ar, ar_ok = self._per_token("allreduce", self._ar, T)
             comm = 2 * L * ar
             comm_meas = comm if ar_ok else 0.0
             fell_back |= not ar_ok
+        return linear, lin_meas, comm, comm_meas, fell_back
+
+    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> np.ndarray:
+        """The forward's breakdown from its token count and one layer's attention."""
+        linear, lin_meas, comm, comm_meas, fell_back = self._token_parts(T, n_logits)
+        fell_back |= attn_meas < attn
+        attn, attn_meas = self.L * attn, self.L * attn_meas
         over = self._overhead
         self._calls += 1
         self._fallback_calls += fell_back

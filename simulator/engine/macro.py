@@ -1,0 +1,191 @@
+"""Macro-steps: a replica advances a run of predictable decode steps in one SimPy event.
+
+Between scheduling events the decode steps of a replica are predictable: the batch has no
+partial prefill, the step just planned admitted nothing and preempted nothing (and, with a
+waiting request, nothing can be admitted until a sequence finishes: admission's limits are
+constant or only tighten as caches grow), so until a sequence finishes, the KV cache would
+overflow, or a request arrives while none waits, every step decodes the same sequences. For
+such a run the replica (simulator/engine/replica.py) plans the first step as usual; then
+plan_run samples the k x n accepted counts at once, takes cumulative tokens per sequence, stops
+at the first step in which any sequence finishes, before the first step whose exact KV count
+would overflow, and before the next open-loop arrival, prices the steps from their context sums
+(Strategy.run_times), and returns a Run ending at an absolute time computed by the same
+sequential float additions as single steps; apply_run then applies the first J steps' effects.
+An arrival in the middle of a run (closed loop, another replica's completion) cuts it at the
+step in progress (Run.cut).
+
+Exactness: step times, inter-token gaps, busy and component seconds are computed with the
+single-step path's float operations in its order, so runs whose outcomes need no randomness
+(AR, SD with alpha = 1) reproduce the single-step loop's outputs byte for byte. Sampled runs
+draw k rows of accepted counts and drop those past the run's end: the same law, another stream.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+
+import numpy as np
+
+from simulator.engine.strategies import RunBatch
+
+CAP = 128  # longest run (steps) sampled and priced at once
+CTX_ROW, REM_ROW, ACC_ROW = 1, 2, 3  # rows of the decode table (simulator/engine/replica.py)
+
+
+class Run:
+    """A planned run of decode steps: per-step seconds and absolute end times, cumulative
+    tokens and accepted counts per sequence, charges; `interruptible` when an arrival could be
+    admitted mid-run (no request was waiting)."""
+
+    __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at")
+
+    def __init__(self, n, dt, ends, cum, acc, charges, interruptible):
+        self.n, self.dt, self.ends, self.cum, self.acc = n, dt, ends, cum, acc
+        self.charges, self.interruptible, self.cut_at = charges, interruptible, None
+
+    @property
+    def steps(self) -> int:
+        return len(self.ends)
+
+    def cut(self, t: float) -> int:
+        """Steps kept when a request arrives at t mid-run: those up to the one in progress (the
+        step that would be planned at or after t is not run). Returns the kept count."""
+        self.cut_at = min(self.steps, bisect.bisect_left(self.ends, t) + 1)
+        return self.cut_at
+
+
+def exact_delay(now: float, t: float) -> float:
+    """A delay d with now + d == t in floating point (SimPy schedules at now + delay), so that
+    a run ends at exactly the time the single steps would have reached."""
+    d = t - now
+    for _ in range(4):
+        s = now + d
+        if s == t:
+            return d
+        d = math.nextafter(d, math.inf if s < t else -math.inf)
+    return t - now
+
+
+def _kv_used(ctx: np.ndarray, before: np.ndarray | int, c: int, bs: int) -> int:
+    """Exact KV blocks of the decode rows at a step whose contexts are ctx + before (as _fit)."""
+    return int((((ctx + before) + (c + bs - 1)) // bs).sum())
+
+
+def plan_run(rep, now: float, horizon: float, last_dt: float | None):
+    """The run starting with the step rep just planned (all decode, see the module docstring),
+    or None when it would be a single step. horizon: the next open-loop arrival (inf: none)."""
+    D = rep.D
+    n, ctx, rem = D.shape[1], D[CTX_ROW], D[REM_ROW]
+    interruptible = not rep.waiting
+    k = min(CAP, int(rem.min()))  # every step emits >= 1 token: no finish before step min(rem)
+    if interruptible and horizon < math.inf and last_dt:
+        k = min(k, int((horizon - now) / last_dt) + 2)
+    if k < 2:
+        return None
+    out = rep.strategy.sample_run(rep.rng, rep.alpha, k)
+    tok = out.tokens
+    steps = np.arange(k)
+    if np.ndim(tok) == 0:  # every sequence gets the same tokens each step
+        m = min(k, -(-int(rem.min()) // int(tok)))
+        steps = steps[:m]
+        before = lambda j: int(tok) * j  # noqa: E731  tokens emitted before step j
+        ctx_sums = int(ctx.sum()) + n * int(tok) * steps
+        ctx_max = int(ctx.max()) + int(tok) * steps
+        cum = int(tok) * (steps + 1)
+    else:
+        cum = np.cumsum(tok, axis=0)
+        done = (cum >= rem).any(axis=1)
+        m = int(done.argmax()) + 1 if done.any() else k
+        cum, steps = cum[:m], steps[:m]
+        prev = np.concatenate([np.zeros((1, n), np.int64), cum[:-1]])
+        before = lambda j: prev[j]  # noqa: E731
+        ctx_sums = int(ctx.sum()) + prev.sum(axis=1)
+        ctx_max = (ctx + prev).max(axis=1)
+    m = _kv_limit(rep, ctx, ctx_sums, before, m)
+    if m < 1:
+        return None
+    ctx_sums, ctx_max = ctx_sums[:m], ctx_max[:m]
+    dt, charges = rep.strategy.run_times(
+        RunBatch(n, rep.qdec, ctx_sums, ctx_max, lambda j: ctx + before(j)))
+    ends, s = [], now
+    for d in dt.tolist():  # the clock as single steps advance it
+        s = s + d
+        ends.append(s)
+    if interruptible and horizon < math.inf:
+        ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
+    acc = None if out.accepted is None else (
+        out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
+    return Run(n, dt, ends, cum, acc, charges, interruptible)
+
+
+def _kv_limit(rep, ctx, ctx_sums, before, m: int) -> int:
+    """Steps of the run before the first one whose exact KV count would overflow (step 0 was
+    checked when it was planned). A bound on the last step's count skips the exact count."""
+    c, bs = rep.qdec + rep.lookahead, rep.bs
+    total_blocks = rep.blocks_total
+    if (int(ctx_sums[m - 1]) + ctx.shape[0] * (c + bs - 1)) // bs <= total_blocks:
+        return m
+    if _kv_used(ctx, before(m - 1), c, bs) <= total_blocks:
+        return m
+    lo, hi = 0, m - 1  # used(lo) fits, used(hi) overflows; counts only grow along the run
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _kv_used(ctx, before(mid), c, bs) <= total_blocks:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _sequential(acc: float, v, k: int) -> float:
+    """acc + v[0] + ... + v[k-1], added one by one as single steps add them (v may be a constant)."""
+    if np.ndim(v) == 0:
+        v = float(v)
+        for _ in range(k):
+            acc += v
+        return acc
+    for x in v[:k].tolist():
+        acc += x
+    return acc
+
+
+def apply_run(rep, run: Run) -> None:
+    """Apply the first run.cut_at (default all) steps of `run` to the replica (see
+    Replica._apply for one step): tokens, accepted counts, rounds, inter-token gaps, busy and
+    component seconds, the KV peak, and the sequences that finished in the last step."""
+    J = run.cut_at or run.steps
+    st, D, n, ends = rep.st, rep.D, run.n, run.ends
+    scalar = np.ndim(run.cum) == 1
+    cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]
+    before_last = (int(run.cum[J - 2]) if scalar else run.cum[J - 2]) if J > 1 else 0
+    ctx, rem = D[CTX_ROW], D[REM_ROW]
+    rep.note_kv(ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
+    fin = rem <= cum
+    e = np.minimum(cum, rem)
+    ctx += e  # views: update D
+    rem -= e
+    if run.acc is not None:
+        D[ACC_ROW] += run.acc[J - 1]
+    rep.epoch += J
+    if rep.last_arr is None:
+        st.itl_values.append(ends[0] - rep.last_t)
+        st.itl_counts.append(n)
+    else:
+        st.itl_arrays.append(ends[0] - rep.last_arr)
+        rep.last_arr = None
+    if J > 1:
+        e_arr = np.asarray(ends[:J])
+        st.itl_values.extend((e_arr[1:] - e_arr[:-1]).tolist())
+        st.itl_counts.extend([n] * (J - 1))
+    now = rep.last_t = ends[J - 1]
+    rep.busy = _sequential(rep.busy, run.dt, J)
+    rep.steps += J
+    rep.events += 1
+    for name, parts in run.charges.items():
+        acc = getattr(rep.strategy, f"{name}_busy")
+        for i in range(4):
+            acc[i] = _sequential(acc[i], parts[i], J)
+    if fin.any():
+        ids = rep._leave(fin)
+        st.finish[ids] = now
+        rep.on_finish(ids.shape[0])
