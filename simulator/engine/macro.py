@@ -17,7 +17,10 @@ step in progress (Run.cut).
 Exactness: step times, inter-token gaps, busy and component seconds are computed with the
 single-step path's float operations in its order, so runs whose outcomes need no randomness
 (AR, SD with alpha = 1) reproduce the single-step loop's outputs byte for byte. Sampled runs
-draw k rows of accepted counts and drop those past the run's end: the same law, another stream.
+draw k rounds of accepted counts at once (the same numbers k single steps draw: one row of the
+(k, n) draw per step); when fewer steps are applied, the replica's generator is rewound and
+advanced by exactly the applied rounds, so the stream continues as single steps leave it and
+sampled runs reproduce the reference too (except where event order at equal times differs).
 """
 from __future__ import annotations
 
@@ -37,11 +40,13 @@ class Run:
     tokens and accepted counts per sequence, charges; `interruptible` when an arrival could be
     admitted mid-run (no request was waiting)."""
 
-    __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at")
+    __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at",
+                 "rng_state", "drawn")
 
-    def __init__(self, n, dt, ends, cum, acc, charges, interruptible):
+    def __init__(self, n, dt, ends, cum, acc, charges, interruptible, rng_state, drawn):
         self.n, self.dt, self.ends, self.cum, self.acc = n, dt, ends, cum, acc
         self.charges, self.interruptible, self.cut_at = charges, interruptible, None
+        self.rng_state, self.drawn = rng_state, drawn  # to redraw only the steps applied
 
     @property
     def steps(self) -> int:
@@ -55,15 +60,16 @@ class Run:
 
 
 def exact_delay(now: float, t: float) -> float:
-    """A delay d with now + d == t in floating point (SimPy schedules at now + delay), so that
-    a run ends at exactly the time the single steps would have reached."""
+    """A delay d with now + d == t in floating point when one exists (SimPy schedules at
+    now + delay), so that a run ends at exactly the time single steps would reach; else t - now
+    (the caller then hops: simulator/engine/replica.py _sleep_until)."""
     d = t - now
-    for _ in range(4):
-        s = now + d
-        if s == t:
-            return d
-        d = math.nextafter(d, math.inf if s < t else -math.inf)
-    return t - now
+    if now + d == t:
+        return d
+    for e in (math.nextafter(d, math.inf), math.nextafter(d, -math.inf)):
+        if now + e == t:
+            return e
+    return d
 
 
 def _kv_used(ctx: np.ndarray, before: np.ndarray | int, c: int, bs: int) -> int:
@@ -82,6 +88,7 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
         k = min(k, int((horizon - now) / last_dt) + 2)
     if k < 2:
         return None
+    rng_state = rep.rng.bit_generator.state
     out = rep.strategy.sample_run(rep.rng, rep.alpha, k)
     tok = out.tokens
     steps = np.arange(k)
@@ -115,7 +122,8 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
         ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
     acc = None if out.accepted is None else (
         out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
-    return Run(n, dt, ends, cum, acc, charges, interruptible)
+    return Run(n, dt, ends, cum, acc, charges, interruptible,
+               None if np.ndim(tok) == 0 else rng_state, k)
 
 
 def _kv_limit(rep, ctx, ctx_sums, before, m: int) -> int:
@@ -154,6 +162,10 @@ def apply_run(rep, run: Run) -> None:
     Replica._apply for one step): tokens, accepted counts, rounds, inter-token gaps, busy and
     component seconds, the KV peak, and the sequences that finished in the last step."""
     J = run.cut_at or run.steps
+    if run.rng_state is not None and J < run.drawn:
+        # Leave the stream where single steps would: as if only the J applied rounds were drawn.
+        rep.rng.bit_generator.state = run.rng_state
+        rep.strategy.sample_run(rep.rng, rep.alpha, J)
     st, D, n, ends = rep.st, rep.D, run.n, run.ends
     scalar = np.ndim(run.cum) == 1
     cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]

@@ -324,15 +324,24 @@ class Replica:
             yield env.timeout(dt)
             self._apply(b.n_dec, outcome, env.now)
 
+    def _sleep_until(self, t: float):
+        """Wake at exactly time t. SimPy wakes at now + delay; when no delay rounds to t, a
+        first hop to a time m >= t / 2 makes t - m exact (Sterbenz), so the second lands on t."""
+        env = self.env
+        d = macro.exact_delay(env.now, t)
+        if env.now + d != t:
+            yield env.timeout((t - env.now) * 0.75)
+            d = t - env.now
+        yield env.timeout(d)
+
     def _wait_run(self, run: macro.Run):
         """Wait for a run of decode steps to end (or, cut by an arrival, for the step in
         progress), then apply it."""
-        env = self.env
         self._live = run
         try:
-            yield env.timeout(macro.exact_delay(env.now, run.ends[-1]))
+            yield from self._sleep_until(run.ends[-1])
         except simpy.Interrupt:
-            yield env.timeout(macro.exact_delay(env.now, run.ends[run.cut_at - 1]))
+            yield from self._sleep_until(run.ends[run.cut_at - 1])
         self._live = None
         J = run.cut_at or run.steps
         self._last_dt = float(run.dt[J - 1])
