@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from simulator.engine.strategies import RunBatch
+from simulator.latency.base import add_steps
 
 CAP = 128  # longest run (steps) sampled and priced at once
 CTX_ROW, REM_ROW, ACC_ROW = 1, 2, 3  # rows of the decode table (simulator/engine/replica.py)
@@ -41,12 +42,13 @@ class Run:
     admitted mid-run (no request was waiting)."""
 
     __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at",
-                 "rng_state", "drawn")
+                 "rng_state", "drawn", "pending")
 
     def __init__(self, n, dt, ends, cum, acc, charges, interruptible, rng_state, drawn):
         self.n, self.dt, self.ends, self.cum, self.acc = n, dt, ends, cum, acc
         self.charges, self.interruptible, self.cut_at = charges, interruptible, None
         self.rng_state, self.drawn = rng_state, drawn  # to redraw only the steps applied
+        self.pending: list = []  # (object, attribute, per-step values) of backend statistics
 
     @property
     def steps(self) -> int:
@@ -112,8 +114,8 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     if m < 1:
         return None
     ctx_sums, ctx_max = ctx_sums[:m], ctx_max[:m]
-    dt, charges = rep.strategy.run_times(
-        RunBatch(n, rep.qdec, ctx_sums, ctx_max, lambda j: ctx + before(j)))
+    rb = RunBatch(n, rep.qdec, ctx_sums, ctx_max, lambda j: ctx + before(j))
+    dt, charges = rep.strategy.run_times(rb)
     ends, s = [], now
     for d in dt.tolist():  # the clock as single steps advance it
         s = s + d
@@ -122,8 +124,10 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
         ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
     acc = None if out.accepted is None else (
         out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
-    return Run(n, dt, ends, cum, acc, charges, interruptible,
-               None if np.ndim(tok) == 0 else rng_state, k)
+    run = Run(n, dt, ends, cum, acc, charges, interruptible,
+              None if np.ndim(tok) == 0 else rng_state, k)
+    run.pending = rb.pending
+    return run
 
 
 def _kv_limit(rep, ctx, ctx_sums, before, m: int) -> int:
@@ -143,18 +147,6 @@ def _kv_limit(rep, ctx, ctx_sums, before, m: int) -> int:
         else:
             hi = mid
     return hi
-
-
-def _sequential(acc: float, v, k: int) -> float:
-    """acc + v[0] + ... + v[k-1], added one by one as single steps add them (v may be a constant)."""
-    if np.ndim(v) == 0:
-        v = float(v)
-        for _ in range(k):
-            acc += v
-        return acc
-    for x in v[:k].tolist():
-        acc += x
-    return acc
 
 
 def apply_run(rep, run: Run) -> None:
@@ -190,13 +182,15 @@ def apply_run(rep, run: Run) -> None:
         st.itl_values.extend((e_arr[1:] - e_arr[:-1]).tolist())
         st.itl_counts.extend([n] * (J - 1))
     now = rep.last_t = ends[J - 1]
-    rep.busy = _sequential(rep.busy, run.dt, J)
+    rep.busy = add_steps(rep.busy, run.dt, J)
     rep.steps += J
     rep.events += 1
     for name, parts in run.charges.items():
         acc = getattr(rep.strategy, f"{name}_busy")
         for i in range(4):
-            acc[i] = _sequential(acc[i], parts[i], J)
+            acc[i] = add_steps(acc[i], parts[i], J)
+    for obj, attr, values in run.pending:  # backends' run statistics (profile)
+        setattr(obj, attr, add_steps(getattr(obj, attr), values, J))
     if fin.any():
         ids = rep._leave(fin)
         st.finish[ids] = now

@@ -135,13 +135,16 @@ def charge(acc: list[float], t) -> float:
 # the engine then prices the run step by step through the scalar path.
 
 def forward_decode_many(model, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
-                        shift: int = 0, ctx_max: np.ndarray | None = None):
+                        shift: int = 0, ctx_max: np.ndarray | None = None,
+                        pending: list | None = None):
     """forward_batch(model, q_dec, ctx_j, ctx_sums[j], [], [], n_logits, shift) for each step j
     of a run: a 4-tuple of arrays over the steps (or scalars constant over them), or None.
-    ctx_max: each step's longest context (backends that price from the maximum need it)."""
+    ctx_max: each step's longest context (backends that price from the maximum need it).
+    pending: where a backend that keeps run statistics leaves (object, attribute, per-step
+    values) for the engine to add for the steps it applies (None: add them now)."""
     own = getattr(model, "forward_decode_many", None)
     if own is not None:
-        return own(q_dec, n, ctx_sums, n_logits, shift, ctx_max)
+        return own(q_dec, n, ctx_sums, n_logits, shift, ctx_max, pending)
     sums = getattr(model, "forward_sums_many", None)
     if sums is None:
         return None
@@ -176,3 +179,20 @@ def step_overhead_many(model, n_seqs: int, n_tokens: int, n_sampled: int, n_veri
 def total(t):
     """The seconds of breakdown(s) t, summed in charge()'s order."""
     return t[0] + t[1] + t[2] + t[3]
+
+
+def add_steps(acc, v, k: int):
+    """acc plus the first k per-step values v (or k times a constant v), added one at a time as
+    single steps add them (float sums depend on their order); integer values are summed."""
+    if np.ndim(v) == 0:
+        if isinstance(v, (int, np.integer)) and not isinstance(acc, float):
+            return acc + int(v) * k
+        v = float(v)
+        for _ in range(k):
+            acc += v
+        return acc
+    if v.dtype.kind in "iub":
+        return acc + int(v[:k].sum())
+    for x in v[:k].tolist():
+        acc += x
+    return acc

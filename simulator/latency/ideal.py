@@ -30,7 +30,8 @@ class IdealLatency(Stateless):
                      ctx_sum: int | None = None, start: int = 0) -> np.ndarray:
         return self._t * steps
 
-    def forward_decode_many(self, q_dec, n, ctx_sums, n_logits, shift=0, ctx_max=None) -> tuple:
+    def forward_decode_many(self, q_dec, n, ctx_sums, n_logits, shift=0, ctx_max=None,
+                            pending=None) -> tuple:
         """Every step of a run costs one forward (simulator/latency/base.py forward_decode_many)."""
         return tuple(self._t.tolist())
 

@@ -35,7 +35,7 @@ import numpy as np
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import ModelArch
 from simulator.errors import SpecsimError
-from simulator.latency.base import COMMUNICATION, LINEAR, OVERHEAD
+from simulator.latency.base import COMMUNICATION, LINEAR, OVERHEAD, add_steps
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.latency.profiles import Profile, find_profile, load_profile, profile_paths
 
@@ -300,25 +300,26 @@ class ProfileLatency:
         return self._compose(n * q, n_logits, t, t if ok else 0.0)
 
     def forward_decode_many(self, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
-                            shift: int = 0, ctx_max: np.ndarray | None = None):
-        """forward_uniform for each step of a run of decode steps (simulator/latency/base.py
-        forward_decode_many): one attention lookup per step, the token-count parts once."""
+                            shift: int = 0, ctx_max: np.ndarray | None = None, pending=None):
+        """forward_uniform for each step of a run (latency.base.forward_decode_many)."""
         if shift or n == 0 or (self.ctx_stat == "max" and ctx_max is None):
             return None
         cs = ctx_max if self.ctx_stat == "max" else np.round(ctx_sums / n).astype(np.int64)
         att = [self._attention_uniform(n, q_dec, c) for c in cs.tolist()]
         linear, lin_meas, comm, comm_meas, fell = self._token_parts(n * q_dec, n_logits)
         L, over = self.L, self._overhead
-        over_meas = over if self._overhead_measured else 0.0
-        attn = []
-        for t, ok in att:  # the stats, step by step as _compose keeps them
-            a = L * t
-            self._calls += 1
-            self._fallback_calls += fell or (not ok and 0.0 < t)
-            self._t_total += linear + a + comm + over
-            self._t_measured += lin_meas + (a if ok else 0.0) + comm_meas + over_meas
-            attn.append(a)
-        return (linear, np.array(attn), comm, over)
+        over_meas, attn = over if self._overhead_measured else 0.0, np.array([L * t for t, _ in att])
+        stats = [("_calls", np.ones(len(att), np.int64)),  # each step's, as _compose keeps them
+                 ("_fallback_calls", np.array([fell or (not ok and 0.0 < t) for t, ok in att], np.int64)),
+                 ("_t_total", linear + attn + comm + over),
+                 ("_t_measured", np.array([lin_meas + (L * t if ok else 0.0) + comm_meas + over_meas
+                                           for t, ok in att]))]
+        if pending is None:
+            for name, v in stats:
+                setattr(self, name, add_steps(getattr(self, name), v, len(att)))
+        else:
+            pending += [(self, name, v) for name, v in stats]
+        return (linear, attn, comm, over)
 
     def _token_parts(self, T: int, n_logits: int) -> tuple:
         """(linear, its measured part, communication, its measured part, any fallback) of a

@@ -84,10 +84,11 @@ class RunBatch:
     """A run of k successive all-decode steps of the same n sequences (simulator/engine/macro.py):
     each step's context sum and longest context, and row(j), the contexts of step j."""
 
-    __slots__ = ("n", "q_dec", "ctx_sums", "ctx_max", "row")
+    __slots__ = ("n", "q_dec", "ctx_sums", "ctx_max", "row", "pending")
 
     def __init__(self, n: int, q_dec: int, ctx_sums: np.ndarray, ctx_max: np.ndarray, row):
         self.n, self.q_dec, self.ctx_sums, self.ctx_max, self.row = n, q_dec, ctx_sums, ctx_max, row
+        self.pending: list = []  # backends' per-step statistics (latency.base.forward_decode_many)
 
 
 # A run's charges: accumulator name ("target" or "draft") -> 4 components, each an array over
@@ -138,7 +139,7 @@ class Strategy:
         """target_time's breakdown for each step of a run (None: price step by step)."""
         q, n = self.query_tokens, r.n
         sampled = n * q
-        t = forward_decode_many(self.target, q, n, r.ctx_sums, sampled, 0, r.ctx_max)
+        t = forward_decode_many(self.target, q, n, r.ctx_sums, sampled, 0, r.ctx_max, r.pending)
         if t is None:
             return None
         gpu = gpu_before + t[0] + t[1] + t[2] + t[3]

@@ -67,7 +67,7 @@ class SpeculativeStrategy(Strategy):
         n, k = r.n, self.draft_first_q
         if k == 1:
             return decode_steps_many(self.draft, n, r.ctx_sums, self.gamma, n, 0, r.ctx_max)
-        d = forward_decode_many(self.draft, k, n, r.ctx_sums, n, k - 1, r.ctx_max)
+        d = forward_decode_many(self.draft, k, n, r.ctx_sums, n, k - 1, r.ctx_max, r.pending)
         if d is None or self.gamma <= 1:
             return d
         e = decode_steps_many(self.draft, n, r.ctx_sums, self.gamma - 1, n, 1, r.ctx_max)
