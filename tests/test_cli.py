@@ -1,9 +1,11 @@
 """The command line: run/check contract, clear errors (exit 2, no traceback), shipped scenarios."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -37,11 +39,64 @@ def test_run_json_contract(tmp_path):
         assert CONTRACT <= dep.keys()
         for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
             assert set(dep[k]) == DIST
-    assert {f.name for f in (tmp_path / "out").iterdir()} == {"summary.md", "summary.json", "requests.csv"}
+    assert {f.name for f in (tmp_path / "out").iterdir()} == {
+        "summary.md", "summary.json", "requests.csv", "summary.html",
+        *(f"{stem}.{ext}" for stem in ("latency_cdf", "busy_breakdown") for ext in ("png", "svg"))}
     csv = (tmp_path / "out" / "requests.csv").read_text().splitlines()
     assert len(csv) == 1 + 2 * 60
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "Where the numbers come from" in md and "roofline" in md
+
+
+def test_total_token_throughput_is_prompt_plus_output_over_duration(tmp_path):
+    """vLLM bench serve's total token throughput, checked against requests.csv."""
+    p = write(tmp_path, scenario_dict([AR_8B, SD_8B], requests=40))
+    s = json.loads(specsim("run", p, "--json", "--out", tmp_path / "out").stdout)
+    req = pd.read_csv(tmp_path / "out" / "requests.csv")
+    for dep in s["deployments"]:
+        r = req[req.deployment == dep["name"]]
+        duration = r.finish_s.max() - r.arrival_s.min()
+        assert dep["prompt_tokens"] == r.prompt_tokens.sum()
+        assert dep["throughput_total_tokens_per_s"] == pytest.approx(
+            (r.prompt_tokens.sum() + r.output_tokens.sum()) / duration, rel=1e-6)
+        assert dep["throughput_total_tokens_per_s"] > dep["throughput_tokens_per_s"]
+
+
+def test_console_fits_80_columns_and_wide_shows_everything(tmp_path):
+    p = write(tmp_path, scenario_dict([AR_8B, SD_8B], requests=30))
+    env = {**os.environ, "COLUMNS": "80"}
+    r = subprocess.run([*SPECSIM, "run", p, "--out", tmp_path / "o"], capture_output=True, text=True,
+                       cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    assert max(map(len, r.stdout.splitlines())) <= 80 and "…" not in r.stdout
+    assert "TPOT" in r.stdout and "$/Mtok" in r.stdout and "ITL" not in r.stdout
+    w = subprocess.run([*SPECSIM, "run", p, "--out", tmp_path / "o", "--wide"], capture_output=True,
+                       text=True, cwd=ROOT, env=env)
+    assert w.returncode == 0 and "…" not in w.stdout
+    assert all(h in w.stdout for h in ("ITL", "E2E", "total", "median ms", "goodput"))
+
+
+def test_report_rerenders_a_folder_without_simulating(tmp_path):
+    """specsim report DIR redraws summary.md, the plots and summary.html from summary.json and
+    requests.csv: the same bytes the run wrote (plots are byte-reproducible)."""
+    p = write(tmp_path, scenario_dict([AR_8B, SD_8B], requests=30))
+    out = tmp_path / "out"
+    assert specsim("run", p, "--out", out).returncode == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    for f in out.iterdir():
+        if f.name not in ("summary.json", "requests.csv", "summary.md"):
+            f.unlink()
+    (out / "requests.csv").rename(tmp_path / "requests.csv")  # without it: no CDFs, the rest drawn
+    r = specsim("report", out)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "latency_cdf.png").exists() and (out / "busy_breakdown.png").exists()
+    (tmp_path / "requests.csv").rename(out / "requests.csv")
+    r = specsim("report", out)
+    assert r.returncode == 0, r.stderr
+    after = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert after == before
+    bad = specsim("report", tmp_path / "nowhere")
+    assert bad.returncode == 2 and "summary.json" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_run_seed_override(tmp_path):
@@ -100,5 +155,12 @@ def test_shipped_scenarios_validate(scenario):
 def test_catalogue_listings():
     r = specsim("models")
     assert r.returncode == 0 and "llama-3.1-405b" in r.stdout and "opt-66b" in r.stdout
+    assert max(map(len, r.stdout.splitlines())) <= 80 and "…" not in r.stdout
     r = specsim("gpus")
-    assert r.returncode == 0 and "mi325x" in r.stdout
+    assert r.returncode == 0 and "mi325x" in r.stdout and "Infinity" in r.stdout
+    assert max(map(len, r.stdout.splitlines())) <= 80 and "…" not in r.stdout
+    models = json.loads(specsim("models", "--json").stdout)
+    assert {m["name"]: m["params"] for m in models}["llama-3.1-70b"] > 7e10
+    gpus = json.loads(specsim("gpus", "--json").stdout)
+    h200 = next(g for g in gpus if g["name"] == "h200-sxm")
+    assert h200["hbm_gb"] == 141 and h200["price_per_gpu_hour"] > 0

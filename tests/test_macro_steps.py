@@ -28,7 +28,8 @@ from simulator.run.runner import run_scenario
 
 SMALL_GPU = {"name": "tiny-gpu", "hbm_gb": 24, "bandwidth_tbps": 1.0, "bf16_tflops": 200}
 RECORD_FIELDS = ("arrival", "first_token", "finish", "rounds", "accepted", "round_tokens",
-                 "preemptions", "replica", "busy_s")
+                 "preemptions", "replica", "busy_s", "step_replica", "step_start", "step_time",
+                 "step_seqs", "step_tokens", "step_emitted")
 
 
 def simulate(d, macro_steps: bool, index: int = 0, seed: int = 5):
@@ -93,8 +94,8 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_macro_steps_reproduce_the_reference_loop(name):
     """Catches any drift of a run from single steps: a step priced with other float operations,
-    a clock that adds a run's seconds in another order, a token, round or inter-token gap lost
-    at a run's last step, a KV overflow or peak missed inside a run, an arrival admitted late,
+    a clock that adds a run's seconds in another order, a token, round, inter-token gap or
+    step-log entry lost or wrong at a run's last step, a KV overflow or peak missed inside a run, an arrival admitted late,
     a random stream that runs ahead of the reference's."""
     ref, fast = simulate(CASES[name], False), simulate(CASES[name], True)
     assert_identical(ref, fast)
@@ -104,7 +105,8 @@ def test_macro_steps_reproduce_the_reference_loop(name):
         assert ref.preemptions.sum() > 0
 
 
-SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+# Run scenarios (plan files, with a `search:` space instead of deployments, run many of these).
+SCENARIOS = sorted(p for p in (ROOT / "scenarios").glob("*.yaml") if "\ndeployments:" in p.read_text())
 
 
 def _run(path: Path, macro_steps: bool, monkeypatch):
@@ -214,20 +216,14 @@ def test_sleep_lands_on_times_no_single_delay_reaches():
     d = macro.exact_delay(now, t)
     assert now + d != t and all(now + math.nextafter(d, x) != t for x in (0, 1))
 
-    class Probe:
-        env = simpy.Environment(initial_time=now)
-        _sleep_until = macro_sleep = None
-
-    from simulator.engine.replica import Replica
-    p = Probe()
-    woke = []
+    env, woke = simpy.Environment(initial_time=now), []
 
     def proc():
-        yield from Replica._sleep_until(p, t)
-        woke.append(p.env.now)
+        yield from macro.sleep_until(env, t)
+        woke.append(env.now)
 
-    p.env.process(proc())
-    p.env.run()
+    env.process(proc())
+    env.run()
     assert woke == [t]
 
 

@@ -13,8 +13,9 @@ from simulator.cli import calibrate as cli_calibrate  # noqa: E402
 from simulator.cli import profile as cli_profile  # noqa: E402
 from simulator.cli import fidelity as cli_fidelity  # noqa: E402
 from simulator.cli import engine as cli_engine  # noqa: E402
+from simulator.cli import plan as cli_plan  # noqa: E402
 
-for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile, cli_fidelity, cli_engine):
+for _module in (cli_core, cli_sdsl, cli_calibrate, cli_profile, cli_fidelity, cli_engine, cli_plan):
     _module.register(app)
 
 

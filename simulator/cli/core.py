@@ -1,6 +1,7 @@
-"""Core commands: run, check, models, gpus."""
+"""Core commands: run, report, check, models, gpus."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -11,13 +12,13 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from simulator.errors import SpecsimError
 
 err = Console(stderr=True)
-# Piped output (files, CI logs) gets a wide table instead of rich's 80-column truncation.
-out = Console(width=None if sys.stdout.isatty() else 180)
+# Piped output (files, CI logs) is 180 columns wide unless COLUMNS says otherwise; tables that
+# must fit a terminal (the compact run table, the catalogues) fit 80 columns anyway.
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 180)
 
 
 def user_errors(fn):
@@ -80,9 +81,13 @@ def _progress(enabled: bool):
 def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default reports/<name>)"),
         seed: Optional[int] = typer.Option(None, "--seed", help="Override the scenario's seed"),
-        json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout")):
-    """Simulate every deployment of a scenario; print a comparison and write reports/<name>/."""
-    from simulator.run.report import console_table, summary_json, write
+        json_out: bool = typer.Option(False, "--json", help="Print only the summary JSON on stdout"),
+        wide: bool = typer.Option(False, "--wide", help="Print every metric (vLLM bench-serve names), "
+                                  "not the 80-column table"),
+        svg: bool = typer.Option(True, "--svg/--no-svg", help="Write each plot as SVG too (PNG always)")):
+    """Simulate every deployment of a scenario; print a comparison and write reports/<name>/
+    (summary.json, requests.csv, summary.md, plots, summary.html)."""
+    from simulator.run.report import summary_json, write
     from simulator.run.runner import run_scenario
     from simulator.config.loading import load_scenario
 
@@ -91,58 +96,116 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
     with _about(scenario), _progress(sys.stderr.isatty()) as factory:
         result = run_scenario(sc, base, seed, factory)
     target = out_dir or Path("reports") / sc.name
-    write(result, target, str(scenario))
+    plots = write(result, target, str(scenario), svg)
     if json_out:
         sys.stdout.write(summary_json(result))
         return
-    out.print(console_table(result))
-    for c in result.summary.get("crossover", []):
+    print_summary(result.summary, wide)
+    out.print(f"[dim]wrote {target}/summary.md, summary.json, requests.csv, summary.html and "
+              f"{len(plots)} plot files ({time.monotonic() - t0:.1f} s wall)[/]")
+
+
+def print_summary(summary: dict, wide: bool) -> None:
+    """The compact table (80 columns) or, with --wide, every metric at the table's natural width;
+    then where speculation stops paying."""
+    from simulator.run.console import compact_table, natural_width, wide_table
+    if wide:
+        t = wide_table(summary)
+        Console(width=max(out.width, natural_width(t)), force_terminal=out.is_terminal).print(t)
+    else:
+        out.print(compact_table(summary))
+    for c in summary.get("crossover", []):
         at = c["stops_paying_at"]
         out.print(f"{c['design']} vs {c['baseline']}: "
                   + (f"stops paying at {c['param']} = {at:g}" if at is not None
                      else f"pays across the whole {c['param']} sweep"), markup=False)
-    out.print(f"[dim]wrote {target}/summary.md, summary.json, requests.csv "
-              f"({time.monotonic() - t0:.1f} s wall)[/]")
 
 
-def check(scenario: Path = typer.Argument(..., help="Scenario YAML file")):
-    """Validate a scenario (schema, catalogue names, tp, memory fit) without simulating."""
+def report(folder: Path = typer.Argument(..., help="A report folder written by `specsim run`"),
+           wide: bool = typer.Option(False, "--wide", help="Print every metric"),
+           svg: bool = typer.Option(True, "--svg/--no-svg", help="Write each plot as SVG too")):
+    """Re-render DIR's summary.md, plots and summary.html from its summary.json (and requests.csv,
+    for the latency CDFs) without re-simulating."""
+    import json
+    from simulator.run.report import rerender
+
+    plots = rerender(folder, svg)
+    print_summary(json.loads((folder / "summary.json").read_text()), wide)
+    out.print(f"[dim]re-rendered {folder}/summary.md, summary.html and {len(plots)} plot files[/]")
+
+
+def _is_plan(path: Path) -> bool:
+    """A plan file has a `search:` section and no `deployments:` (anything unreadable: not a plan)."""
+    import yaml
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "search" in data and "deployments" not in data
+
+
+def _check_plan(path: Path) -> None:
+    from simulator.config.plan import load_plan
+    from simulator.run.plan_space import enumerate_designs
+
+    plan, _ = load_plan(path)
+    designs = enumerate_designs(plan, str(path))
+    out.print(f"{path}: ok (plan, {len(designs)} candidate designs)", markup=False)
+
+
+def check(scenario: Path = typer.Argument(..., help="Scenario or plan YAML file")):
+    """Validate a scenario (schema, catalogue names, tp, memory fit) or a plan file without simulating."""
     from simulator.config.loading import load_scenario
     from simulator.run.runner import check_scenario
 
+    if _is_plan(scenario):
+        _check_plan(scenario)
+        return
     sc, base = load_scenario(scenario)
     with _about(scenario):
         deps, req = check_scenario(sc, base)
     out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)")
 
 
-def models():
+def _catalogue(rows: list[dict], columns: list, title: str, json_out: bool) -> None:
+    from simulator.run.console import catalogue_table
+    if json_out:
+        import json
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    width = min(out.width, 80)
+    out.print(catalogue_table(rows, columns, title, width=width), width=width)
+
+
+def models(json_out: bool = typer.Option(False, "--json", help="Print the catalogue as JSON")):
     """List the built-in model catalogue."""
+    from dataclasses import asdict
     from simulator.hardware.models import MODELS
-    t = Table(title="models")
-    for h in ("name", "params", "layers", "hidden", "heads", "kv heads", "head dim", "ffn", "vocab", "context"):
-        t.add_column(h, justify="left" if h == "name" else "right")
-    for m in MODELS.values():
-        t.add_row(m.name, f"{m.params / 1e9:.3g}B", *map(str, (m.n_layers, m.hidden, m.n_heads, m.n_kv_heads,
-                                                                m.head_dim, m.ffn, m.vocab, m.max_position)))
-    out.print(t)
+    rows = [asdict(m) for m in MODELS.values()]
+    if not json_out:  # billions, and query/KV heads in one column, to fit 80 columns
+        rows = [{**r, "params": f"{r['params'] / 1e9:.3g}B", "heads": f"{r['n_heads']}/{r['n_kv_heads']}"}
+                for r in rows]
+    cols = [("name", "name"), ("params", "params"), ("n_layers", "layers"), ("hidden", "hidden"),
+            ("heads", "heads q/kv"), ("head_dim", "head dim"), ("ffn", "ffn"), ("vocab", "vocab"),
+            ("max_position", "context")]
+    _catalogue(rows, cols, "models", json_out)
 
 
-def gpus():
+def gpus(json_out: bool = typer.Option(False, "--json", help="Print the catalogue as JSON")):
     """List the built-in GPU catalogue (datasheet figures, dated default prices)."""
+    from dataclasses import asdict
     from simulator.hardware.gpus import GPUS
-    t = Table(title="GPUs (dense BF16; prices are dated defaults, override per scenario)")
-    for h in ("name", "HBM GB", "TB/s", "BF16 TFLOP/s", "FP8 TFLOP/s", "interconnect", "GB/s", "$/GPU-h", "price date"):
-        t.add_column(h, justify="left" if h in ("name", "interconnect") else "right")
-    for g in GPUS.values():
-        t.add_row(g.name, f"{g.hbm_gb:g}", f"{g.bandwidth_tbps:g}", f"{g.bf16_tflops:g}",
-                  "-" if g.fp8_tflops is None else f"{g.fp8_tflops:g}", g.interconnect,
-                  f"{g.interconnect_gbps:g}", f"{g.price_per_gpu_hour:.2f}", g.price_date)
-    out.print(t)
+    cols = [("name", "name"), ("hbm_gb", "HBM GB"), ("bandwidth_tbps", "TB/s"),
+            ("bf16_tflops", "BF16 TFLOP/s"), ("fp8_tflops", "FP8 TFLOP/s"),
+            ("interconnect", "interconnect"), ("interconnect_gbps", "GB/s"),
+            ("price_per_gpu_hour", "$/GPU-h"), ("price_date", "price date")]
+    _catalogue([asdict(g) for g in GPUS.values()], cols,
+               "GPUs (dense BF16; prices are dated defaults, override per scenario)", json_out)
 
 
 def register(app: typer.Typer) -> None:
     app.command("run")(user_errors(run))
     app.command("check")(user_errors(check))
+    app.command("report")(user_errors(report))
     app.command("models")(models)
     app.command("gpus")(gpus)

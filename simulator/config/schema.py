@@ -267,6 +267,9 @@ class Scenario(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 1
+    # Independent runs of each (sweep point, deployment); seeds derived from (seed, replication
+    # index). Rows show replication 0's figures plus 95% intervals over all of them.
+    replications: int = Field(default=1, ge=1, le=100, strict=True)
     workload: Workload
     slo: SLO | None = None
     sweep: Sweep | None = None

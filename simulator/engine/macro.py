@@ -28,6 +28,7 @@ import bisect
 import math
 
 import numpy as np
+import simpy
 
 from simulator.engine.strategies import RunBatch
 from simulator.latency.base import add_steps
@@ -42,13 +43,14 @@ class Run:
     admitted mid-run (no request was waiting)."""
 
     __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at",
-                 "rng_state", "drawn", "pending")
+                 "rng_state", "drawn", "pending", "start")
 
     def __init__(self, n, dt, ends, cum, acc, charges, interruptible, rng_state, drawn):
         self.n, self.dt, self.ends, self.cum, self.acc = n, dt, ends, cum, acc
         self.charges, self.interruptible, self.cut_at = charges, interruptible, None
         self.rng_state, self.drawn = rng_state, drawn  # to redraw only the steps applied
         self.pending: list = []  # (object, attribute, per-step values) of backend statistics
+        self.start: float | None = None  # when the first step starts (set by plan_run)
 
     @property
     def steps(self) -> int:
@@ -126,7 +128,7 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
         out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
     run = Run(n, dt, ends, cum, acc, charges, interruptible,
               None if np.ndim(tok) == 0 else rng_state, k)
-    run.pending = rb.pending
+    run.pending, run.start = rb.pending, now
     return run
 
 
@@ -149,6 +151,50 @@ def _kv_limit(rep, ctx, ctx_sums, before, m: int) -> int:
     return hi
 
 
+def sleep_until(env, t: float):
+    """Wake at exactly time t. SimPy wakes at now + delay; when no delay rounds to t, a first
+    hop to a time m >= t / 2 makes t - m exact (Sterbenz), so the second lands on t."""
+    d = exact_delay(env.now, t)
+    if env.now + d != t:
+        yield env.timeout((t - env.now) * 0.75)
+        d = t - env.now
+    yield env.timeout(d)
+
+
+def wait_run(rep, run: Run):
+    """The replica's process waits for a run to end (or, cut by an arrival, for the step in
+    progress: Replica.submit cuts it and interrupts), then applies it."""
+    rep._live = run
+    try:
+        yield from sleep_until(rep.env, run.ends[-1])
+    except simpy.Interrupt:
+        yield from sleep_until(rep.env, run.ends[run.cut_at - 1])
+    rep._live = None
+    rep._last_dt = float(run.dt[(run.cut_at or run.steps) - 1])
+    apply_run(rep, run)
+
+
+def _note_kv(rep, ctx: np.ndarray) -> None:
+    """Track the KV peak of a decode step over caches ctx as Replica._fit does."""
+    c, bs = rep.qdec + rep.lookahead + rep.bs - 1, rep.bs
+    if (int(ctx.sum()) + ctx.shape[0] * c) // bs > rep.max_blocks_used:
+        rep.max_blocks_used = max(rep.max_blocks_used, int(((ctx + c) // bs).sum()))
+
+
+def _log_steps(rep, run: Run, J: int, rem: np.ndarray) -> None:
+    """The replica's step log (start, duration, sequences, scheduled tokens, tokens emitted)
+    for the run's first J steps, as single steps would have appended them."""
+    ends, n = run.ends, run.n
+    rep.log_start.append(run.start)
+    rep.log_start.extend(ends[:J - 1])
+    rep.log_dt.extend(run.dt[:J].tolist())
+    rep.log_seqs.extend([n] * J)
+    rep.log_tokens.extend([n * rep.qdec] * J)
+    cum = run.cum[:J] if np.ndim(run.cum) == 2 else run.cum[:J, None]
+    out = np.minimum(cum, rem).sum(axis=1)  # tokens emitted up to each step's end
+    rep.log_emitted.extend(np.diff(out, prepend=0).tolist())
+
+
 def apply_run(rep, run: Run) -> None:
     """Apply the first run.cut_at (default all) steps of `run` to the replica (see
     Replica._apply for one step): tokens, accepted counts, rounds, inter-token gaps, busy and
@@ -163,7 +209,8 @@ def apply_run(rep, run: Run) -> None:
     cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]
     before_last = (int(run.cum[J - 2]) if scalar else run.cum[J - 2]) if J > 1 else 0
     ctx, rem = D[CTX_ROW], D[REM_ROW]
-    rep.note_kv(ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
+    _note_kv(rep, ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
+    _log_steps(rep, run, J, rem)
     fin = rem <= cum
     e = np.minimum(cum, rem)
     ctx += e  # views: update D

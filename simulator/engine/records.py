@@ -33,3 +33,10 @@ class Records:
     kv_blocks_total: int
     mean_in_system: float  # time-average requests in the system (waiting + running)
     strategy_stats: dict  # strategy-specific metrics (e.g. SSD cache hit rates), merged into the summary
+    # One entry per batch step, every replica's steps in replica order (index = step):
+    step_replica: np.ndarray | None = None  # which replica ran it
+    step_start: np.ndarray | None = None  # when it started (s)
+    step_time: np.ndarray | None = None  # its duration (s)
+    step_seqs: np.ndarray | None = None  # sequences in its forward pass (decoding + prefilling)
+    step_tokens: np.ndarray | None = None  # tokens it scheduled (decode query tokens + prefill chunks)
+    step_emitted: np.ndarray | None = None  # output tokens it emitted, at start + time

@@ -117,6 +117,14 @@ class Replica:
         self.busy = 0.0
         self.steps = 0
         self._last_dt: float | None = None
+        # Step log (the batch actually run, and when tokens came out): per step its start time,
+        # duration, sequences in the pass, scheduled tokens (decode query tokens + prefill chunk
+        # tokens) and output tokens emitted at its end. Plain lists, one append each per step.
+        self.log_start: list[float] = []
+        self.log_dt: list[float] = []
+        self.log_seqs: list[int] = []
+        self.log_tokens: list[int] = []
+        self.log_emitted: list[int] = []
         self.max_blocks_used = 0
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
@@ -224,11 +232,6 @@ class Replica:
         self._preempted = True
         return used, True
 
-    def note_kv(self, ctx: np.ndarray) -> None:
-        """Track the KV peak of a decode step over caches ctx as _fit does (macro-steps)."""
-        c, bs = self.qdec + self.lookahead + self.bs - 1, self.bs
-        if (int(ctx.sum()) + ctx.shape[0] * c) // bs > self.max_blocks_used:
-            self.max_blocks_used = max(self.max_blocks_used, int(((ctx + c) // bs).sum()))
 
     def _admit(self, used: int, left: int, whole: bool, cap: int | None) -> None:
         """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
@@ -314,47 +317,30 @@ class Replica:
             if self.macro and b.n_dec and not self._run and not self.pre and not self._preempted:
                 run = macro.plan_run(self, env.now, self.horizon(), self._last_dt)
                 if run is not None:
-                    yield from self._wait_run(run)
+                    yield from macro.wait_run(self, run)
                     continue
             outcome = strategy.sample(self.rng, self.alpha) if b.n_dec else None
             dt = self._last_dt = strategy.step_time(b, outcome)
             self.busy += dt
             self.steps += 1
             self.events += 1
+            self.log_start.append(env.now)
+            self.log_dt.append(dt)
+            self.log_seqs.append(b.n_dec + len(b.pre_q))
+            self.log_tokens.append(b.n_dec * b.q_dec + sum(b.pre_q))
             yield env.timeout(dt)
-            self._apply(b.n_dec, outcome, env.now)
+            self.log_emitted.append(self._apply(b.n_dec, outcome, env.now))
 
-    def _sleep_until(self, t: float):
-        """Wake at exactly time t. SimPy wakes at now + delay; when no delay rounds to t, a
-        first hop to a time m >= t / 2 makes t - m exact (Sterbenz), so the second lands on t."""
-        env = self.env
-        d = macro.exact_delay(env.now, t)
-        if env.now + d != t:
-            yield env.timeout((t - env.now) * 0.75)
-            d = t - env.now
-        yield env.timeout(d)
-
-    def _wait_run(self, run: macro.Run):
-        """Wait for a run of decode steps to end (or, cut by an arrival, for the step in
-        progress), then apply it."""
-        self._live = run
-        try:
-            yield from self._sleep_until(run.ends[-1])
-        except simpy.Interrupt:
-            yield from self._sleep_until(run.ends[run.cut_at - 1])
-        self._live = None
-        J = run.cut_at or run.steps
-        self._last_dt = float(run.dt[J - 1])
-        macro.apply_run(self, run)
-
-    def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> None:
-        st, finished = self.st, None
+    def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> int:
+        """Apply a step's outcome at its end; returns the output tokens it emitted."""
+        st, finished, emitted = self.st, None, 0
         if n_dec:
             D = self.D
             tok, rem = outcome.tokens, D[REM]
             fin = rem <= tok
             any_fin = bool(fin.any())
             e = np.minimum(tok, rem) if any_fin else tok
+            emitted = int(np.sum(e)) if np.ndim(e) else int(e) * n_dec
             D[CTX] += e
             rem -= e  # a view: updates D
             if outcome.accepted is not None:
@@ -377,6 +363,7 @@ class Replica:
                     continue
                 r = p.rid  # a finished (re)prefill samples one token
                 g = st.generated[r] = st.generated[r] + 1
+                emitted += 1
                 last = st.last_emit[r]
                 if last != last:  # nan: the request's first token
                     st.first[r] = now
@@ -398,3 +385,4 @@ class Replica:
             ids = np.concatenate(finished) if len(finished) > 1 else finished[0]
             st.finish[ids] = now
             self.on_finish(ids.shape[0])
+        return emitted

@@ -117,4 +117,17 @@ class Simulation:
             max_kv_blocks_used=max(r.max_blocks_used for r in self.replicas),
             kv_blocks_total=self.replicas[0].blocks_total,
             strategy_stats=strategies[0].summary(strategies, duration),
-            mean_in_system=self._area / duration if duration > 0 else 0.0)
+            mean_in_system=self._area / duration if duration > 0 else 0.0,
+            **self._step_log())
+
+    def _step_log(self) -> dict:
+        """The replicas' step logs as flat arrays (Records' step_* fields)."""
+        reps = self.replicas
+
+        def cat(attr: str, dtype) -> np.ndarray:
+            return np.concatenate([np.asarray(getattr(r, attr), dtype) for r in reps])
+
+        return {"step_replica": np.repeat(np.arange(len(reps)), [len(r.log_dt) for r in reps]),
+                "step_start": cat("log_start", float), "step_time": cat("log_dt", float),
+                "step_seqs": cat("log_seqs", np.int64), "step_tokens": cat("log_tokens", np.int64),
+                "step_emitted": cat("log_emitted", np.int64)}

@@ -1,41 +1,38 @@
-"""Results -> files and tables: summary.json, summary.md, requests.csv, and the rich console table.
+"""Results -> files: summary.json, requests.csv, summary.md, the plots and summary.html.
 
-Every report says where its numbers come from (latency_source: measured profile, derived
-(calibrated roofline on another GPU), roofline (datasheet), or law (SDSL's ideal cost model)).
+`write` writes a run's report folder; `render` (re)draws summary.md, the plots (run/plots.py) and
+summary.html (run/html.py) from a summary and its request table alone, which is what
+`specsim report DIR` calls (`rerender`). Console tables live in run/console.py. Every report says
+where its numbers come from (latency_source: measured profile, derived (calibrated roofline on
+another GPU), roofline (datasheet), or law (SDSL's ideal cost model)).
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
-from rich.markup import escape
-from rich.table import Table
+import pandas as pd
 
+from simulator.errors import SpecsimError
+from simulator.run.console import SOURCE_MEANING
 from simulator.run.runner import RunResult
 
-SOURCE_MEANING = {
-    "measured": "forward passes timed from a latency profile measured on this device",
-    "derived": ("roofline with efficiencies fitted to measured profiles: this GPU's, or the nearest "
-                "measured GPU's scaled by datasheet"),
-    "roofline": "roofline from datasheet peak FLOP/s and bandwidth with default efficiencies",
-    "law": "SDSL's ideal cost model (2 x params / peak FLOP/s per forward pass)",
-}
 
-
-def _clean(x):
+def clean(x):
     """JSON-safe: NaN/inf -> null (byte-stable output)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [clean(v) for v in x]
     return x
 
 
 def summary_json(result: RunResult) -> str:
-    return json.dumps(_clean(result.summary), indent=2) + "\n"
+    return json.dumps(clean(result.summary), indent=2) + "\n"
 
 
 def _label(row: dict) -> str:
@@ -49,10 +46,17 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-COLUMNS = [  # (header, getter, format)
-    ("design", _label, ""),
+def _design(row: dict) -> str:
+    """The row's label, marked when its queue does not keep up (its goodput and $/Mtok are void)."""
+    return _label(row) + (" OVERLOADED" if row.get("overloaded") else "")
+
+
+COLUMNS = [  # (header, getter, format); vLLM bench serve: req/s, output (tok/s) and total tok/s
+    ("design", _design, ""),
     ("GPUs", lambda r: r["gpus"], "d"),
+    ("req/s", lambda r: r["throughput_requests_per_s"], ".2f"),
     ("tok/s", lambda r: r["throughput_tokens_per_s"], ",.0f"),
+    ("total tok/s", lambda r: r.get("throughput_total_tokens_per_s"), ",.0f"),
     ("tok/s/GPU", lambda r: r["throughput_tokens_per_s_per_gpu"], ",.0f"),
     ("TTFT p50 s", lambda r: r["ttft_s"]["p50"], ".3f"),
     ("TTFT p99 s", lambda r: r["ttft_s"]["p99"], ".3f"),
@@ -66,28 +70,10 @@ COLUMNS = [  # (header, getter, format)
 ]
 
 
-def console_table(result: RunResult) -> Table:
-    t = Table(title=f"specsim: {result.summary['scenario']} (seed {result.summary['seed']})")
-    for h, _, _ in COLUMNS:
-        t.add_column(h, justify="left" if h in ("design", "latency") else "right")
-    for row in result.summary["deployments"]:
-        # escape: band variants are named like "sd[alpha-]", which rich would read as markup
-        t.add_row(*[_fmt(g(row), f) if f else escape(str(g(row))) for _, g, f in COLUMNS])
-    return t
-
-
 def _crossover_section(s: dict) -> list[str]:
     if not s.get("crossover"):
         return []
-    out = ["", "## Where speculation stops paying", ""]
-    for c in s["crossover"]:
-        pts = ", ".join(f"{p[c['param']]:g}: {p['ratio']:.2f}x" for p in c["speedup"])
-        where = (f"at {c['param']} = {c['stops_paying_at']:g} (interpolated "
-                 f"{_fmt(c['stops_paying_at_interpolated'], '.1f')})"
-                 if c["stops_paying_at"] is not None else "not within the sweep")
-        out.append(f"- **{c['design']}** vs {c['baseline']}: throughput ratio by {c['param']}: "
-                   f"{pts}. Stops paying {where}.")
-    return out
+    return ["", "## Where speculation stops paying", ""] + [_crossover_line(c) for c in s["crossover"]]
 
 
 def _design_line(row: dict) -> str:
@@ -141,15 +127,17 @@ def _sources_section(s: dict) -> list[str]:
                   "prices), not constants.", ""]
 
 
-def markdown(result: RunResult, scenario_path: str) -> str:
-    s = result.summary
+def markdown(result: RunResult | dict, scenario_path: str) -> str:
+    """summary.md from a run (or its summary dict)."""
+    s = result.summary if isinstance(result, RunResult) else result
     out = [f"# specsim report: {s['scenario']}", "",
            f"Scenario `{scenario_path}`, seed {s['seed']}, specsim {s['specsim_version']}.", "",
            "| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
            "|" + "---|" * len(COLUMNS)]
     for row in s["deployments"]:
         out.append("| " + " | ".join(_fmt(g(row), f) if f else str(g(row)) for _, g, f in COLUMNS) + " |")
-    out += _crossover_section(s)
+    out += _overload_section(s) + _steady_section(s) + _crossover_section(s)
+    out += _latency_section(s)
     out += ["", "## Designs", ""]
     seen = set()
     for row in s["deployments"]:
@@ -158,6 +146,86 @@ def markdown(result: RunResult, scenario_path: str) -> str:
             out.append(_design_line(row))
     out += _gamma_section(s) + _sdsl_section(s) + _ssd_section(s) + _sources_section(s)
     return "\n".join(out)
+
+
+def _overload_section(s: dict) -> list[str]:
+    rows = [r for r in s["deployments"] if r.get("overloaded")]
+    if not rows:
+        return []
+    out = ["", "**OVERLOADED**: completions do not keep up with arrivals, so these rows' figures "
+           "grow with run length; their goodput and $/Mtok are withheld (raw values in summary.json "
+           "under `overload`).", ""]
+    return out + [f"- {_label(r)}: {r['overload']['reason']}." for r in rows]
+
+
+def _ci_text(c: dict | None, spec: str) -> str:
+    return "" if not c or c.get("lo") is None else f" [{c['lo']:{spec}}, {c['hi']:{spec}}]"
+
+
+def _steady_section(s: dict) -> list[str]:
+    rows = [r for r in s["deployments"] if "window" in r]
+    if not rows:
+        return []
+    n = s.get("replications", 1)
+    ci_note = f"; [95% CI over {n} replications]" if n > 1 else ""
+    out = ["", "## Steady state", "",
+           f"Measured in each run's steady window (ramp-up and drain removed{ci_note}); batch: "
+           "sequences per step, time-weighted; KV capacity in requests at the workload's mean "
+           "prompt + output length.", "",
+           "| design | window (s) | tok/s | TTFT p99 s | TPOT p50 ms | batch p50 / p99 | "
+           "KV capacity (requests) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w, st, b, c = r["window"], r.get("steady") or {}, r["batch"]["seqs"], r.get("ci") or {}
+        tpot = (st.get("tpot_s") or {}).get("p50")
+        out.append(
+            f"| {_design(r)} | {w['t0']:.1f}-{w['t1']:.1f} ({w['kind']}) | "
+            f"{_fmt(st.get('throughput_tokens_per_s'), ',.0f')}"
+            f"{_ci_text(c.get('throughput_tokens_per_s'), ',.0f')} | "
+            f"{_fmt((st.get('ttft_s') or {}).get('p99'), '.3f')}"
+            f"{_ci_text((c.get('ttft_s') or {}).get('p99'), '.3f')} | "
+            f"{_fmt(None if tpot is None else 1e3 * tpot, '.1f')} | "
+            f"{_fmt(b['p50'], '.0f')} / {_fmt(b['p99'], '.0f')} | "
+            f"{_fmt(r['kv_capacity_requests'], ',.0f')} |")
+    return out
+
+
+def _crossover_line(c: dict) -> str:
+    """One design's crossover: ratios with their intervals, where it stops paying, and whether that
+    is significant (the ratio's intervals leave no doubt at the crossing)."""
+    param = c["param"]
+    pts = ", ".join(f"{p[param]:g}: {p['ratio']:.2f}x" + _ci_text(p.get("ci"), ".2f")
+                    for p in c["speedup"])
+    where = "not within the sweep"
+    if c["stops_paying_at"] is not None:
+        where = (f"at {param} = {c['stops_paying_at']:g} (interpolated "
+                 f"{_fmt(c['stops_paying_at_interpolated'], '.1f')})")
+    ci = c.get("stops_paying_ci")
+    if ci and c.get("significant") is not None:
+        hi = "beyond the sweep" if ci["hi"] is None else f"{ci['hi']:g}"
+        lo = "-" if ci["lo"] is None else f"{ci['lo']:g}"
+        where += f", 95% CI [{lo}, {hi}]"
+        if not c["significant"]:
+            strad = ", ".join(f"{x:g}" for x in ci["straddles"])
+            where += (" — not significant (the ratio's interval contains 1 at "
+                      f"{param} {strad})" if strad else " — not significant")
+    basis = {p["basis"] for p in c["speedup"] if "basis" in p}
+    note = f" Throughput basis: {', '.join(sorted(basis))}." if basis else ""
+    return (f"- **{c['design']}** vs {c['baseline']}: throughput ratio by {param}: {pts}. "
+            f"Stops paying {where}.{note}")
+
+
+def _latency_section(s: dict) -> list[str]:
+    """vLLM bench-serve's latency block: mean, median and P90/P99/P99.9 of TTFT, TPOT, ITL, E2E (ms)."""
+    stats = (("mean", "mean"), ("median", "p50"), ("P90", "p90"), ("P99", "p99"), ("P99.9", "p999"))
+    metrics = (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"))
+    heads = [f"{n} {h}" for n, _ in metrics for h, _ in stats]
+    out = ["", "## Latency (ms; percentiles 50, 90, 99, 99.9)", "",
+           "| design | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for r in s["deployments"]:
+        cells = [_fmt(None if (r.get(m) or {}).get(k) is None else 1e3 * r[m][k], ".1f")
+                 for _, m in metrics for _, k in stats]
+        out.append(f"| {_label(r)} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _params(n: float) -> str:
@@ -229,8 +297,46 @@ def _sdsl_section(s: dict) -> list[str]:
     return out
 
 
-def write(result: RunResult, out_dir: Path, scenario_path: str) -> None:
+def render(summary: dict, requests: pd.DataFrame | None, out_dir: Path, scenario_path: str,
+           svg: bool = True) -> list[Path]:
+    """summary.md, the plots (PNG, and SVG unless svg=False) and summary.html in out_dir; returns
+    the plot paths. Needs only the summary (and the request table for the CDFs)."""
+    from simulator.run import html, plots
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.md").write_text(markdown(summary, scenario_path))
+    images = plots.write_plots(summary, requests, out_dir, svg=svg)
+    html.write_html(out_dir, summary, images)
+    return images
+
+
+def write(result: RunResult, out_dir: Path, scenario_path: str, svg: bool = True) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(summary_json(result))
-    (out_dir / "summary.md").write_text(markdown(result, scenario_path))
     result.requests.to_csv(out_dir / "requests.csv", index=False, float_format="%.9g")
+    # Draw from the file as written, so that `specsim report DIR` redraws the same bytes.
+    return render(result.summary, pd.read_csv(out_dir / "requests.csv"), out_dir, scenario_path, svg)
+
+
+def rerender(out_dir: Path, svg: bool = True) -> list[Path]:
+    """Re-render a report folder from its summary.json (+ requests.csv when present) without
+    re-simulating: what `specsim report DIR` does."""
+    path = out_dir / "summary.json"
+    if not path.is_file():
+        raise SpecsimError(f"{out_dir}: no summary.json in this folder (is it a `specsim run` report?)")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecsimError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("deployments"), list):
+        raise SpecsimError(f"{path}: deployments: expected the list of design rows of a run summary")
+    csv = out_dir / "requests.csv"
+    requests = pd.read_csv(csv) if csv.is_file() else None
+    return render(summary, requests, out_dir, _scenario_named(out_dir) or str(path))
+
+
+def _scenario_named(out_dir: Path) -> str | None:
+    """The scenario file an earlier summary.md names (summary.json does not record the path it was
+    run from, so that the JSON stays byte-identical however the scenario is spelled)."""
+    md = out_dir / "summary.md"
+    m = re.search(r"^Scenario `([^`]+)`", md.read_text(), re.M) if md.is_file() else None
+    return m.group(1) if m else None

@@ -8,12 +8,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from simulator import __version__
 from simulator.analysis.crossover import crossover
 from simulator.analysis.metrics import request_table, summarise
 from simulator.analysis.sdsl_summary import sdsl_summary
+from simulator.analysis.steady_summary import (ci, invalidate_if_overloaded, kv_capacity,
+                                               replicate_entry, steady_figures)
 from simulator.config.schema import Deployment, Scenario
 from simulator.config.workload import Requests, generate
 from simulator.deploy.deployments import ResolvedDeployment, band_variants, resolve
@@ -83,6 +86,7 @@ def _summary_row(dep: ResolvedDeployment, rec, point: dict | None, slo) -> dict:
     if point:
         row["sweep"] = point
     row.update(m)
+    row.update(_total_tokens(rec, m))
     row["latency_source"] = dep.latency_source
     row["latency_notes"] = dep.latency_notes
     row["latency_stats"] = {"target": dep.target_latency.stats,
@@ -95,10 +99,19 @@ def _summary_row(dep: ResolvedDeployment, rec, point: dict | None, slo) -> dict:
     return row
 
 
+def _total_tokens(rec, m: dict) -> dict:
+    """vLLM `bench serve`'s total token throughput: (prompt + output tokens of the completed
+    requests) / the same duration as the output throughput."""
+    prompt = int(rec.prompt[~np.isnan(rec.finish)].sum())
+    d = m["duration_s"]
+    return {"prompt_tokens": prompt,
+            "throughput_total_tokens_per_s": (prompt + m["output_tokens"]) / d if d > 0 else 0.0}
+
+
 def _summary(sc: Scenario, seed: int, rows: list[dict], used: list[ResolvedDeployment]) -> dict:
     baseline = sc.baseline or next((d.name for d in sc.deployments if d.strategy == "ar"), None)
     summary = {"scenario": sc.name, "seed": seed, "specsim_version": __version__,
-               "deployments": rows}
+               "replications": sc.replications, "deployments": rows}
     if sc.sweep is not None and baseline is not None:
         summary["crossover"] = crossover(rows, baseline, sc.sweep.param)
     for design, ref in (sc.compare if sc.sweep is not None else []):
@@ -119,25 +132,64 @@ def check_scenario(sc: Scenario, base: Path) -> tuple[list[ResolvedDeployment], 
     return deps, req
 
 
+def replication_seed(seed: int, r: int) -> int:
+    """Replication r's seed: the scenario seed itself for r = 0 (a one-replication run is the run
+    as before), else drawn from (seed, r) alone, never from the worker or the order of runs."""
+    if r == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, r, 0x4E9]).generate_state(1, np.uint32)[0])
+
+
+def _steady_keys(dep: ResolvedDeployment, row: dict, recs: list, reqs: list[Requests],
+                 seeds: list[int], psc: Scenario) -> dict:
+    """The steady-state keys of a row from its replications' records (replication 0's figures)."""
+    rate = getattr(psc.workload.arrival, "rate_per_s", None)
+    figs = [steady_figures(rec, req.concurrency, rate) for rec, req in zip(recs, reqs)]
+    whole = [row["throughput_tokens_per_s"],
+             *(summarise(rec, dep.gpus, dep.price_per_gpu_hour, None, None)["throughput_tokens_per_s"]
+               for rec in recs[1:])]
+    reps = [replicate_entry(*x) for x in zip(seeds, whole, figs)]
+    keys = {**figs[0], **kv_capacity(dep.memory.kv_capacity_tokens, reqs[0].prompt, reqs[0].output)}
+    over = [r for r, f in enumerate(figs) if f["overloaded"]]
+    if over and not figs[0]["overloaded"]:
+        keys["overloaded"] = True
+        keys["overload"]["reason"] = "; ".join(f"replication {r}: {figs[r]['overload']['reason']}"
+                                               for r in over)
+    keys["overload"]["replications_overloaded"] = len(over)
+    keys["replications"] = len(recs)
+    keys["replicates"] = reps
+    keys["ci"] = ci(reps)
+    return keys
+
+
 def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                  progress: Callable[[str, int], Callable[[int], None]] | None = None) -> RunResult:
-    """Simulate every (sweep point, deployment). `progress(label, total)` returns an advance callback."""
+    """Simulate every (sweep point, deployment), `replications` times each with seeds from
+    replication_seed. `progress(label, total)` returns an advance callback."""
     seed = sc.seed if seed is None else seed
+    seeds = [replication_seed(seed, r) for r in range(sc.replications)]
     expanded = _expand(sc, base)
     rows, tables, used = [], [], []
     by_gamma: dict[tuple, ResolvedDeployment] = {}  # gamma: auto, resolved once per chosen gamma
     for point, psc in _points(sc):
-        req = generate(psc.workload, seed, base)
+        reqs = [generate(psc.workload, sd, base) for sd in seeds]  # shared by the deployments
         for i, (index, d, variant, dep) in enumerate(expanded):
-            dep = _resolve_at_point(d, index, variant, dep, psc, req, base, by_gamma)
+            dep = _resolve_at_point(d, index, variant, dep, psc, reqs[0], base, by_gamma)
             used.append(dep)
-            check_fits(dep, req, f"deployments[{index}]")
-            rec = _simulate(dep, req, seed * 7919 + i, dep.name + (f" {point}" if point else ""),
-                            progress)
-            rows.append(_summary_row(dep, rec, point, psc.slo))
-            t = request_table(rec)
-            t.insert(0, "deployment", dep.name)
-            if point:
-                t.insert(1, sc.sweep.param, next(iter(point.values())))
-            tables.append(t)
+            label = dep.name + (f" {point}" if point else "")
+            recs, row = [], None
+            for r, (sd, req) in enumerate(zip(seeds, reqs)):
+                check_fits(dep, req, f"deployments[{index}]")
+                rec = _simulate(dep, req, sd * 7919 + i, label + (f" rep {r}" if r else ""), progress)
+                if r == 0:  # the row's figures; its latency stats are this run's
+                    row = _summary_row(dep, rec, point, psc.slo)
+                    t = request_table(rec)
+                    t.insert(0, "deployment", dep.name)
+                    if point:
+                        t.insert(1, sc.sweep.param, next(iter(point.values())))
+                    tables.append(t)
+                recs.append(rec)
+            row.update(_steady_keys(dep, row, recs, reqs, seeds, psc))
+            invalidate_if_overloaded(row)
+            rows.append(row)
     return RunResult(_summary(sc, seed, rows, used), pd.concat(tables, ignore_index=True))
