@@ -34,6 +34,10 @@ from simulator.engine.strategies import RunBatch
 from simulator.latency.base import add_steps
 
 CAP = 128  # longest run (steps) sampled and priced at once
+# Shortest expected run worth planning: pricing, sampling and applying a run cost about what
+# two or three single steps do (measured with benchmarks/bench_core.py), so shorter ones run as
+# single steps (the outputs are the same either way).
+MIN_RUN = 4
 CTX_ROW, REM_ROW, ACC_ROW = 1, 2, 3  # rows of the decode table (simulator/engine/replica.py)
 
 
@@ -87,10 +91,13 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     D = rep.D
     n, ctx, rem = D.shape[1], D[CTX_ROW], D[REM_ROW]
     interruptible = not rep.waiting
-    k = min(CAP, int(rem.min()))  # every step emits >= 1 token: no finish before step min(rem)
+    # Every step emits >= 1 token, so nothing finishes before step min(rem); expect the first
+    # finish near min(rem) / tokens per step, the next arrival near (horizon - now) / last dt.
+    rem_min = int(rem.min())
+    k = min(CAP, rem_min, int(rem_min / rep.strategy.tokens_per_step) + 2)
     if interruptible and horizon < math.inf and last_dt:
-        k = min(k, int((horizon - now) / last_dt) + 2)
-    if k < 2:
+        k = min(k, int((horizon - now) / last_dt) + 1)
+    if k < MIN_RUN:
         return None
     rng_state = rep.rng.bit_generator.state
     out = rep.strategy.sample_run(rep.rng, rep.alpha, k)

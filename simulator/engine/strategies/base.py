@@ -106,6 +106,7 @@ class Strategy:
     # Steps depend only on the batch and the sampled counts, so the engine may advance a run of
     # decode steps at once (simulator/engine/macro.py); False keeps it to single steps.
     macro_safe = True
+    tokens_per_step = 1.0  # expected tokens a decoding sequence gets per step (runs' length guess)
 
     def __init__(self, target: LatencyModel):
         self.target = target

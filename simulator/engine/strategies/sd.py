@@ -6,7 +6,8 @@ import numpy as np
 from simulator.engine.strategies.base import Outcome, RunBatch, StepBatch, Strategy
 from simulator.latency.base import (LatencyModel, charge, decode_steps, decode_steps_many,
                                     forward_batch, forward_decode_many, plus, total)
-from simulator.physics.acceptance import (sample_accepted, sample_accepted_per_position,
+from simulator.physics.acceptance import (expected_tokens_per_position, expected_tokens_per_round,
+                                          sample_accepted, sample_accepted_per_position,
                                           sample_accepted_same_alpha, truncated_geometric_cdf)
 from simulator.physics.rounds import sd_round
 
@@ -37,6 +38,11 @@ class SpeculativeStrategy(Strategy):
         self.per_position = None if per_position is None else np.asarray(per_position)
         self.cdf = None if alpha is None or alpha >= 1.0 else truncated_geometric_cdf(alpha, gamma)
         self.all_accepted = alpha is not None and alpha >= 1.0
+        # E[K+1] (Leviathan); with per-request alphas a middle guess: it only sizes runs.
+        self.tokens_per_step = (expected_tokens_per_position(self.per_position)
+                                if self.per_position is not None else
+                                expected_tokens_per_round(alpha, gamma) if alpha is not None
+                                else 1.0 + gamma / 2.0)
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
         if self.cdf is not None:
