@@ -21,6 +21,7 @@ reference (macro_steps=False).
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from typing import Callable
 
@@ -56,8 +57,8 @@ class RequestState:
         self.last_emit = np.full(n, np.nan)
         self.alpha = alpha
         # Inter-token gaps as (value, count): a decode step gives every sequence the same gap.
-        self.itl_values: list[float] = []
-        self.itl_counts: list[int] = []
+        self.itl_values = array("d")  # typed arrays: 8 bytes a gap, however many steps
+        self.itl_counts = array("q")
         self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
 
     def itl(self) -> tuple[np.ndarray, np.ndarray]:
@@ -119,12 +120,10 @@ class Replica:
         self._last_dt: float | None = None
         # Step log (the batch actually run, and when tokens came out): per step its start time,
         # duration, sequences in the pass, scheduled tokens (decode query tokens + prefill chunk
-        # tokens) and output tokens emitted at its end. Plain lists, one append each per step.
-        self.log_start: list[float] = []
-        self.log_dt: list[float] = []
-        self.log_seqs: list[int] = []
-        self.log_tokens: list[int] = []
-        self.log_emitted: list[int] = []
+        # tokens) and output tokens emitted at its end. Typed arrays (8 bytes a value), one
+        # append each per step.
+        self.log_start, self.log_dt = array("d"), array("d")
+        self.log_seqs, self.log_tokens, self.log_emitted = array("q"), array("q"), array("q")
         self.max_blocks_used = 0
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
@@ -152,8 +151,10 @@ class Replica:
         self.st.replica[r] = self.idx
         live = self._live
         if live is not None and live.interruptible and live.cut_at is None and not self.waiting:
-            live.cut(self.env.now)  # the request could be admitted at the next step
-            self.process.interrupt()
+            # The request could be admitted at the next step: end the run with the step in
+            # progress (no interrupt when that is its last step anyway).
+            if live.cut(self.env.now) < live.steps:
+                self.process.interrupt()
         self.waiting.append(r)
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
