@@ -28,6 +28,7 @@ class Records:
     busy_s: np.ndarray  # per replica
     breakdown_s: dict  # component -> seconds summed over steps and replicas
     steps: int
+    events: int  # SimPy events the steps took (one per step, or per run with macro-steps)
     max_kv_blocks_used: int
     kv_blocks_total: int
     mean_in_system: float  # time-average requests in the system (waiting + running)

@@ -15,10 +15,13 @@ and its partial prefills, rarely more than one or two, in a list; progress is wr
 per-request arrays when a request finishes or is preempted. A step is described to the
 strategy by the decode table's context column and sum plus the prefill chunks, so backends that
 price from sums (the roofline) build no per-sequence arrays. One SimPy event per batch step
-(plus one per open-loop arrival), never per token.
+(plus one per open-loop arrival), never per token; with macro-steps (the default) one per run
+of predictable decode steps (simulator/engine/macro.py), the single-step loop kept as the
+reference (macro_steps=False).
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from typing import Callable
 
@@ -29,6 +32,7 @@ from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.kv_blocks import (admission_limit, blocks_for, decode_row_blocks,
                                         total_blocks)
+from simulator.engine import macro
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
@@ -55,8 +59,8 @@ class RequestState:
         self.last_emit = np.full(n, np.nan)
         self.alpha = alpha
         # Inter-token gaps as (value, count): a decode step gives every sequence the same gap.
-        self.itl_values: list[float] = []
-        self.itl_counts: list[int] = []
+        self.itl_values = array("d")  # typed arrays: 8 bytes a gap, however many steps
+        self.itl_counts = array("q")
         self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
 
     def itl(self) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +96,17 @@ class Replica:
     """
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
-                 strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None]):
+                 strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None],
+                 macro_steps: bool = True, horizon: Callable[[], float] | None = None):
+        """macro_steps: advance runs of predictable decode steps in one event (False: the
+        single-step reference loop). horizon: the time of the next open-loop arrival."""
         self.env, self.idx, self.dep, self.st, self.rng = env, idx, dep, st, rng
         self.on_finish = on_finish
+        self.macro = macro_steps and strategy.macro_safe
+        self.horizon = horizon or (lambda: float("inf"))
+        self._live: macro.Run | None = None  # the run being waited for
+        self._preempted = False  # the step just planned preempted
+        self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
         self.D = np.zeros((6, 0), np.int64)
         self.alpha = np.zeros(0)  # per decoding sequence
@@ -107,14 +119,13 @@ class Replica:
         self.wake: simpy.Event | None = None
         self.busy = 0.0
         self.steps = 0
+        self._last_dt: float | None = None
         # Step log (the batch actually run, and when tokens came out): per step its start time,
         # duration, sequences in the pass, scheduled tokens (decode query tokens + prefill chunk
-        # tokens) and output tokens emitted at its end. Plain lists, one append each per step.
-        self.log_start: list[float] = []
-        self.log_dt: list[float] = []
-        self.log_seqs: list[int] = []
-        self.log_tokens: list[int] = []
-        self.log_emitted: list[int] = []
+        # tokens) and output tokens emitted at its end. Typed arrays (8 bytes a value), one
+        # append each per step.
+        self.log_start, self.log_dt = array("d"), array("d")
+        self.log_seqs, self.log_tokens, self.log_emitted = array("q"), array("q"), array("q")
         self.max_blocks_used = 0
         sch = dep.scheduler
         self.bs, self.max_seqs, self.budget = sch.block_size, sch.max_num_seqs, sch.max_num_batched_tokens
@@ -140,6 +151,12 @@ class Replica:
 
     def submit(self, r: int) -> None:
         self.st.replica[r] = self.idx
+        live = self._live
+        if live is not None and live.interruptible and live.cut_at is None and not self.waiting:
+            # The request could be admitted at the next step: end the run with the step in
+            # progress (no interrupt when that is its last step anyway).
+            if live.cut(self.env.now) < live.steps:
+                self.process.interrupt()
         self.waiting.append(r)
         if self.wake is not None and not self.wake.triggered:
             self.wake.succeed()
@@ -218,7 +235,9 @@ class Replica:
         self._preempt_tail(keep)
         used = int(cum[keep - 1])
         self.max_blocks_used = max(self.max_blocks_used, used)
+        self._preempted = True
         return used, True
+
 
     def _admit(self, used: int, left: int, whole: bool, cap: int | None) -> None:
         """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
@@ -245,6 +264,7 @@ class Replica:
         """This step's batch: which sequences run and how many tokens each puts in the pass.
         Leaves the prefill chunks in self._run; None when nothing can run."""
         self._run = run = []
+        self._preempted = False
         bs = self.bs
         ctx = self.D[CTX]
         n = ctx.shape[0]
@@ -300,10 +320,16 @@ class Replica:
             if b is None:  # cannot happen with a plan the memory check accepted; never spin
                 yield from self._idle()
                 continue
+            if self.macro and b.n_dec and not self._run and not self.pre and not self._preempted:
+                run = macro.plan_run(self, env.now, self.horizon(), self._last_dt)
+                if run is not None:
+                    yield from macro.wait_run(self, run)
+                    continue
             outcome = strategy.sample(self.rng, self.alpha) if b.n_dec else None
-            dt = strategy.step_time(b, outcome)
+            dt = self._last_dt = strategy.step_time(b, outcome)
             self.busy += dt
             self.steps += 1
+            self.events += 1
             self.log_start.append(env.now)
             self.log_dt.append(dt)
             self.log_seqs.append(b.n_dec + len(b.pre_q))

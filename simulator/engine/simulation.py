@@ -2,6 +2,7 @@
 process, or a closed loop in which each completion issues the next request)."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -21,7 +22,12 @@ class Simulation:
     """One deployment under one workload: replicas, router, arrivals. Call run() once."""
 
     def __init__(self, dep: ResolvedDeployment, req: Requests, seed: int,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, macro_steps: bool | None = None):
+        """macro_steps: advance runs of predictable decode steps in one event (default: on,
+        unless the environment sets SPECSIM_MACRO_STEPS=0); False runs the single-step
+        reference loop."""
+        if macro_steps is None:
+            macro_steps = os.environ.get("SPECSIM_MACRO_STEPS", "1") != "0"
         self.dep, self.req = dep, req
         ss = np.random.SeedSequence([seed, 0xACCE])
         alpha_rng, *replica_rngs = (np.random.default_rng(s) for s in ss.spawn(1 + dep.replicas))
@@ -33,7 +39,8 @@ class Simulation:
             alpha = np.full(req.n, np.nan)
         self.st = RequestState(req, alpha)
         self.env = simpy.Environment()
-        self.replicas = [Replica(self.env, i, dep, self.st, make_strategy(dep), rng, self._finished)
+        self.replicas = [Replica(self.env, i, dep, self.st, make_strategy(dep), rng, self._finished,
+                                 macro_steps, self._next_arrival)
                          for i, rng in enumerate(replica_rngs)]
         self.router = make_router(dep.router)
         self.completed = 0
@@ -41,6 +48,12 @@ class Simulation:
         self.progress = progress
         # Time integral of the number of requests in the system (Little's law check).
         self._in_system, self._area, self._last_t = 0, 0.0, 0.0
+
+    def _next_arrival(self) -> float:
+        """When the next open-loop request arrives (inf in a closed loop or when all have)."""
+        if self.req.concurrency is not None or self.issued >= self.req.n:
+            return float("inf")
+        return float(self.req.arrival[self.issued])
 
     def _count(self, delta: int) -> None:
         now = self.env.now
@@ -100,6 +113,7 @@ class Simulation:
             alpha=st.alpha, itl=itl, itl_count=itl_count,
             busy_s=np.array([r.busy for r in self.replicas]), breakdown_s=breakdown,
             steps=sum(r.steps for r in self.replicas),
+            events=sum(r.events for r in self.replicas),
             max_kv_blocks_used=max(r.max_blocks_used for r in self.replicas),
             kv_blocks_total=self.replicas[0].blocks_total,
             strategy_stats=strategies[0].summary(strategies, duration),

@@ -125,3 +125,74 @@ def charge(acc: list[float], t) -> float:
     acc[2] += c
     acc[3] += d
     return a + b + c + d
+
+
+# ---- runs of decode steps (simulator/engine/macro.py) -------------------------------------
+# The same n sequences decode for k successive steps; only their context sums change. These
+# mirror forward_batch / decode_steps / step_overhead operation by operation over numpy arrays
+# of the k steps (elementwise float64 arithmetic is IEEE-exact, so each step's seconds equal
+# the scalar path's bit for bit). They return None when the backend cannot price a run at once;
+# the engine then prices the run step by step through the scalar path.
+
+def forward_decode_many(model, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
+                        shift: int = 0, ctx_max: np.ndarray | None = None,
+                        pending: list | None = None):
+    """forward_batch(model, q_dec, ctx_j, ctx_sums[j], [], [], n_logits, shift) for each step j
+    of a run: a 4-tuple of arrays over the steps (or scalars constant over them), or None.
+    ctx_max: each step's longest context (backends that price from the maximum need it).
+    pending: where a backend that keeps run statistics leaves (object, attribute, per-step
+    values) for the engine to add for the steps it applies (None: add them now)."""
+    own = getattr(model, "forward_decode_many", None)
+    if own is not None:
+        return own(q_dec, n, ctx_sums, n_logits, shift, ctx_max, pending)
+    sums = getattr(model, "forward_sums_many", None)
+    if sums is None:
+        return None
+    ctx_sum = ctx_sums - n * shift
+    t, qq = n * q_dec, n * q_dec * (q_dec + 1)
+    dot = q_dec * ctx_sum
+    return sums(t, dot.astype(float) + float(qq) / 2.0, ctx_sum.astype(float) + t, n_logits)
+
+
+def decode_steps_many(model, n: int, ctx_sums: np.ndarray, steps: int, n_logits: int,
+                      start: int = 0, ctx_max: np.ndarray | None = None):
+    """decode_steps(model, ctx_j, steps, n_logits, ctx_sums[j], start) for each step j of a run
+    (see forward_decode_many), or None."""
+    own = getattr(model, "decode_steps_many", None)
+    if own is None:
+        return None
+    return own(n, ctx_sums, steps, n_logits, start, ctx_max)
+
+
+def step_overhead_many(model, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int,
+                       gamma: int, gpu_s: np.ndarray):
+    """step_overhead for each step of a run (gpu_s: each step's forward seconds)."""
+    cost = getattr(model, "step_cost_many", None)
+    if cost is None:
+        if getattr(model, "step_cost", None) is not None:
+            return np.array([model.step_cost(n_seqs, n_tokens, n_sampled, n_verify, gamma, g)
+                             for g in np.broadcast_to(gpu_s, np.shape(gpu_s)).tolist()])
+        return model.step_overhead_s
+    return cost(n_seqs, n_tokens, n_sampled, n_verify, gamma, gpu_s)
+
+
+def total(t):
+    """The seconds of breakdown(s) t, summed in charge()'s order."""
+    return t[0] + t[1] + t[2] + t[3]
+
+
+def add_steps(acc, v, k: int):
+    """acc plus the first k per-step values v (or k times a constant v), added one at a time as
+    single steps add them (float sums depend on their order); integer values are summed."""
+    if np.ndim(v) == 0:
+        if isinstance(v, (int, np.integer)) and not isinstance(acc, float):
+            return acc + int(v) * k
+        v = float(v)
+        for _ in range(k):
+            acc += v
+        return acc
+    if v.dtype.kind in "iub":
+        return acc + int(v[:k].sum())
+    for x in v[:k].tolist():
+        acc += x
+    return acc

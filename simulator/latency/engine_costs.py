@@ -23,7 +23,8 @@ from dataclasses import replace
 import numpy as np
 
 from simulator.latency import serving
-from simulator.latency.base import ATTENTION, COMMUNICATION, LINEAR, decode_steps, forward_batch
+from simulator.latency.base import (ATTENTION, COMMUNICATION, LINEAR, decode_steps, decode_steps_many,
+                                    forward_batch, forward_decode_many)
 
 
 class EngineLatency:
@@ -40,6 +41,7 @@ class EngineLatency:
         self.source_note = getattr(inner, "source_note", None)
         self.step_overhead_s = 0.0  # replaced by step_cost
         self._kernel_memo: dict[int, float] = {}
+        self._extra_memo: dict[tuple, tuple[float, float]] = {}
         self._expand = role == "target" and costs.verify_scoring == "batch_expansion"
         self._eager = replace(costs, cuda_graphs=False)
 
@@ -69,7 +71,15 @@ class EngineLatency:
         return v
 
     def _extra(self, n_seqs: int, q: int, uniform: bool) -> tuple[float, float]:
-        """(padding seconds, launch seconds) of one forward of n_seqs sequences x q tokens."""
+        """(padding seconds, launch seconds) of one forward of n_seqs sequences x q tokens
+        (memoised: a pure function of its arguments, called several times per step)."""
+        key = (n_seqs, q, uniform)
+        got = self._extra_memo.get(key)
+        if got is None:
+            got = self._extra_memo[key] = self._extra_of(n_seqs, q, uniform)
+        return got
+
+    def _extra_of(self, n_seqs: int, q: int, uniform: bool) -> tuple[float, float]:
         c = self.costs
         launch = serving.forward_launch_s(n_seqs, self.n_layers, c, q, self.tp, self.speculative)
         if not uniform:  # mixed prefill + decode batches are not captured whole
@@ -112,6 +122,26 @@ class EngineLatency:
         pad, launch = self._extra(ctx.shape[0], 1, True)
         return (t[0] + steps * pad, t[ATTENTION], t[2], steps * launch)
 
+    def forward_decode_many(self, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
+                            shift: int = 0, ctx_max=None, pending=None):
+        """forward_batch for each step of a run of decode steps (simulator/latency/base.py
+        forward_decode_many); None when the wrapped backend cannot price a run at once."""
+        if self._expand and q_dec > 1 and n:
+            if getattr(self.inner, "forward_sums_many", None) is None:
+                return None  # the expanded rows' own contexts would be needed
+            ctx_sums = q_dec * ctx_sums + n * q_dec * (q_dec - 1) // 2
+            n, q_dec, ctx_max = n * q_dec, 1, None
+        t = forward_decode_many(self.inner, q_dec, n, ctx_sums, n_logits, shift, ctx_max, pending)
+        return None if t is None else self._with(t, *self._extra(n, q_dec, True))
+
+    def decode_steps_many(self, n: int, ctx_sums: np.ndarray, steps: int, n_logits: int,
+                          start: int = 0, ctx_max=None):
+        t = decode_steps_many(self.inner, n, ctx_sums, steps, n_logits, start, ctx_max)
+        if t is None:
+            return None
+        pad, launch = self._extra(n, 1, True)
+        return (t[0] + steps * pad, t[ATTENTION], t[2], steps * launch)
+
     # ---- per engine step --------------------------------------------------------------------
     def step_cost(self, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int, gamma: int,
                   gpu_s: float) -> float:
@@ -124,4 +154,18 @@ class EngineLatency:
         if n_verify and gamma:
             extra += serving.rejection_sampling_s(n_verify, gamma, self.vocab, self.bandwidth, c)
             extra += gamma * serving.proposer_s(c, n_verify)
+        return extra
+
+    def step_cost_many(self, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int,
+                       gamma: int, gpu_s: np.ndarray):
+        """step_cost for each step of a run (gpu_s an array over its steps), operation for
+        operation."""
+        c = self.costs
+        cpu = serving.cpu_step_s(c, n_seqs, n_tokens, n_sampled)
+        overlap = c.cpu_overlap_sd if self.speculative else c.cpu_overlap_ar
+        extra = np.maximum(0.0, cpu - gpu_s) if overlap else np.full(np.shape(gpu_s), cpu)
+        if n_verify and gamma:
+            extra = extra + serving.rejection_sampling_s(n_verify, gamma, self.vocab,
+                                                         self.bandwidth, c)
+            extra = extra + gamma * serving.proposer_s(c, n_verify)
         return extra

@@ -29,3 +29,11 @@ class IdealLatency(Stateless):
     def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int,
                      ctx_sum: int | None = None, start: int = 0) -> np.ndarray:
         return self._t * steps
+
+    def forward_decode_many(self, q_dec, n, ctx_sums, n_logits, shift=0, ctx_max=None,
+                            pending=None) -> tuple:
+        """Every step of a run costs one forward (simulator/latency/base.py forward_decode_many)."""
+        return tuple(self._t.tolist())
+
+    def decode_steps_many(self, n, ctx_sums, steps, n_logits, start=0, ctx_max=None) -> tuple:
+        return tuple((self._t * steps).tolist())

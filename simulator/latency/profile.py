@@ -35,7 +35,7 @@ import numpy as np
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import ModelArch
 from simulator.errors import SpecsimError
-from simulator.latency.base import COMMUNICATION, LINEAR, OVERHEAD
+from simulator.latency.base import COMMUNICATION, LINEAR, OVERHEAD, add_steps
 from simulator.latency.roofline import RooflineLatency, RooflineParams
 from simulator.latency.profiles import Profile, find_profile, load_profile, profile_paths
 
@@ -299,8 +299,31 @@ class ProfileLatency:
         t, ok = self._attention_uniform(n, q, c)
         return self._compose(n * q, n_logits, t, t if ok else 0.0)
 
-    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> np.ndarray:
-        """The forward's breakdown from its token count and one layer's attention."""
+    def forward_decode_many(self, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
+                            shift: int = 0, ctx_max: np.ndarray | None = None, pending=None):
+        """forward_uniform for each step of a run (latency.base.forward_decode_many)."""
+        if shift or n == 0 or (self.ctx_stat == "max" and ctx_max is None):
+            return None
+        cs = ctx_max if self.ctx_stat == "max" else np.round(ctx_sums / n).astype(np.int64)
+        att = [self._attention_uniform(n, q_dec, c) for c in cs.tolist()]
+        linear, lin_meas, comm, comm_meas, fell = self._token_parts(n * q_dec, n_logits)
+        L, over = self.L, self._overhead
+        over_meas, attn = over if self._overhead_measured else 0.0, np.array([L * t for t, _ in att])
+        stats = [("_calls", np.ones(len(att), np.int64)),  # each step's, as _compose keeps them
+                 ("_fallback_calls", np.array([fell or (not ok and 0.0 < t) for t, ok in att], np.int64)),
+                 ("_t_total", linear + attn + comm + over),
+                 ("_t_measured", np.array([lin_meas + (L * t if ok else 0.0) + comm_meas + over_meas
+                                           for t, ok in att]))]
+        if pending is None:
+            for name, v in stats:
+                setattr(self, name, add_steps(getattr(self, name), v, len(att)))
+        else:
+            pending += [(self, name, v) for name, v in stats]
+        return (linear, attn, comm, over)
+
+    def _token_parts(self, T: int, n_logits: int) -> tuple:
+        """(linear, its measured part, communication, its measured part, any fallback) of a
+        forward over T tokens with n_logits sampled positions."""
         L = self.L
         na, na_ok = self._per_token("non_attention", self._na, T)
         emb, emb_ok = self._per_token("embedding", self._emb, T)
@@ -312,14 +335,19 @@ class ProfileLatency:
             linear += head
             lin_meas += head if head_ok else 0.0
             fell_back |= not head_ok
-        fell_back |= attn_meas < attn
-        attn, attn_meas = L * attn, L * attn_meas
         comm = comm_meas = 0.0
         if self.tp > 1:
             ar, ar_ok = self._per_token("allreduce", self._ar, T)
             comm = 2 * L * ar
             comm_meas = comm if ar_ok else 0.0
             fell_back |= not ar_ok
+        return linear, lin_meas, comm, comm_meas, fell_back
+
+    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> np.ndarray:
+        """The forward's breakdown from its token count and one layer's attention."""
+        linear, lin_meas, comm, comm_meas, fell_back = self._token_parts(T, n_logits)
+        fell_back |= attn_meas < attn
+        attn, attn_meas = self.L * attn, self.L * attn_meas
         over = self._overhead
         self._calls += 1
         self._fallback_calls += fell_back

@@ -209,6 +209,37 @@ class RooflineLatency(Stateless):
         steps without building per-sequence arrays (simulator/latency/base.py forward_batch)."""
         return self._parts(t, pairs, kv_pos, n_logits)
 
+    def forward_sums_many(self, t: int, pairs: np.ndarray, kv_pos: np.ndarray, n_logits: int):
+        """forward_sums for the k steps of a run (pairs, kv_pos: arrays over the steps; t and
+        n_logits fixed), operation for operation as _parts so each step's seconds are equal."""
+        lin, _, comm, ovh = self._parts(t, 0.0, 0.0, n_logits)
+        attn = self.model.n_layers * np.maximum(pairs * self._attn_flops_per_qk / self._attn_flops,
+                                                (kv_pos * self._kv_bytes_per_pos
+                                                 + t * self._q_bytes_per_tok) / self._bw)
+        return (lin, attn, comm, ovh)
+
+    def decode_steps_many(self, n: int, ctx_sums: np.ndarray, steps: int, n_logits: int,
+                          start: int = 0, ctx_max=None) -> tuple:
+        """decode_steps for each step of a run (ctx_sums: the batch's context sum per step)."""
+        base = (ctx_sums + n * start).astype(float)
+        lin, com, ovh = self._fixed(n, n_logits)
+        flops_per_pair = self._attn_flops_per_qk / self._attn_flops
+        bytes_per_pos, q_bytes = self._kv_bytes_per_pos / self._bw, n * self._q_bytes_per_tok / self._bw
+        att = np.zeros(base.shape[0])
+        for j in range(1, steps + 1):
+            c = base + n * j
+            att = att + np.maximum(c * flops_per_pair, c * bytes_per_pos + q_bytes)
+        return (steps * lin, self.model.n_layers * att, steps * com, steps * ovh)
+
+    def _fixed(self, n: int, n_logits: int) -> tuple:
+        """(linear, communication, overhead) of one single-token forward of n sequences."""
+        key = (n, n_logits)
+        fixed = self._fixed_cache.get(key)
+        if fixed is None:
+            lin, _, com, ovh = self._parts(n, 0.0, 0.0, n_logits)
+            fixed = self._fixed_cache[key] = (lin, com, ovh)
+        return fixed
+
     def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int,
                      ctx_sum: int | None = None, start: int = 0) -> tuple:
         """Sum of `steps` single-token forwards of the batch over caches of ctx + start tokens,
@@ -216,12 +247,7 @@ class RooflineLatency(Stateless):
         components are priced once."""
         n = ctx.shape[0]
         base = float((int(ctx.sum()) if ctx_sum is None else ctx_sum) + n * start)
-        key = (n, n_logits)
-        fixed = self._fixed_cache.get(key)
-        if fixed is None:
-            lin, _, com, ovh = self._parts(n, 0.0, 0.0, n_logits)
-            fixed = self._fixed_cache[key] = (lin, com, ovh)
-        lin, com, ovh = fixed
+        lin, com, ovh = self._fixed(n, n_logits)
         flops_per_pair = self._attn_flops_per_qk / self._attn_flops
         bytes_per_pos, q_bytes = self._kv_bytes_per_pos / self._bw, n * self._q_bytes_per_tok / self._bw
         att = 0.0

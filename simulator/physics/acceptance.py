@@ -26,9 +26,11 @@ def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
     return expected_tokens_per_round(alpha, gamma) / (gamma * c + 1.0)
 
 
-def sample_accepted(rng: np.random.Generator, alpha: np.ndarray, gamma: int) -> np.ndarray:
-    """Accepted draft tokens per sequence, K = min(floor(log U / log alpha), gamma)."""
-    u = 1.0 - rng.random(alpha.shape[0])  # in (0, 1]: log is finite
+def sample_accepted(rng: np.random.Generator, alpha: np.ndarray, gamma: int,
+                    rounds: int | None = None) -> np.ndarray:
+    """Accepted draft tokens per sequence, K = min(floor(log U / log alpha), gamma); with
+    `rounds`, a (rounds, n) array: that many successive rounds of the same sequences."""
+    u = 1.0 - rng.random(alpha.shape[0] if rounds is None else (rounds, alpha.shape[0]))  # in (0, 1]
     # log(alpha) is clamped below zero so alpha = 1 gives a huge K (capped at gamma), not inf/nan.
     with np.errstate(divide="ignore"):
         k = np.floor(np.log(u) / np.minimum(np.log(alpha), -1e-300))
@@ -40,15 +42,20 @@ def truncated_geometric_cdf(alpha: float, gamma: int) -> np.ndarray:
     return 1.0 - alpha ** np.arange(1, gamma + 1)
 
 
-def sample_accepted_same_alpha(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
-    """K for n sequences sharing one alpha, by inverting the CDF (faster than the log form)."""
+def sample_accepted_same_alpha(rng: np.random.Generator, cdf: np.ndarray,
+                               n: int | tuple[int, int]) -> np.ndarray:
+    """K for n sequences sharing one alpha, by inverting the CDF (faster than the log form);
+    n = (rounds, sequences) gives successive rounds."""
     return cdf.searchsorted(rng.random(n), side="right")
 
 
-def sample_accepted_per_position(rng: np.random.Generator, a: np.ndarray, n: int) -> np.ndarray:
-    """Accepted count when position i is accepted with probability a[i] given all before it."""
-    ok = rng.random((n, a.shape[0])) < a
-    return np.cumprod(ok, axis=1).sum(axis=1)
+def sample_accepted_per_position(rng: np.random.Generator, a: np.ndarray,
+                                 n: int | tuple[int, int]) -> np.ndarray:
+    """Accepted count when position i is accepted with probability a[i] given all before it;
+    n = (rounds, sequences) gives successive rounds."""
+    shape = n if isinstance(n, tuple) else (n,)
+    ok = rng.random((*shape, a.shape[0])) < a
+    return np.cumprod(ok, axis=-1).sum(axis=-1)
 
 
 def request_alphas(rng: np.random.Generator, mean: float, concentration: float | None,

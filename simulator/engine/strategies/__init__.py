@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
+from simulator.engine.strategies.base import Outcome, RunBatch, StepBatch, Strategy
 from simulator.engine.strategies.dedicated import DedicatedDraftSD
 from simulator.engine.strategies.sd import SpeculativeStrategy
 from simulator.engine.strategies.ssd import SSDStrategy, make_ssd_strategy
 
-__all__ = ["STRATEGIES", "DedicatedDraftSD", "Outcome", "SSDStrategy", "SpeculativeStrategy",
+__all__ = ["STRATEGIES", "DedicatedDraftSD", "Outcome", "RunBatch", "SSDStrategy", "SpeculativeStrategy",
            "StepBatch", "Strategy", "make_strategy"]
 
 

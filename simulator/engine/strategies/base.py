@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.latency.base import step_overhead, LatencyModel, charge, forward_batch
+from simulator.latency.base import (LatencyModel, charge, forward_batch, forward_decode_many,
+                                    step_overhead, step_overhead_many, total)
 
 
 @dataclass
@@ -79,6 +80,22 @@ class StepBatch:
         return self._build()[2]
 
 
+class RunBatch:
+    """A run of k successive all-decode steps of the same n sequences (simulator/engine/macro.py):
+    each step's context sum and longest context, and row(j), the contexts of step j."""
+
+    __slots__ = ("n", "q_dec", "ctx_sums", "ctx_max", "row", "pending")
+
+    def __init__(self, n: int, q_dec: int, ctx_sums: np.ndarray, ctx_max: np.ndarray, row):
+        self.n, self.q_dec, self.ctx_sums, self.ctx_max, self.row = n, q_dec, ctx_sums, ctx_max, row
+        self.pending: list = []  # backends' per-step statistics (latency.base.forward_decode_many)
+
+
+# A run's charges: accumulator name ("target" or "draft") -> 4 components, each an array over
+# the run's steps or a constant; the engine adds them step by step when it applies the run.
+Charges = dict
+
+
 class Strategy:
     """Autoregressive decoding: one target forward per step, one token per decoding sequence."""
 
@@ -86,6 +103,10 @@ class Strategy:
     query_tokens = 1
     lookahead = 0
     drafted_per_round = 0
+    # Steps depend only on the batch and the sampled counts, so the engine may advance a run of
+    # decode steps at once (simulator/engine/macro.py); False keeps it to single steps.
+    macro_safe = True
+    tokens_per_step = 1.0  # expected tokens a decoding sequence gets per step (runs' length guess)
 
     def __init__(self, target: LatencyModel):
         self.target = target
@@ -108,6 +129,48 @@ class Strategy:
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         return self.target_time(b)
+
+    # ---- runs of decode steps (simulator/engine/macro.py) -------------------------------------
+    def sample_run(self, rng: np.random.Generator, alpha: np.ndarray, k: int) -> Outcome:
+        """The outcomes of k successive decode steps of the same sequences: tokens (and accepted)
+        as (k, n) arrays, or constants."""
+        return Outcome(1)
+
+    def _target_many(self, r: RunBatch, gpu_before=0.0):
+        """target_time's breakdown for each step of a run (None: price step by step)."""
+        q, n = self.query_tokens, r.n
+        sampled = n * q
+        t = forward_decode_many(self.target, q, n, r.ctx_sums, sampled, 0, r.ctx_max, r.pending)
+        if t is None:
+            return None
+        gpu = gpu_before + t[0] + t[1] + t[2] + t[3]
+        so = step_overhead_many(self.target, n, n * q, sampled, n if q > 1 else 0, q - 1, gpu)
+        return (t[0], t[1], t[2], t[3] + so)
+
+    def run_times_many(self, r: RunBatch) -> tuple[np.ndarray, Charges] | None:
+        """Each step's seconds and charges, priced for the whole run at once; None when a
+        backend cannot."""
+        t = self._target_many(r)
+        return None if t is None else (total(t), {"target": t})
+
+    def run_times(self, r: RunBatch) -> tuple[np.ndarray, Charges]:
+        """Each step's seconds (equal, bit for bit, to step_time's) and the charges the engine
+        adds when it applies the steps: at once when the backends can, else step by step."""
+        got = self.run_times_many(r)
+        if got is not None:
+            k = r.ctx_sums.shape[0]
+            return np.broadcast_to(np.asarray(got[0], float), (k,)), got[1]
+        saved, dts, parts = (self.target_busy, self.draft_busy), [], {"target": [], "draft": []}
+        try:
+            for j in range(r.ctx_sums.shape[0]):
+                self.target_busy, self.draft_busy = [0.0] * 4, [0.0] * 4
+                b = StepBatch(r.q_dec, r.row(j), int(r.ctx_sums[j]))
+                dts.append(self.step_time(b, None))
+                parts["target"].append(self.target_busy)
+                parts["draft"].append(self.draft_busy)
+        finally:
+            self.target_busy, self.draft_busy = saved
+        return np.array(dts), {k: tuple(np.array(v).T) for k, v in parts.items()}
 
     def summary(self, replicas: list["Strategy"], duration: float) -> dict:
         """Strategy-specific metrics over all replicas' strategy objects (added to the summary)."""

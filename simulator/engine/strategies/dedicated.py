@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
 from simulator.engine.strategies.sd import SpeculativeStrategy
-from simulator.latency.base import LatencyModel, charge, forward_batch
+from simulator.latency.base import LatencyModel, charge, forward_batch, total
 from simulator.physics.handshake import Handshake
 from simulator.physics.rounds import sd_round
 
@@ -36,6 +36,14 @@ class DedicatedDraftSD(SpeculativeStrategy):
             return self.prefill_only(b)
         return sd_round(self.draft_time(b), self.target_time(b),
                         handshake_s=self.handshake.time(b.n_dec))
+
+    def run_times_many(self, r):
+        d = self._draft_many(r)
+        t = None if d is None else self._target_many(r)
+        if t is None:
+            return None
+        return (sd_round(total(d), total(t), handshake_s=self.handshake.time(r.n)),
+                {"target": t, "draft": d})
 
     def summary(self, replicas: list[Strategy], duration: float) -> dict:
         busy = sum(sum(s.draft_busy) for s in replicas)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
-from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch, plus
-from simulator.physics.acceptance import (sample_accepted, sample_accepted_per_position,
+from simulator.engine.strategies.base import Outcome, RunBatch, StepBatch, Strategy
+from simulator.latency.base import (LatencyModel, charge, decode_steps, decode_steps_many,
+                                    forward_batch, forward_decode_many, plus, total)
+from simulator.physics.acceptance import (expected_tokens_per_position, expected_tokens_per_round,
+                                          sample_accepted, sample_accepted_per_position,
                                           sample_accepted_same_alpha, truncated_geometric_cdf)
 from simulator.physics.rounds import sd_round
 
@@ -36,6 +38,11 @@ class SpeculativeStrategy(Strategy):
         self.per_position = None if per_position is None else np.asarray(per_position)
         self.cdf = None if alpha is None or alpha >= 1.0 else truncated_geometric_cdf(alpha, gamma)
         self.all_accepted = alpha is not None and alpha >= 1.0
+        # E[K+1] (Leviathan); with per-request alphas a middle guess: it only sizes runs.
+        self.tokens_per_step = (expected_tokens_per_position(self.per_position)
+                                if self.per_position is not None else
+                                expected_tokens_per_round(alpha, gamma) if alpha is not None
+                                else 1.0 + gamma / 2.0)
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
         if self.cdf is not None:
@@ -47,6 +54,38 @@ class SpeculativeStrategy(Strategy):
         else:
             k = sample_accepted(rng, alpha, self.gamma)
         return Outcome(k + 1, k)
+
+    def sample_run(self, rng: np.random.Generator, alpha: np.ndarray, k: int) -> Outcome:
+        """sample() for k successive rounds of the same sequences ((k, n) arrays)."""
+        n = alpha.shape[0]
+        if self.cdf is not None:
+            acc = sample_accepted_same_alpha(rng, self.cdf, (k, n))
+        elif self.all_accepted:
+            return Outcome(self.gamma + 1, self.gamma)
+        elif self.per_position is not None:
+            acc = sample_accepted_per_position(rng, self.per_position, (k, n))
+        else:
+            acc = sample_accepted(rng, alpha, self.gamma, rounds=k)
+        return Outcome(acc + 1, acc)
+
+    def _draft_many(self, r: RunBatch):
+        """draft_time's breakdown for each step of a run of decode steps (None: step by step)."""
+        n, k = r.n, self.draft_first_q
+        if k == 1:
+            return decode_steps_many(self.draft, n, r.ctx_sums, self.gamma, n, 0, r.ctx_max)
+        d = forward_decode_many(self.draft, k, n, r.ctx_sums, n, k - 1, r.ctx_max, r.pending)
+        if d is None or self.gamma <= 1:
+            return d
+        e = decode_steps_many(self.draft, n, r.ctx_sums, self.gamma - 1, n, 1, r.ctx_max)
+        return None if e is None else plus(d, e)
+
+    def run_times_many(self, r: RunBatch):
+        d = self._draft_many(r)
+        if d is None:
+            return None
+        ds = total(d)
+        t = self._target_many(r, ds)
+        return None if t is None else (sd_round(ds, total(t)), {"target": t, "draft": d})
 
     def draft_time(self, b: StepBatch) -> float:
         n, k, ctx, ctx_sum = b.n_dec, self.draft_first_q, b.dec_ctx, b.dec_ctx_sum

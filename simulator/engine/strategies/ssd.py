@@ -53,6 +53,9 @@ class SSDStrategy(DedicatedDraftSD):
     are sampled as in standard SD (`alpha` shared, or the per-request alphas, or per-position)."""
 
     name = "ssd"
+    # A round's time depends on its sampled hits, and sample() keeps per-round statistics:
+    # the engine runs SSD one step per event (simulator/engine/macro.py).
+    macro_safe = False
 
     def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int, fanout: np.ndarray,
                  r: float, handshake: Handshake, batch_policy: str = "all_or_nothing",

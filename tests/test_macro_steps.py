@@ -1,0 +1,234 @@
+"""Macro-steps (simulator/engine/macro.py) against the single-step reference loop.
+
+Runs of decode steps are priced with the scalar path's float operations, land on the
+reference's clock, and redraw exactly the rounds they apply, so the two loops give
+byte-identical outputs: deterministic cases (AR, SD alpha = 1, fixed lengths), sampled ones,
+preemption, chunked and non-chunked prefill, open and closed loops, several replicas. Where
+identity could break (event order at equal times), the distributions must still agree.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simpy
+from scipy.stats import ks_2samp
+
+from conftest import AR_8B, ROOT, SD_8B, scenario_dict
+from simulator.config.loading import load_scenario, parse_scenario
+from simulator.config.workload import generate
+from simulator.deploy.deployments import resolve
+from simulator.engine import macro
+from simulator.engine.simulation import Simulation
+from simulator.engine.strategies import RunBatch, StepBatch, make_strategy
+from simulator.run.report import summary_json
+from simulator.run.runner import run_scenario
+
+SMALL_GPU = {"name": "tiny-gpu", "hbm_gb": 24, "bandwidth_tbps": 1.0, "bf16_tflops": 200}
+RECORD_FIELDS = ("arrival", "first_token", "finish", "rounds", "accepted", "round_tokens",
+                 "preemptions", "replica", "busy_s", "step_replica", "step_start", "step_time",
+                 "step_seqs", "step_tokens", "step_emitted")
+
+
+def simulate(d, macro_steps: bool, index: int = 0, seed: int = 5):
+    sc = parse_scenario(d)
+    dep = resolve(sc.deployments[index], index, ROOT)
+    req = generate(sc.workload, sc.seed, ROOT)
+    return Simulation(dep, req, seed=seed, macro_steps=macro_steps).run()
+
+
+def _itl_pairs(rec) -> bytes:
+    order = np.lexsort((rec.itl_count, rec.itl))
+    return rec.itl[order].tobytes() + rec.itl_count[order].tobytes()
+
+
+def assert_identical(a, b):
+    for f in RECORD_FIELDS:
+        x, y = getattr(a, f), getattr(b, f)
+        assert x.shape == y.shape and (x.tobytes() == y.tobytes()), f
+    if a.busy_s.shape[0] == 1:  # one replica: the gaps in the same order
+        assert a.itl.tobytes() == b.itl.tobytes() and a.itl_count.tobytes() == b.itl_count.tobytes()
+    else:  # replicas append their gaps at their own events: the same gaps, in another order
+        assert _itl_pairs(a) == _itl_pairs(b)
+    assert a.breakdown_s == b.breakdown_s
+    assert (a.steps, a.max_kv_blocks_used, a.mean_in_system) == \
+        (b.steps, b.max_kv_blocks_used, b.mean_in_system)
+
+
+def pressure(dep, chunked, **kw):
+    """Long varied prompts on a GPU whose KV cache holds only a few of them: preemption."""
+    dep = {**dep, "gpu": SMALL_GPU, "gpu_memory_utilization": 0.95, "engine": {"preset": "ideal"},
+           "scheduler": {"chunked_prefill": chunked, "max_num_batched_tokens": 4096}}
+    return scenario_dict([dep], requests=150, arrival={"process": "poisson", "rate_per_s": 50},
+                         prompt={"dist": "lognormal", "mean": 1500, "std": 800, "max": 4000},
+                         output={"dist": "uniform", "min": 1, "max": 600}, **kw)
+
+
+SD_ALL = {**SD_8B, "acceptance": {"alpha": 1.0}}
+SD_DEDICATED_ALL = {**SD_ALL, "name": "sd-ded", "draft_placement": "dedicated"}
+CASES = {
+    # deterministic: no sampling in the engine
+    "ar-preempt-chunked": pressure(AR_8B, True),
+    "ar-preempt-whole-prompts": pressure(AR_8B, False),
+    "sd-alpha1": scenario_dict([SD_ALL], requests=150, arrival={"process": "poisson", "rate_per_s": 20}),
+    "sd-dedicated-alpha1": scenario_dict([SD_DEDICATED_ALL], requests=150),
+    "ar-fixed-closed-2-replicas": scenario_dict(
+        [{**AR_8B, "replicas": 2}], requests=200, arrival={"process": "closed", "concurrency": 16}),
+    # sampled
+    "sd-preempt-chunked": pressure(SD_8B, True),
+    "sd-preempt-whole-prompts": pressure(SD_8B, False),
+    "sd-heterogeneous-closed-3-replicas": scenario_dict(
+        [{**SD_8B, "replicas": 3, "router": "least_outstanding",
+          "acceptance": {"alpha": 0.7, "heterogeneity": {"concentration": 8}}}],
+        requests=300, arrival={"process": "closed", "concurrency": 30},
+        output={"dist": "uniform", "min": 1, "max": 300}),
+    "sd-per-position-batch-expansion": scenario_dict(
+        [{**SD_8B, "acceptance": {"per_position": [0.9, 0.8, 0.7, 0.6]},
+          "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"}}], requests=150,
+        arrival={"process": "poisson", "rate_per_s": 15}),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_macro_steps_reproduce_the_reference_loop(name):
+    """Catches any drift of a run from single steps: a step priced with other float operations,
+    a clock that adds a run's seconds in another order, a token, round, inter-token gap or
+    step-log entry lost or wrong at a run's last step, a KV overflow or peak missed inside a run, an arrival admitted late,
+    a random stream that runs ahead of the reference's."""
+    ref, fast = simulate(CASES[name], False), simulate(CASES[name], True)
+    assert_identical(ref, fast)
+    assert ref.events == ref.steps
+    assert fast.events < ref.steps  # runs happened (not a silent fallback to single steps)
+    if "preempt" in name:
+        assert ref.preemptions.sum() > 0
+
+
+# Run scenarios (plan files, with a `search:` space instead of deployments, run many of these).
+SCENARIOS = sorted(p for p in (ROOT / "scenarios").glob("*.yaml") if "\ndeployments:" in p.read_text())
+
+
+def _run(path: Path, macro_steps: bool, monkeypatch):
+    monkeypatch.setenv("SPECSIM_MACRO_STEPS", "1" if macro_steps else "0")
+    sc, base = load_scenario(path)
+    wl = sc.workload.model_copy(update={"requests": min(sc.workload.requests, 80)})
+    return run_scenario(sc.model_copy(update={"workload": wl}), base)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_bundled_scenarios_same_outputs_and_distributions(path, monkeypatch):
+    """Every bundled scenario (SSD, preemption-free and chunked/non-chunked prefill, profile and
+    roofline backends, sweeps): requests.csv and summary.json byte-identical between the loops;
+    the distribution checks (means within 1%, KS not rejecting at 1%) are the fallback
+    contract should event order at equal times ever differ."""
+    ref, fast = _run(path, False, monkeypatch), _run(path, True, monkeypatch)
+    a, b = ref.requests, fast.requests
+    assert a.to_csv(float_format="%.9g") == b.to_csv(float_format="%.9g")
+    assert summary_json(ref) == summary_json(fast)
+    for ra, rb in zip(ref.summary["deployments"], fast.summary["deployments"]):
+        assert rb["throughput_tokens_per_s"] == pytest.approx(ra["throughput_tokens_per_s"], rel=0.01)
+    for c in ("ttft_s", "tpot_s", "e2e_s"):
+        x, y = a[c].dropna(), b[c].dropna()
+        assert y.mean() == pytest.approx(x.mean(), rel=0.01)
+        if c != "ttft_s":
+            assert ks_2samp(x, y).pvalue > 0.01
+
+
+def test_macro_steps_take_far_fewer_events_than_steps():
+    """A decode-heavy open-loop SD run: most steps ride in runs. Catches a silent fallback to
+    single steps (events == steps) and runs cut far too early."""
+    d = scenario_dict([SD_8B], requests=300, arrival={"process": "poisson", "rate_per_s": 6},
+                      output={"dist": "fixed", "value": 400})
+    rec = simulate(d, True)
+    assert rec.events * 3 < rec.steps
+
+
+def test_ssd_runs_one_step_per_event():
+    """SSD's rounds depend on sampled cache hits and its sample() keeps per-round statistics:
+    it stays on single steps (the documented fallback)."""
+    sc, base = load_scenario(ROOT / "scenarios/ssd-vs-sd-llama70b.yaml")
+    i = next(i for i, d in enumerate(sc.deployments) if d.strategy == "ssd")
+    dep = resolve(sc.deployments[i], i, base)
+    assert not make_strategy(dep).macro_safe
+
+
+PRICING = {
+    "ar-roofline-vllm": AR_8B,
+    "ar-ideal-preset": {**AR_8B, "engine": {"preset": "ideal"}},
+    "ar-ideal-backend": {**AR_8B, "latency": {"backend": "ideal"}},
+    "sd-roofline-vllm": SD_8B,
+    "sd-batch-expansion": {**SD_8B, "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"}},
+    "sd-sglang": {**SD_8B, "engine": {"preset": "sglang"}},
+    "sd-dedicated": {**SD_8B, "draft_placement": "dedicated"},
+    "ar-profile": {**AR_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"}},
+}
+
+
+@pytest.mark.parametrize("name", list(PRICING))
+def test_run_pricing_equals_step_pricing_bit_for_bit(name):
+    """Strategy.run_times_many prices a whole run at once; each step must equal step_time's
+    seconds exactly (an oracle: the scalar path), and the charged components too. Catches a
+    reordered float sum, a constant charged per run instead of per step, a missing vector path
+    (None: the run would silently be priced step by step)."""
+    dep = resolve(parse_scenario(scenario_dict([PRICING[name]])).deployments[0], 0, ROOT)
+    s = make_strategy(dep)
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 8, 37, 128, 300):
+        ctx = rng.integers(16, 4000, n)
+        k = 12
+        prev = np.cumsum(rng.integers(1, 6, (k, n)), axis=0) - 1
+        sums = ctx.sum() + prev.sum(axis=1)
+        rb = RunBatch(n, s.query_tokens, sums, (ctx + prev).max(axis=1), lambda j: ctx + prev[j])
+        got = s.run_times_many(rb)
+        assert got is not None
+        dt, charges = np.broadcast_to(got[0], (k,)), got[1]
+        for j in range(k):
+            s.target_busy, s.draft_busy = [0.0] * 4, [0.0] * 4
+            want = s.step_time(StepBatch(s.query_tokens, ctx + prev[j], int(sums[j])), None)
+            assert dt[j] == want
+            for acc_name, parts in charges.items():
+                acc = getattr(s, f"{acc_name}_busy")
+                assert [float(np.broadcast_to(p, (k,))[j]) for p in parts] == acc
+
+
+@pytest.mark.parametrize("acceptance", [{"alpha": 0.6}, {"alpha": 0.7, "heterogeneity": {"concentration": 5}},
+                                        {"per_position": [0.9, 0.7, 0.5, 0.3]}])
+def test_sample_run_draws_what_successive_steps_draw(acceptance):
+    """A run's (k, n) accepted counts are the k single steps' draws in order (so a run can be
+    redrawn to the applied length and the stream continues as the reference's)."""
+    dep = resolve(parse_scenario(scenario_dict([{**SD_8B, "acceptance": acceptance}])).deployments[0],
+                  0, ROOT)
+    s = make_strategy(dep)
+    alpha = np.random.default_rng(0).uniform(0.3, 0.9, 17)
+    a, b = np.random.default_rng(9), np.random.default_rng(9)
+    run = s.sample_run(a, alpha, 6)
+    steps = [s.sample(b, alpha) for _ in range(6)]
+    np.testing.assert_array_equal(run.tokens, np.stack([o.tokens for o in steps]))
+    np.testing.assert_array_equal(run.accepted, np.stack([o.accepted for o in steps]))
+    assert a.random() == b.random()
+
+
+def test_sleep_lands_on_times_no_single_delay_reaches():
+    """0.08776607404386244 + d never rounds to 0.7139725096163995 for any d (a tie that rounds
+    to even); the replica's two-hop sleep must still wake at exactly that time."""
+    now, t = 0.08776607404386244, 0.7139725096163995
+    d = macro.exact_delay(now, t)
+    assert now + d != t and all(now + math.nextafter(d, x) != t for x in (0, 1))
+
+    env, woke = simpy.Environment(initial_time=now), []
+
+    def proc():
+        yield from macro.sleep_until(env, t)
+        woke.append(env.now)
+
+    env.process(proc())
+    env.run()
+    assert woke == [t]
+
+
+def test_run_cut_keeps_the_step_in_progress():
+    """An arrival at t keeps the steps up to the one running at t; at a step boundary the step
+    that would start there is not run (it would have seen the arrival)."""
+    r = macro.Run(2, np.ones(4), [1.0, 2.0, 3.0, 4.0], None, None, {}, True, None, 4)
+    assert r.cut(0.5) == 1 and r.cut(2.0) == 2 and r.cut(2.5) == 3 and r.cut(9.0) == 4
