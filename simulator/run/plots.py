@@ -263,7 +263,8 @@ def cdf_plot(summary: dict, requests: pd.DataFrame, outdir: Path) -> list[Path]:
             ax.set_ylabel("share of requests")
             ax.set_title(f"{what} CDF" + (f": {describe(name)}" if sweep else ""), fontsize=8)
         if sweep:
-            pair[1].legend(loc="lower right")
+            if pair[1].get_legend_handles_labels()[0]:
+        pair[1].legend(loc="lower right")
     if not sweep:
         _legend_below(fig, axes[0])
     more = f" (first {len(shown)} of {len(names)} designs)" if len(names) > len(shown) else ""
