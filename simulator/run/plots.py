@@ -262,9 +262,8 @@ def cdf_plot(summary: dict, requests: pd.DataFrame, outdir: Path) -> list[Path]:
             ax.set_xlabel(f"{what} ({unit})")
             ax.set_ylabel("share of requests")
             ax.set_title(f"{what} CDF" + (f": {describe(name)}" if sweep else ""), fontsize=8)
-        if sweep:
-            if pair[1].get_legend_handles_labels()[0]:
-        pair[1].legend(loc="lower right")
+        if sweep and pair[1].get_legend_handles_labels()[0]:
+            pair[1].legend(loc="lower right")
     if not sweep:
         _legend_below(fig, axes[0])
     more = f" (first {len(shown)} of {len(names)} designs)" if len(names) > len(shown) else ""
