@@ -132,17 +132,29 @@ def _simulate_all(sc, base: Path, seed, workers: int, executor: str, ray_address
 
 
 @contextmanager
-def _run_bar(enabled: bool, name: str):
-    """One bar on stderr for a run on an executor: simulations done of all, elapsed, time left."""
+def simulations_bar(enabled: bool, description: str):
+    """One bar on stderr over a batch of simulations: done of all, elapsed, time left. Yields
+    (progress, task), or (None, None) when disabled (output not a terminal)."""
     if not enabled:
-        yield None
+        yield None, None
         return
     prog = Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total} simulations"), TimeElapsedColumn(),
                     TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
                     console=err, transient=True)
-    task = prog.add_task(name, total=None)
+    task = prog.add_task(description, total=None)
     with prog:
+        yield prog, task
+
+
+@contextmanager
+def _run_bar(enabled: bool, name: str):
+    """The bar of a run on an executor: `done(n, total=None)` advances it."""
+    with simulations_bar(enabled, name) as (prog, task):
+        if prog is None:
+            yield None
+            return
+
         def done(n: int, total: int | None = None):
             prog.update(task, advance=n, **({"total": total} if total is not None else {}))
         yield done

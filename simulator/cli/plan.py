@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from simulator.cli.core import err, out, user_errors
+from simulator.cli.core import out, simulations_bar, user_errors
 from simulator.config.plan import load_plan
 from simulator.run.executors import TaskCache, make_executor
 from simulator.run.plan import run_plan
@@ -23,18 +21,11 @@ from simulator.run.plan_report import plan_json, write
 
 @contextmanager
 def _bar(enabled: bool):
-    """One progress bar on stderr: what is being simulated, tasks done of expected, time left."""
-    if not enabled:
-        yield None
-        return
-    prog = Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total} simulations"), TimeElapsedColumn(),
-                    TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
-                    console=err, transient=True)
-    task = prog.add_task("planning", total=1)
-    with prog:
-        yield lambda label, done, total: prog.update(task, description=label, completed=done,
-                                                      total=total)
+    """The plan's bar: what is being simulated, tasks done of expected, time left."""
+    with simulations_bar(enabled, "planning") as (prog, task):
+        yield None if prog is None else (
+            lambda label, done, total: prog.update(task, description=label, completed=done,
+                                                   total=total))
 
 
 def plan(plan_file: Path = typer.Argument(..., help="Plan YAML file"),
