@@ -8,6 +8,8 @@ identity could break (event order at equal times), the distributions must still 
 """
 from __future__ import annotations
 
+import re
+
 import math
 from pathlib import Path
 
@@ -122,6 +124,10 @@ def test_bundled_scenarios_same_outputs_and_distributions(path, monkeypatch):
     roofline backends, sweeps): requests.csv and summary.json byte-identical between the loops;
     the distribution checks (means within 1%, KS not rejecting at 1%) are the fallback
     contract should event order at equal times ever differ."""
+    outside = [p for p in re.findall(r"path: *([^,}\s]+)", path.read_text())
+               if not (path.parent / p).exists()]
+    if outside:  # e.g. the Vidur traces under ../shared/data, beside the project, not in it
+        pytest.skip(f"needs data beside the project: {outside[0]}")
     ref, fast = _run(path, False, monkeypatch), _run(path, True, monkeypatch)
     a, b = ref.requests, fast.requests
     assert a.to_csv(float_format="%.9g") == b.to_csv(float_format="%.9g")
