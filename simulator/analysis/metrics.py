@@ -15,24 +15,35 @@ from simulator.engine.records import Records
 PERCENTILES = {"p50": 50, "p90": 90, "p99": 99, "p999": 99.9}
 
 
-def distribution(x: np.ndarray, count: np.ndarray | None = None) -> dict:
+def percentile_set(extra=()) -> dict:
+    """The summary's percentiles: the contract's four (p50, p90, p99, p999) plus any requested
+    (`specsim run --percentiles 95,99.99` adds p95 and p9999), keyed "p" + the digits."""
+    out = dict(PERCENTILES)
+    for p in sorted({float(x) for x in extra}):
+        if not 0 < p < 100:
+            raise ValueError(f"a percentile must be between 0 and 100, got {p:g}")
+        out.setdefault("p" + f"{p:g}".replace(".", ""), int(p) if p.is_integer() else p)
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def distribution(x: np.ndarray, count: np.ndarray | None = None, pct: dict = PERCENTILES) -> dict:
     """Mean and percentiles of x, where x[i] occurred count[i] times (once each without count);
     percentiles interpolate linearly between order statistics, as np.percentile does."""
     if x.size == 0:
-        return {"mean": None, **{k: None for k in PERCENTILES}}
+        return {"mean": None, **{k: None for k in pct}}
     if count is None:
-        qs = np.percentile(x, list(PERCENTILES.values()))
-        return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
+        qs = np.percentile(x, list(pct.values()))
+        return {"mean": float(x.mean()), **{k: float(v) for k, v in zip(pct, qs)}}
     order = np.argsort(x, kind="stable")
     xs, cum = x[order], np.cumsum(count[order])
     n = int(cum[-1])
-    h = (n - 1) * np.array(list(PERCENTILES.values())) / 100.0
+    h = (n - 1) * np.array(list(pct.values())) / 100.0
     lo = np.floor(h)
     # The order statistic at 0-based rank j is the first value whose cumulative count exceeds j.
     a = xs[np.searchsorted(cum, lo, side="right")]
     b = xs[np.minimum(np.searchsorted(cum, lo + 1, side="right"), xs.shape[0] - 1)]
     qs = a + (b - a) * (h - lo)
-    return {"mean": float(np.dot(xs, count[order]) / n), **{k: float(v) for k, v in zip(PERCENTILES, qs)}}
+    return {"mean": float(np.dot(xs, count[order]) / n), **{k: float(v) for k, v in zip(pct, qs)}}
 
 
 def tpot(first: np.ndarray, finish: np.ndarray, output: np.ndarray,
@@ -67,7 +78,7 @@ def request_table(rec: Records) -> pd.DataFrame:
 
 
 def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
-              slo_ttft: float | None, slo_tpot: float | None) -> dict:
+              slo_ttft: float | None, slo_tpot: float | None, pct: dict = PERCENTILES) -> dict:
     """The per-deployment metrics of the summary contract (names as in the README)."""
     done = ~np.isnan(rec.finish)
     t0 = float(np.nanmin(rec.arrival))
@@ -96,10 +107,10 @@ def summarise(rec: Records, gpus: int, price_per_gpu_hour: float,
         "duration_s": duration,
         "throughput_tokens_per_s": tokens / duration if duration > 0 else 0.0,
         "throughput_requests_per_s": float(done.sum()) / duration if duration > 0 else 0.0,
-        "ttft_s": distribution(ttft),
-        "tpot_s": distribution(tpot_s),
-        "itl_s": distribution(rec.itl, rec.itl_count),
-        "e2e_s": distribution(e2e),
+        "ttft_s": distribution(ttft, pct=pct),
+        "tpot_s": distribution(tpot_s, pct=pct),
+        "itl_s": distribution(rec.itl, rec.itl_count, pct),
+        "e2e_s": distribution(e2e, pct=pct),
         "mean_tokens_per_round": float(rec.round_tokens.sum() / rounds) if rounds else None,
         "acceptance_rate": float(rec.accepted.sum() / drafted) if drafted else None,
         "gpu_busy_fraction": float(rec.busy_s.sum() / (len(rec.busy_s) * duration)) if duration else 0.0,

@@ -98,16 +98,20 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
                                     "processes; each holds its own copy of the run's state)"),
         executor: str = typer.Option("local", "--executor", help="local (processes) or ray"),
         ray_address: Optional[str] = typer.Option(None, "--ray-address",
-                                                  help="Existing Ray cluster (default: a local Ray for this run)")):
+                                                  help="Existing Ray cluster (default: a local Ray for this run)"),
+        percentiles: str = typer.Option("50,90,99,99.9", "--percentiles",
+                                        help="Latency percentiles in the summary (as vllm bench serve; "
+                                             "p50, p90, p99 and p99.9 are always there)")):
     """Simulate every deployment of a scenario; print a comparison and write reports/<name>/
     (summary.json, requests.csv, summary.md, plots, summary.html)."""
     from simulator.run.report import summary_json, write
     from simulator.config.loading import load_scenario
 
     sc, base = load_scenario(scenario)
+    extra = _percentiles(percentiles)
     t0 = time.monotonic()
     with _about(scenario):
-        result = _simulate_all(sc, base, seed, workers, executor, ray_address)
+        result = _simulate_all(sc, base, seed, workers, executor, ray_address, extra)
     target = out_dir or Path("reports") / sc.name
     plots = write(result, target, str(scenario), svg)
     if json_out:
@@ -118,7 +122,20 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
               f"{len(plots)} plot files ({time.monotonic() - t0:.1f} s wall)[/]")
 
 
-def _simulate_all(sc, base: Path, seed, workers: int, executor: str, ray_address):
+def _percentiles(text: str) -> tuple[float, ...]:
+    """--percentiles "50,90,99,99.9" -> (50.0, 90.0, 99.0, 99.9), each in (0, 100)."""
+    try:
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SpecsimError(f"--percentiles: expected numbers separated by commas, got {text!r}") from None
+    bad = [v for v in vals if not 0 < v < 100]
+    if bad or not vals:
+        raise SpecsimError(f"--percentiles: each must be between 0 and 100 (exclusive), got {text!r}")
+    return vals
+
+
+def _simulate_all(sc, base: Path, seed, workers: int, executor: str, ray_address,
+                  percentiles: tuple = ()):
     """In this process with a bar per simulation (one worker, the default), else on the executor
     with one bar for the whole run and its ETA; the results are the same."""
     from simulator.run.executors import make_executor
@@ -126,9 +143,9 @@ def _simulate_all(sc, base: Path, seed, workers: int, executor: str, ray_address
 
     if workers == 1 and executor == "local" and ray_address is None:
         with _progress(sys.stderr.isatty()) as factory:
-            return run_scenario(sc, base, seed, factory)
+            return run_scenario(sc, base, seed, factory, percentiles=percentiles)
     with make_executor(executor, workers, ray_address) as ex, _run_bar(sys.stderr.isatty(), sc.name) as done:
-        return run_scenario(sc, base, seed, executor=ex, done=done)
+        return run_scenario(sc, base, seed, executor=ex, done=done, percentiles=percentiles)
 
 
 @contextmanager

@@ -214,11 +214,14 @@ def _crossover_line(c: dict) -> str:
 
 
 def _latency_section(s: dict) -> list[str]:
-    """vLLM bench-serve's latency block: mean, median and P90/P99/P99.9 of TTFT, TPOT, ITL, E2E (ms)."""
-    stats = (("mean", "mean"), ("median", "p50"), ("P90", "p90"), ("P99", "p99"), ("P99.9", "p999"))
+    """vLLM bench-serve's latency block: mean, median and the run's percentiles (P90/P99/P99.9
+    unless `--percentiles` chose more) of TTFT, TPOT, ITL, E2E (ms)."""
+    pcts = s.get("percentiles") or [50, 90, 99, 99.9]
+    stats = [("mean", "mean")] + [("median" if p == 50 else f"P{p:g}", "p" + f"{p:g}".replace(".", ""))
+                                  for p in pcts]
     metrics = (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"))
     heads = [f"{n} {h}" for n, _ in metrics for h, _ in stats]
-    out = ["", "## Latency (ms; percentiles 50, 90, 99, 99.9)", "",
+    out = ["", f"## Latency (ms; percentiles {', '.join(f'{p:g}' for p in pcts)})", "",
            "| design | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for r in s["deployments"]:
         cells = [_fmt(None if (r.get(m) or {}).get(k) is None else 1e3 * r[m][k], ".1f")

@@ -15,6 +15,7 @@ from typing import Callable
 import pandas as pd
 
 from simulator import __version__
+from simulator.analysis.metrics import PERCENTILES
 from simulator.analysis.crossover import crossover
 from simulator.analysis.sdsl_summary import sdsl_summary
 from simulator.analysis.steady_summary import (ci, invalidate_if_overloaded, kv_capacity,
@@ -105,12 +106,12 @@ def _steady_keys(dep: ResolvedDeployment, row: dict, results: list[dict], req0: 
 
 def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                  progress: ProgressFactory | None = None, executor=None,
-                 done: Callable[[int], None] | None = None) -> RunResult:
+                 done: Callable[[int], None] | None = None, percentiles: tuple = ()) -> RunResult:
     """Simulate every (sweep point, deployment), `replications` times each with seeds from
     replication_seed. Without `executor`, in this process, `progress(label, total)` returning an
     advance callback per simulation; with one (run/executors.py), as SimJobs on it, `done(n)`
     called as simulations finish (first `done(0, total)`). The result is the same either way."""
-    ctx = RunContext(sc, base, seed)
+    ctx = RunContext(sc, base, seed, percentiles)
     jobs = ctx.jobs()
     if done is not None:
         done(0, len(jobs))
@@ -118,7 +119,7 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
         results = [run_job(ctx, *j, progress) for j in jobs]
     else:
         data = sc.model_dump(mode="json", exclude_unset=True)
-        results = executor.map([SimJob(data, str(base), ctx.seed, *j) for j in jobs], done,
+        results = executor.map([SimJob(data, str(base), ctx.seed, *j, ctx.percentiles) for j in jobs], done,
                                fn=run_sim_job)
     rows, tables, used = [], [], []
     it, n = iter(results), len(ctx.seeds)
@@ -132,4 +133,7 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
             invalidate_if_overloaded(row)
             rows.append(row)
             used.append(dep)
-    return RunResult(_summary(sc, ctx.seed, rows, used), pd.concat(tables, ignore_index=True))
+    summary = _summary(sc, ctx.seed, rows, used)
+    if ctx.pct != PERCENTILES:  # `--percentiles` chose more: which the distributions hold
+        summary["percentiles"] = list(ctx.pct.values())
+    return RunResult(summary, pd.concat(tables, ignore_index=True))

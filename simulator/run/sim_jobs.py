@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from simulator.analysis.metrics import request_table, summarise
+from simulator.analysis.metrics import PERCENTILES, percentile_set, request_table, summarise
 from simulator.analysis.steady_summary import steady_figures
 from simulator.config.schema import Deployment, Scenario
 from simulator.config.sweep import point_words, sweep_points
@@ -56,8 +56,11 @@ class RunContext:
     """A scenario's sweep points, deployments and requests, each built once (deployments once per
     distinct content, so an unchanged deployment keeps one latency backend for the whole sweep)."""
 
-    def __init__(self, sc: Scenario, base: Path, seed: int | None = None):
+    def __init__(self, sc: Scenario, base: Path, seed: int | None = None,
+                 percentiles: tuple = ()):
         self.sc, self.base = sc, Path(base)
+        self.percentiles = tuple(percentiles)  # extra summary percentiles (`--percentiles`)
+        self.pct = percentile_set(self.percentiles)
         self.seed = sc.seed if seed is None else seed
         self.seeds = [replication_seed(self.seed, r) for r in range(sc.replications)]
         self.points = sweep_points(sc)
@@ -127,9 +130,10 @@ def _simulate(dep: ResolvedDeployment, req: Requests, seed: int, label: str,
     return sim.run()
 
 
-def summary_row(dep: ResolvedDeployment, rec, point: dict | None, slo) -> dict:
+def summary_row(dep: ResolvedDeployment, rec, point: dict | None, slo,
+                pct: dict = PERCENTILES) -> dict:
     m = summarise(rec, dep.gpus, dep.price_per_gpu_hour,
-                  slo.ttft_s if slo else None, slo.tpot_s if slo else None)
+                  slo.ttft_s if slo else None, slo.tpot_s if slo else None, pct)
     row = {"name": dep.name, "strategy": dep.strategy, "gpus": dep.gpus}
     if point:
         row["sweep"] = dict(point)
@@ -166,7 +170,7 @@ def run_job(ctx: RunContext, pi: int, ei: int, r: int, progress: ProgressFactory
     rec = _simulate(dep, req, ctx.seeds[r] * 7919 + ei, label, progress)
     out = {"fig": steady_figures(rec, req.concurrency, getattr(psc.workload.arrival, "rate_per_s", None))}
     if r == 0:  # the row's figures; its latency stats are this run's
-        out["row"] = summary_row(dep, rec, point, psc.slo)
+        out["row"] = summary_row(dep, rec, point, psc.slo, ctx.pct)
         out["whole"] = out["row"]["throughput_tokens_per_s"]
         t = request_table(rec)
         t.insert(0, "deployment", dep.name)
@@ -188,6 +192,7 @@ class SimJob:
     point: int
     design: int
     replication: int
+    percentiles: tuple = ()
 
 
 _CONTEXTS: dict[str, RunContext] = {}  # per worker process: the context of the scenario it runs
@@ -196,9 +201,10 @@ _CONTEXTS: dict[str, RunContext] = {}  # per worker process: the context of the 
 def run_sim_job(job: SimJob) -> dict:
     """run_job for a SimJob, in whichever process runs it (the context is built once per scenario)."""
     from simulator.config.loading import parse_scenario
-    key = hashlib.sha256(json.dumps([job.scenario, job.base, job.seed], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([job.scenario, job.base, job.seed, job.percentiles],
+                                    sort_keys=True).encode()).hexdigest()
     if key not in _CONTEXTS:
         _CONTEXTS.clear()
         _CONTEXTS[key] = RunContext(parse_scenario(job.scenario, f"<scenario {job.scenario.get('name')}>"),
-                                    Path(job.base), job.seed)
+                                    Path(job.base), job.seed, job.percentiles)
     return run_job(_CONTEXTS[key], job.point, job.design, job.replication)
