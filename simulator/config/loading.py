@@ -75,13 +75,19 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)  # one line per mistake
 
 
-def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+def validate_file(model, data: Any, source: str):
+    """A user file's parsed content validated as `model` (scenario, plan): one line per mistake,
+    each naming the file and the field."""
     if not isinstance(data, dict):
         raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
     try:
-        sc = Scenario.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise SpecsimError(format_validation_error(source, e)) from None
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    sc = validate_file(Scenario, data, source)
     check_sweep(sc, source)
     return sc
 

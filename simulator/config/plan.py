@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+from pydantic import (Field, PositiveFloat, PositiveInt, field_validator,
                       model_validator)
 
 from simulator.errors import SpecsimError
 from simulator.user_files import load_user_yaml
-from simulator.config.loading import format_validation_error
+from simulator.config.loading import validate_file
 from simulator.config.schema import Acceptance, Engine, InlineGPU, Latency, Scheduler, SSDConfig
 from simulator.config.workload_schema import Closed, Strict, TraceArrivals, Workload
 
@@ -130,13 +130,7 @@ class PlanFile(Strict):
 
 
 def parse_plan(data: Any, source: str = "<plan>") -> PlanFile:
-    if not isinstance(data, dict):
-        raise SpecsimError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
-    try:
-        plan = PlanFile.model_validate(data)
-    except ValidationError as e:
-        msg = format_validation_error(source, e)
-        raise SpecsimError(msg.replace(": invalid scenario\n", ": invalid plan\n", 1)) from None
+    plan = validate_file(PlanFile, data, source)
     if isinstance(plan.workload.arrival, (Closed, TraceArrivals)):
         raise SpecsimError(f"{source}: invalid plan\n  workload.arrival.process: a plan needs an "
                            "open-loop arrival with rate_per_s (poisson, gamma or constant), not "
