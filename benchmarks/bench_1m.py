@@ -21,8 +21,10 @@ def scenario(requests: int, arrival: dict) -> dict:
         "name": "bench-1m", "seed": 1,
         "workload": {
             "requests": requests, "arrival": arrival,
-            "prompt_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_prefill_tokens"},
-            "output_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_decode_tokens"},
+            "prompt_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_prefill_tokens",
+                              "repeat": True},
+            "output_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_decode_tokens",
+                              "repeat": True},
         },
         "deployments": [{"name": "8b-ar", "target": "llama-3.1-8b", "gpu": "h100-sxm",
                          "strategy": "ar", "latency": {"backend": "roofline"}}],

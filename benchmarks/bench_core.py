@@ -22,8 +22,10 @@ def scenario(requests: int, arrival: dict, backend: str) -> dict:
         "name": "bench-core", "seed": 1,
         "workload": {
             "requests": requests, "arrival": arrival,
-            "prompt_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_prefill_tokens"},
-            "output_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_decode_tokens"},
+            "prompt_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_prefill_tokens",
+                              "repeat": True},
+            "output_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_decode_tokens",
+                              "repeat": True},
         },
         "deployments": [{
             "name": "70b-sd", "target": "llama-3.1-70b", "draft": "llama-3.2-1b", "gpu": "h100-sxm",

@@ -233,3 +233,25 @@ def test_uniform_fast_path_equals_forward(tmp_path, attention_backend):
                                       b.forward(np.full(n, q), ctx, n * q))
         assert a.stats["calls"] == b.stats["calls"] == 1
         assert a.stats["fallback_calls"] == b.stats["fallback_calls"]
+
+
+@pytest.mark.parametrize("attention_backend", ["synthetic-paged", "torch-sdpa-padded"])
+def test_mixed_fast_path_equals_forward(tmp_path, attention_backend):
+    """Mixed steps (decodes plus prefill chunks) are priced through forward_mixed, which groups
+    rows by query length without building arrays; it must equal forward() on the rows it stands
+    for, bit for bit: catches a chunk that replaces its group instead of joining it (a chunk of
+    q_dec tokens not merged with the decodes) or the shift of a draft's first forward forgotten."""
+    path = write_profile(Profile(_meta(attention_backend=attention_backend), _rows()), tmp_path)
+    fb = RooflineLatency(ARCH, GPU, 1, "fp32")
+    rng = np.random.default_rng(1)
+    cases = [(0, 1, [512], [0], 0), (3, 2, [2], [40], 0), (5, 1, [300, 1, 64], [0, 10, 128], 0),
+             (8, 4, [700, 4], [100, 7], 1), (40, 6, [33], [900], 1), (2, 1, [1, 1], [5, 500], 0)]
+    for n, q_dec, pre_q, pre_ctx, shift in cases:
+        ctx = rng.integers(1, 600, n)
+        a, b = (ProfileLatency(load_profile(path), ARCH, GPU, 1, "fp32", fb) for _ in range(2))
+        n_logits = n * q_dec + len(pre_q)
+        got = a.forward_mixed(q_dec, ctx, int(ctx.sum()), pre_q, pre_ctx, n_logits, shift)
+        want = b.forward(np.concatenate([np.full(n, q_dec), pre_q]).astype(np.int64),
+                         np.concatenate([ctx - shift, pre_ctx]).astype(np.int64), n_logits)
+        np.testing.assert_array_equal(got, want)
+        assert a.stats == b.stats

@@ -91,6 +91,9 @@ def forward_batch(model: LatencyModel, q_dec: int, dec_ctx: np.ndarray, dec_ctx_
         uniform = getattr(model, "forward_uniform", None)  # the profile backend's decode steps
         if uniform is not None:
             return uniform(n, q_dec, dec_ctx, dec_ctx_sum, n_logits)
+    mixed = getattr(model, "forward_mixed", None)  # the profile backend, without row arrays
+    if mixed is not None:
+        return mixed(q_dec, dec_ctx, dec_ctx_sum, pre_q, pre_ctx, n_logits, shift)
     ctx = np.maximum(dec_ctx - shift, 0) if shift else dec_ctx
     q = np.full(n, q_dec, np.int64)
     if pre_q:

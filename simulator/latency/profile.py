@@ -25,8 +25,6 @@ counted in `.stats`, with the share of predicted time that came from measured po
 """
 from __future__ import annotations
 
-import bisect
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,90 +35,11 @@ from simulator.hardware.models import ModelArch
 from simulator.errors import SpecsimError
 from simulator.latency.base import COMMUNICATION, LINEAR, OVERHEAD, add_steps
 from simulator.latency.roofline import RooflineLatency, RooflineParams
+from simulator.latency.profile_grid import Curve, Grid3
 from simulator.latency.profiles import Profile, find_profile, load_profile, profile_paths
 
 
 MEMO_LIMIT = 200_000  # memoised lookups kept (about 50 MB) before the memo is cleared
-
-
-class _Curve:
-    """time(tokens), piecewise-linear in log-log between measured points; None outside them."""
-
-    def __init__(self, tokens: np.ndarray, times: np.ndarray):
-        order = np.argsort(tokens)
-        self.tokens = tokens[order].astype(np.int64)
-        self.times = np.maximum.accumulate(times[order])
-        self.lx, self.ly = np.log(self.tokens.astype(float)), np.log(self.times)
-        self.lo, self.hi = int(self.tokens[0]), int(self.tokens[-1])
-
-    def __call__(self, t: int) -> float | None:
-        if t < self.lo or t > self.hi:
-            return None
-        return float(math.exp(np.interp(math.log(t), self.lx, self.ly)))
-
-
-class _Grid3:
-    """time(batch, q, ctx), multilinear in (log b, log q, log(1 + ctx)); None outside or at a hole."""
-
-    def __init__(self, batch: np.ndarray, q: np.ndarray, ctx: np.ndarray, times: np.ndarray):
-        self.b_axis, self.q_axis, self.c_axis = (np.unique(a) for a in (batch, q, ctx))
-        vals = np.full((len(self.b_axis), len(self.q_axis), len(self.c_axis)), np.nan)
-        ib = np.searchsorted(self.b_axis, batch)
-        iq = np.searchsorted(self.q_axis, q)
-        ic = np.searchsorted(self.c_axis, ctx)
-        vals[ib, iq, ic] = times
-        hole = np.isnan(vals)
-        for axis in range(3):  # running maximum along each axis, holes kept as holes
-            vals = np.fmax.accumulate(np.where(hole, -np.inf, vals), axis=axis)
-        vals[hole] = np.nan
-        self.logt = np.log(vals)
-        self.axes = [list(np.log(self.b_axis.astype(float))), list(np.log(self.q_axis.astype(float))),
-                     list(np.log1p(self.c_axis.astype(float)))]
-        self.bounds = [(int(a[0]), int(a[-1])) for a in (self.b_axis, self.q_axis, self.c_axis)]
-        self._logt = self.logt.tolist()  # python floats: scalar indexing is much faster
-        self._leg_memo: list[dict] = [{}, {}, {}]
-
-    def clamp(self, b: int, q: int, c: int) -> tuple[int, int, int]:
-        return tuple(min(max(v, lo), hi) for v, (lo, hi) in zip((b, q, c), self.bounds))
-
-    def _legs(self, axis: int, v: int):
-        """The grid indices and weights of value v along one axis; None outside the axis."""
-        memo = self._leg_memo[axis]
-        hit = memo.get(v, memo)
-        if hit is not memo:
-            return hit
-        ax = self.axes[axis]
-        x = math.log1p(v) if axis == 2 else math.log(v)
-        if x < ax[0] - 1e-12 or x > ax[-1] + 1e-12:
-            legs = None
-        else:
-            i = max(0, min(bisect.bisect_right(ax, x) - 1, len(ax) - 1))
-            if i == len(ax) - 1 or abs(x - ax[i]) < 1e-12:
-                legs = ((i, 1.0),)
-            elif abs(x - ax[i + 1]) < 1e-12:
-                legs = ((i + 1, 1.0),)
-            else:
-                w = (x - ax[i]) / (ax[i + 1] - ax[i])
-                legs = ((i, 1.0 - w), (i + 1, w))
-        memo[v] = legs
-        return legs
-
-    def __call__(self, b: int, q: int, c: int) -> float | None:
-        lb, lq, lc = self._legs(0, b), self._legs(1, q), self._legs(2, c)
-        if lb is None or lq is None or lc is None:
-            return None
-        t = self._logt
-        acc = 0.0
-        for i, wi in lb:
-            ti = t[i]
-            for j, wj in lq:
-                tij = ti[j]
-                for k, wk in lc:
-                    v = tij[k]
-                    if v != v:  # NaN: a point the capture skipped
-                        return None
-                    acc += wi * wj * wk * v
-        return math.exp(acc)
 
 
 class ProfileLatency:
@@ -160,11 +79,11 @@ class ProfileLatency:
 
         def curve(op):
             t = profile.table(op)
-            return _Curve(t["tokens"], t["median_s"]) if len(t["tokens"]) else None
+            return Curve(t["tokens"], t["median_s"]) if len(t["tokens"]) else None
         self._na, self._emb, self._head, self._ar = (curve(op) for op in
                                                      ("non_attention", "embedding", "lm_head", "allreduce"))
         a = profile.table("attention")
-        self._attn = _Grid3(a["batch"], a["q"], a["ctx"], a["median_s"]) if len(a["batch"]) else None
+        self._attn = Grid3(a["batch"], a["q"], a["ctx"], a["median_s"]) if len(a["batch"]) else None
         self.ctx_stat = "max" if "padded" in meta.attention_backend else "mean"
         self.reset_stats()
 
@@ -215,7 +134,7 @@ class ProfileLatency:
         return edge_time * fb / fb_edge if fb_edge > 0 else fb
 
     # ---------------------------------------------------------------------------- lookups
-    def _per_token(self, op: str, curve: _Curve | None, t: int) -> tuple[float, bool]:
+    def _per_token(self, op: str, curve: Curve | None, t: int) -> tuple[float, bool]:
         key = (op, t)
         hit = self._memo.get(key)
         if hit is not None:
@@ -298,6 +217,32 @@ class ProfileLatency:
         c = int(ctx.max()) if self.ctx_stat == "max" else int(round(ctx_sum / n))
         t, ok = self._attention_uniform(n, q, c)
         return self._compose(n * q, n_logits, t, t if ok else 0.0)
+
+    def forward_mixed(self, q_dec: int, dec_ctx: np.ndarray, dec_ctx_sum: int, pre_q: list[int],
+                      pre_ctx: list[int], n_logits: int, shift: int = 0) -> np.ndarray:
+        """forward() of an engine step's batch (n decoding rows of q_dec query tokens over
+        dec_ctx - shift cached, which must be >= 0; plus prefill chunks pre_q over pre_ctx)
+        without building per-row arrays: the rows grouped by query length, and each group's
+        context statistic, exactly as _attention forms them, so the seconds are the same."""
+        n, use_max = dec_ctx.shape[0], self.ctx_stat == "max"
+        groups: dict[int, list] = {}  # query length -> [rows, context max or sum]
+        if n:
+            groups[q_dec] = [n, int(dec_ctx.max()) - shift if use_max else dec_ctx_sum - n * shift]
+        for q, c in zip(pre_q, pre_ctx):
+            g = groups.get(q)
+            if g is None:
+                groups[q] = [1, c]
+            else:
+                g[0] += 1
+                g[1] = max(g[1], c) if use_max else g[1] + c
+        T = n * q_dec + sum(pre_q)
+        total = measured = 0.0
+        for q in sorted(groups):  # _attention adds the groups in increasing q
+            rows, c = groups[q]
+            t, ok = self._attention_uniform(rows, q, c if use_max else int(round(c / rows)))
+            total += t
+            measured += t if ok else 0.0
+        return self._compose(T, n_logits, total, measured)
 
     def forward_decode_many(self, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
                             shift: int = 0, ctx_max: np.ndarray | None = None, pending=None):
