@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,9 @@ def main() -> int:
     args = ap.parse_args()
 
     commit = git("rev-parse", args.ref)
-    names = sorted(p.stem for p in (ROOT / "scenarios").glob("*.yaml"))
+    # Plan files (a `search:` section, run by `specsim plan`) are not `specsim run` scenarios.
+    names = sorted(p.stem for p in (ROOT / "scenarios").glob("*.yaml")
+                   if not re.search(r"^search:", p.read_text(), re.M))
     if args.only:
         names = [n for n in names if n in args.only]
     has_torch = importlib.util.find_spec("torch") is not None

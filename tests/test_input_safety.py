@@ -337,6 +337,24 @@ def test_misspelt_names_get_a_suggestion(tmp_path, edit, needle):
     refused(scenario(tmp_path, **edit), needle)
 
 
+def test_a_key_of_another_section_is_not_suggested_as_itself(tmp_path):
+    """Before: `objective:` in a scenario said "unknown key (did you mean 'objective'?)", the very
+    key it refused (the suggestions were drawn from every section of every schema)."""
+    flat = refused(scenario(tmp_path, objective="cost"), "objective: unknown key")
+    assert "did you mean 'objective'" not in flat
+
+
+def test_plan_and_scenario_files_given_to_the_wrong_command(tmp_path):
+    """Before: `specsim run` on a plan file printed six errors, four suggesting the key itself."""
+    plan = ROOT / "scenarios" / "plan-70b-chat.yaml"
+    code, out = cli("run", plan, "--out", tmp_path / "out")
+    flat = " ".join(out.split())
+    assert code == 2 and "this is a plan file" in flat and "specsim plan" in flat, out
+    assert len(out.strip().splitlines()) <= 2  # one message (wrapped at most once)
+    code, out = cli("plan", scenario(tmp_path), "--out", tmp_path / "p")
+    assert code == 2 and "this is a scenario file" in " ".join(out.split()), out
+
+
 def test_draft_with_another_vocabulary_is_warned_about(tmp_path):
     """Before: a Qwen draft for a Llama target ran without a word (151,936 vs 128,256 tokens)."""
     dep = {"name": "sd", "strategy": "sd", "target": "llama-3.1-8b", "draft": "qwen2.5-0.5b",

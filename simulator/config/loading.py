@@ -97,4 +97,8 @@ def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecsimError(f"{p}: scenario file not found")
-    return parse_scenario(load_user_yaml(p, "scenario file"), str(p)), p.parent
+    data = load_user_yaml(p, "scenario file")
+    if isinstance(data, dict) and "search" in data and "deployments" not in data:
+        raise SpecsimError(f"{p}: this is a plan file (a `search:` section, no `deployments:`); "
+                           f"run `specsim plan {p}`")
+    return parse_scenario(data, str(p)), p.parent

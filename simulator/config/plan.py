@@ -147,4 +147,8 @@ def load_plan(path: str | Path) -> tuple[PlanFile, Path]:
     p = Path(path)
     if not p.is_file():
         raise SpecsimError(f"{p}: plan file not found")
-    return parse_plan(load_user_yaml(p, "plan file"), str(p)), p.parent.resolve()
+    data = load_user_yaml(p, "plan file")
+    if isinstance(data, dict) and "deployments" in data and "search" not in data:
+        raise SpecsimError(f"{p}: this is a scenario file (`deployments:`, no `search:`); "
+                           f"run `specsim run {p}`")
+    return parse_plan(data, str(p)), p.parent.resolve()
