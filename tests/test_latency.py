@@ -169,3 +169,20 @@ def test_draft_latency_overrides_the_drafts_backend():
     assert d.latency_source == "derived+roofline"
     with pytest.raises(SpecsimError, match="draft_latency"):
         sc(strategy="ar", draft_latency={"backend": "calibrated"})
+
+
+@pytest.mark.parametrize("model,tp,quant", [("llama-3.1-70b", 4, None), ("llama-3.1-8b", 1, "awq")])
+def test_block_memo_equals_one_count_at_a_time(model, tp, quant):
+    """_linear and _lm_head memoise a block of token counts per miss (vectorised); each value
+    must equal the scalar formula for that count alone, bit for bit, or the engine's prices
+    would depend on which counts it happened to see first. Catches a block offset by one
+    (t's value stored under t + 1), a dropped term (the elementwise or embedding bytes), the
+    LM head of 0 logits not being 0, or a quantised model's GEMMs priced at the dense rate."""
+    from simulator.hardware.quant import weight_format
+    kw = {} if quant is None else {"quant": weight_format(quant)}
+    r = RooflineLatency(MODELS[model], GPUS["h100-sxm"], tp, "bf16", **kw)
+    for t in [0, 1, 2, 255, 256, 257, 1000, 8191, 8192, 40_000]:
+        layer = float(r._layer_gemms(float(t)).sum()) + t * r._elementwise_bytes_per_token / r._bw
+        assert r._linear(t) == r.model.n_layers * layer + r.embedding_s(t)
+        head = (float(r._gemm_time(float(t), r._lm_k, r._lm_n, r._lm_w, r._flops)) if t else 0.0)
+        assert r._lm_head(t) == head

@@ -88,15 +88,18 @@ def _kv_used(ctx: np.ndarray, before: np.ndarray | int, c: int, bs: int) -> int:
 def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     """The run starting with the step rep just planned (all decode, see the module docstring),
     or None when it would be a single step. horizon: the next open-loop arrival (inf: none)."""
-    D = rep.D
-    n, ctx, rem = D.shape[1], D[CTX_ROW], D[REM_ROW]
     interruptible = not rep.waiting
     # Every step emits >= 1 token, so nothing finishes before step min(rem); expect the first
     # finish near min(rem) / tokens per step, the next arrival near (horizon - now) / last dt.
-    rem_min = int(rem.min())
-    k = min(CAP, rem_min, int(rem_min / rep.strategy.tokens_per_step) + 2)
+    k = CAP
     if interruptible and horizon < math.inf and last_dt:
         k = min(k, int((horizon - now) / last_dt) + 1)
+        if k < MIN_RUN:  # the common exit in open loops: an arrival within a few steps
+            return None
+    D = rep.D
+    n, ctx, rem = D.shape[1], D[CTX_ROW], D[REM_ROW]
+    rem_min = int(rem.min())
+    k = min(k, rem_min, int(rem_min / rep.strategy.tokens_per_step) + 2)
     if k < MIN_RUN:
         return None
     rng_state = rep.rng.bit_generator.state
@@ -232,8 +235,7 @@ def apply_run(rep, run: Run) -> None:
         st.itl_arrays.append(ends[0] - rep.last_arr)
         rep.last_arr = None
     if J > 1:
-        e_arr = np.asarray(ends[:J])
-        st.itl_values.extend((e_arr[1:] - e_arr[:-1]).tolist())
+        st.itl_values.extend([b - a for a, b in zip(ends[:J - 1], ends[1:J])])
         st.itl_counts.extend([n] * (J - 1))
     now = rep.last_t = ends[J - 1]
     rep.busy = add_steps(rep.busy, run.dt, J)

@@ -164,10 +164,21 @@ class Replica:
     # ---- the decode table -------------------------------------------------------------------
     def _enter(self, rows: list[_Prefill], now: float) -> None:
         """Prefills that completed at `now` (and emitted a token then) start decoding."""
-        st, a = self.st, np.fromiter((p.rid for p in rows), np.int64, len(rows))
-        rem = st.out[a] - st.generated[a]
-        cols = np.stack([a, np.fromiter((p.comp for p in rows), np.int64, len(rows)), rem,
-                         st.accepted[a], st.rounds[a] - self.epoch, st.round_tokens[a] + rem])
+        st = self.st
+        if len(rows) == 1:  # the common case: scalar gathers cost a fraction of array ones
+            p = rows[0]
+            r = p.rid
+            rem = int(st.out[r]) - int(st.generated[r])
+            cols = np.array([[r], [p.comp], [rem], [int(st.accepted[r])],
+                             [int(st.rounds[r]) - self.epoch], [int(st.round_tokens[r]) + rem]],
+                            np.int64)
+            alpha = st.alpha[r:r + 1]
+        else:
+            a = np.fromiter((p.rid for p in rows), np.int64, len(rows))
+            rem = st.out[a] - st.generated[a]
+            cols = np.stack([a, np.fromiter((p.comp for p in rows), np.int64, len(rows)), rem,
+                             st.accepted[a], st.rounds[a] - self.epoch, st.round_tokens[a] + rem])
+            alpha = st.alpha[a]
         n = self.D.shape[1]
         if n == 0:
             self.last_t, self.last_arr = now, None
@@ -175,16 +186,17 @@ class Replica:
             old = self.last_arr if self.last_arr is not None else np.full(n, self.last_t)
             self.last_arr = np.concatenate([old, np.full(len(rows), now)])
         self.D = np.concatenate([self.D, cols], axis=1)
-        self.alpha = np.concatenate([self.alpha, st.alpha[a]])
+        self.alpha = np.concatenate([self.alpha, alpha])
 
     def _leave(self, drop: np.ndarray) -> np.ndarray:
         """Write the dropped decode rows' progress back to the shared state; return their ids."""
         st, D = self.st, self.D
-        ids, rem = D[ID, drop], D[REM, drop]
+        sub = D[:, drop]  # one gather of the dropped columns
+        ids, rem = sub[ID], sub[REM]
         st.generated[ids] = st.out[ids] - rem
-        st.round_tokens[ids] = D[T0, drop] - rem
-        st.rounds[ids] = D[R0, drop] + self.epoch
-        st.accepted[ids] = D[ACC, drop]
+        st.round_tokens[ids] = sub[T0] - rem
+        st.rounds[ids] = sub[R0] + self.epoch
+        st.accepted[ids] = sub[ACC]
         keep = ~drop
         if self.last_arr is None:
             st.last_emit[ids] = self.last_t
@@ -346,7 +358,7 @@ class Replica:
             fin = rem <= tok
             any_fin = bool(fin.any())
             e = np.minimum(tok, rem) if any_fin else tok
-            emitted = int(np.sum(e)) if np.ndim(e) else int(e) * n_dec
+            emitted = int(e.sum()) if isinstance(e, np.ndarray) else int(e) * n_dec
             D[CTX] += e
             rem -= e  # a view: updates D
             if outcome.accepted is not None:
