@@ -61,13 +61,11 @@ def test_every_vidur_model_is_a_catalogue_model_of_its_shape():
     names = specsim_model_names(models)
     for vm in models:
         own, how = names[(vm.vidur_gpu, vm.vidur_name)][0]
-        assert how in ("hf-id", "exact"), (vm.vidur_name, how)
         m = MODELS[own]
+        assert how == "hf-id" and m.hf_id == vm.vidur_name, (vm.vidur_name, how)
         assert (m.n_heads, m.n_kv_heads, m.hidden, m.ffn, m.gated_mlp) == vm.shape.layer_key()
-        if how == "hf-id":
-            assert m.hf_id == vm.vidur_name
     assert {"llama-2-70b-hf", "llama-2-7b-hf", "codellama-34b-instruct-hf", "qwen-72b",
-            "internlm-20b", "phi-2"} <= {n for v in names.values() for n, _ in v}
+            "internlm-20b", "phi-2", "llama-3-8b", "llama-3-70b"} <= {n for v in names.values() for n, _ in v}
 
 
 @pytest.mark.parametrize("resolve,name,suggestion", [
@@ -97,8 +95,8 @@ def test_a40_import_calibrate_and_run(a40_root, tmp_path):
     assert cal["gpu"] == "a40"
     for k in ("compute_efficiency", "memory_efficiency"):
         assert k in cal["fitted"] and 0.05 < cal["params"][k] <= 1.0 and math.isfinite(cal["params"][k])
-    # Llama-2-70B's data is imported under llama-2-70b-hf and llama-3.1-70b: fitted once
-    assert len(cal["sources"]) == 8 and not any("llama-3.1-70b" in s for s in cal["sources"])
+    # Llama-2-70B's data is imported under llama-2-70b-hf, llama-3.1-70b, llama-3-70b: fitted once
+    assert len(cal["sources"]) == 8 and not any("llama-3" in s for s in cal["sources"])
     assert (a40_root / "a40" / "calibration.json").is_file()
 
     dep = {"target": "llama-2-7b-hf", "gpu": "a40", "tp": 1, "strategy": "ar"}
@@ -133,12 +131,12 @@ def test_same_measurement_under_two_names_is_fitted_once(tmp_path):
     out = tmp_path / "profiles"
     src = _subset(tmp_path, "h100/meta-llama/Llama-2-7b-hf", "h100/meta-llama/Llama-2-70b-hf")
     paths = write_vidur(src, out, breakdown=False, command="test")
-    assert len(paths) == 12  # 4 tps x (llama-2-7b-hf, llama-2-70b-hf, llama-3.1-70b)
+    assert len(paths) == 16  # 4 tps x (llama-2-7b-hf, llama-2-70b-hf, llama-3.1-70b, llama-3-70b)
     copy = load_profile(out / "h100-sxm" / "llama-3.1-70b" / "tp2.csv")
     assert copy.meta.notes["catalogue_match"] == "layer-shape"
-    assert copy.meta.notes["same_data_as"] == ["llama-2-70b-hf"]
+    assert copy.meta.notes["same_data_as"] == ["llama-2-70b-hf", "llama-3-70b"]
     every = [load_profile(p) for p in paths]
-    own = [p for p in every if p.meta.model != "llama-3.1-70b"]
+    own = [p for p in every if p.meta.notes["catalogue_match"] == "hf-id"]
     both, single = calibrate_full(every), calibrate_full(own)
     # counted twice, the 70B would outweigh the 7B and move the fit
     assert both.params == single.params and len(both.sources) == 8

@@ -53,7 +53,7 @@ def h100_70b(tmp_path_factory) -> Path:
     src = _subset(tmp, "h100/meta-llama/Llama-2-70b-hf", network="h100_dgx")
     out = tmp / "profiles"
     paths = write_vidur(src, out, command="specsim import-vidur test")
-    assert len(paths) == 8  # tp 1, 2, 4, 8 as llama-2-70b-hf and (same layers) llama-3.1-70b
+    assert len(paths) == 12  # tp 1, 2, 4, 8 as llama-2-70b-hf, llama-3.1-70b, llama-3-70b (same layers)
     return out
 
 
@@ -137,8 +137,11 @@ def test_model_and_gpu_mapping(tmp_path):
     for p in profs:
         seen.setdefault((p.meta.gpu, p.meta.notes["vidur_model"]), set()).add(
             (p.meta.model, p.meta.notes["catalogue_match"]))
-    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-8B")] == {("llama-3.1-8b", "exact")}
-    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-70B")] == {("llama-3.1-70b", "exact")}
+    # Llama 3's data also times Llama 3.1 (the same shapes, vocabulary included)
+    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-8B")] == {("llama-3-8b", "hf-id"),
+                                                                     ("llama-3.1-8b", "exact")}
+    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-70B")] == {("llama-3-70b", "hf-id"),
+                                                                      ("llama-3.1-70b", "exact")}
     # Llama-2-70B is its own catalogue entry (by its HF id); the exact match claims llama-3.1-70b
     assert seen[("a100-80gb-sxm", "meta-llama/Llama-2-70b-hf")] == {("llama-2-70b-hf", "hf-id")}
     # phi-2 has OPT-2.7B's GEMM shapes but RoPE and a parallel block: its own entry, not OPT's

@@ -106,10 +106,10 @@ GPUS: dict[str, GPU] = {
         # A40: NVIDIA A40 datasheet (https://images.nvidia.com/content/Solutions/data-center/a40/
         # nvidia-a40-datasheet.pdf): 48 GB GDDR6 with ECC, 696 GB/s, BF16 tensor 149.7 TFLOP/s
         # dense (299.4 with sparsity), no FP8 (Ampere), NVLink bridge 112.5 GB/s bidirectional
-        # between a PAIR of GPUs, PCIe Gen4 x16 (64 GB/s) otherwise: the catalogue's one figure
+        # between a PAIR of GPUs, PCIe Gen4 x16 otherwise (64 GB/s as for l40s): the one figure
         # is the NVLink pair's, so tp > 2 all-reduces are optimistic. Price: an ASSUMPTION, not
         # from a dated list (A40 on-demand listings cluster around $0.4-0.5/GPU-h).
-        GPU("a40", "A40", 48, 0.696, 149.7, None, "NVLink3 bridge", 112.5, 0.49,
+        GPU("a40", "A40", 48, 0.696, 149.7, None, "NVLink3", 112.5, 0.49,
             notes="NVIDIA A40 datasheet; NVLink bridge pairs only; price assumed"),
         GPU("l40s", "L40S", 48, 0.864, 362, 733, "PCIe4", 64, 1.29),
         GPU("l4", "L4", 24, 0.30, 121, 242, "PCIe4", 64, 0.69),
