@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.measure.calibrate import (TERMS, VIDUR_OPS, attention_time, calibrate_full,
-                                         layer_terms, profile_model)
+                                         distinct_measurements, layer_terms, profile_model)
 from simulator.hardware.gpus import GPUS
 from simulator.latency.roofline import RooflineParams
 from simulator.measure.vidur import import_vidur
@@ -53,7 +53,9 @@ def main(vidur: Path) -> None:
     h100 = [p for p in profiles if p.meta.gpu == "h100-sxm"]
     a100 = [p for p in profiles if p.meta.gpu == "a100-80gb-sxm"]
     both = {p.meta.notes["vidur_model"] for p in h100} & {p.meta.notes["vidur_model"] for p in a100}
-    targets = [p for p in a100 if p.meta.notes["vidur_model"] in both]
+    # one per measurement: the importer also writes a model's data under catalogue models with
+    # its layers (simulator/measure/vidur_files.py)
+    targets = distinct_measurements([p for p in a100 if p.meta.notes["vidur_model"] in both])
     for p in h100 + a100:
         p.csv_path = Path(f"<vidur {p.meta.notes['vidur_gpu']}>/{p.meta.model}/tp{p.meta.tp}")
     cal_h, cal_a = calibrate_full(h100), calibrate_full(a100)
@@ -96,8 +98,8 @@ def main(vidur: Path) -> None:
 
     rows = [*TERMS, "all ops", "non_attention", f"non_attention T<={SMALL_T}",
             f"non_attention T>{SMALL_T}", "attention (decode)", "attention (prefill)"]
-    print(f"Roofline calibrated on Vidur H100 data ({len(h100)} profiles), predicting Vidur A100 "
-          f"data ({len(targets)} profiles of {len(both)} models measured on both: "
+    print(f"Roofline calibrated on Vidur H100 data ({len(cal_h.sources)} distinct profiles), predicting "
+          f"Vidur A100 data ({len(targets)} profiles of {len(both)} models measured on both: "
           f"{', '.join(sorted(both))}).")
     print("|predicted/measured - 1| over all measured points: median / max / median signed (bias)\n")
     head = f"{'operator':<24}{'points':>8}" + "".join(f"{v:>26}" for v in variants)

@@ -53,7 +53,7 @@ def h100_70b(tmp_path_factory) -> Path:
     src = _subset(tmp, "h100/meta-llama/Llama-2-70b-hf", network="h100_dgx")
     out = tmp / "profiles"
     paths = write_vidur(src, out, command="specsim import-vidur test")
-    assert len(paths) == 4  # tp 1, 2, 4, 8
+    assert len(paths) == 12  # tp 1, 2, 4, 8 as llama-2-70b-hf, llama-3.1-70b, llama-3-70b (same layers)
     return out
 
 
@@ -133,16 +133,21 @@ def test_model_and_gpu_mapping(tmp_path):
     src = _subset(tmp_path, "a100/meta-llama/Meta-Llama-3-8B", "a100/meta-llama/Llama-2-70b-hf",
                   "a100/meta-llama/Meta-Llama-3-70B", "h100/microsoft/phi-2", "a40/microsoft/phi-2")
     profs = import_vidur(src, breakdown=False)
-    seen = {(p.meta.gpu, p.meta.notes["vidur_model"]): (p.meta.model, p.meta.notes["catalogue_match"])
-            for p in profs}
-    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-8B")] == ("llama-3.1-8b", "exact")
-    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-70B")] == ("llama-3.1-70b", "exact")
-    # the exact match claims llama-3.1-70b on the A100: Llama-2-70B keeps its own name there
-    assert seen[("a100-80gb-sxm", "meta-llama/Llama-2-70b-hf")] == ("llama-2-70b-hf", "none")
-    # phi-2 has OPT-2.7B's GEMM shapes but RoPE and a parallel block: not that model
-    assert seen[("h100-sxm", "microsoft/phi-2")] == ("phi-2", "none")
+    seen: dict = {}
+    for p in profs:
+        seen.setdefault((p.meta.gpu, p.meta.notes["vidur_model"]), set()).add(
+            (p.meta.model, p.meta.notes["catalogue_match"]))
+    # Llama 3's data also times Llama 3.1 (the same shapes, vocabulary included)
+    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-8B")] == {("llama-3-8b", "hf-id"),
+                                                                     ("llama-3.1-8b", "exact")}
+    assert seen[("a100-80gb-sxm", "meta-llama/Meta-Llama-3-70B")] == {("llama-3-70b", "hf-id"),
+                                                                      ("llama-3.1-70b", "exact")}
+    # Llama-2-70B is its own catalogue entry (by its HF id); the exact match claims llama-3.1-70b
+    assert seen[("a100-80gb-sxm", "meta-llama/Llama-2-70b-hf")] == {("llama-2-70b-hf", "hf-id")}
+    # phi-2 has OPT-2.7B's GEMM shapes but RoPE and a parallel block: its own entry, not OPT's
+    assert seen[("h100-sxm", "microsoft/phi-2")] == {("phi-2", "hf-id")}
     a40 = [p for p in profs if p.meta.gpu == "a40"]
-    assert a40 and "inline" in a40[0].meta.notes["device"]
+    assert a40 and "device" not in a40[0].meta.notes  # the A40 is a catalogue GPU
     phi = next(p for p in profs if p.meta.model == "phi-2")
     assert phi.meta.notes["vidur_shape"]["use_gated_mlp"] is False
     assert "post_attention_layernorm" not in phi.meta.notes["non_attention"]

@@ -77,7 +77,10 @@ def calibrate_cmd(
     if as_json:
         print(json.dumps(cal.to_dict(), indent=2))
         return
-    t = Table(title=escape(f"{cal.gpu}: roofline calibrated on {len(profiles)} profile(s), saved to {path}"))
+    repeats = len(profiles) - len(cal.sources)
+    again = f" ({repeats} more repeat their data)" if repeats else ""
+    t = Table(title=escape(f"{cal.gpu}: roofline calibrated on {len(cal.sources)} profile(s){again}, "
+                           f"saved to {path}"))
     for col in ("param", "fitted", "default"):
         t.add_column(col, justify="right")
     d = RooflineParams()

@@ -37,6 +37,10 @@ REPORTED_HBM_BYTES: dict[str, tuple[int, str]] = {
     "l40s": (46068 * MiB,
              "nvidia-smi (NVML) total 46068 MiB, https://github.com/modal-labs/modal-client/pull/2797; "
              "CUDA reports a few hundred MiB less"),
+    "a40": (46068 * MiB,
+            "UNVERIFIED: nvidia-smi (NVML) total 46068 MiB as printed for 'NVIDIA A40' (ECC on) in "
+            "several public nvidia-smi logs found by text search, none with a citable address; CUDA "
+            "reports a few hundred MiB less (datasheet: 48 GB GDDR6 with ECC)"),
     "l4": (23034 * MiB,
            "nvidia-smi (NVML) total 23034 MiB, https://github.com/modal-labs/modal-client/pull/2797; "
            "CUDA reports a few hundred MiB less"),
@@ -99,6 +103,14 @@ GPUS: dict[str, GPU] = {
         GPU("h200-sxm", "H200 SXM", 141, 4.8, 989, 1979, "NVLink4", 900, 3.79),
         GPU("b200", "B200", 180, 8.0, 2250, 4500, "NVLink5", 1800, 5.99),
         GPU("a100-80gb-sxm", "A100 80GB SXM", 80, 2.04, 312, None, "NVLink3", 600, 1.79),
+        # A40: NVIDIA A40 datasheet (https://images.nvidia.com/content/Solutions/data-center/a40/
+        # nvidia-a40-datasheet.pdf): 48 GB GDDR6 with ECC, 696 GB/s, BF16 tensor 149.7 TFLOP/s
+        # dense (299.4 with sparsity), no FP8 (Ampere), NVLink bridge 112.5 GB/s bidirectional
+        # between a PAIR of GPUs, PCIe Gen4 x16 otherwise (64 GB/s as for l40s): the one figure
+        # is the NVLink pair's, so tp > 2 all-reduces are optimistic. Price: an ASSUMPTION, not
+        # from a dated list (A40 on-demand listings cluster around $0.4-0.5/GPU-h).
+        GPU("a40", "A40", 48, 0.696, 149.7, None, "NVLink3", 112.5, 0.49,
+            notes="NVIDIA A40 datasheet; NVLink bridge pairs only; price assumed"),
         GPU("l40s", "L40S", 48, 0.864, 362, 733, "PCIe4", 64, 1.29),
         GPU("l4", "L4", 24, 0.30, 121, 242, "PCIe4", 64, 0.69),
         GPU("mi300x", "MI300X", 192, 5.3, 1307, 2615, "Infinity Fabric", 896, 2.49),

@@ -131,6 +131,33 @@ MODELS: dict[str, ModelArch] = {
               bias=False, maxpos=40960),
         _qwen("qwen3-32b", "Qwen/Qwen3-32B", 64, 5120, 64, 8, 128, 25600, 151936, 32.8e9, bias=False,
               maxpos=40960),
+        # Models Vidur profiled (../shared/data/vidur/profiling; simulator/measure/vidur.py),
+        # named by their HF repository slug, architectures from each repository's config.json
+        # (huggingface.co/<hf_id>/blob/main/config.json): layers, hidden, heads, KV heads,
+        # intermediate size, vocab, max positions. Vidur pads Llama-2/CodeLlama's vocab to 32768.
+        # Parameter counts: the HF model pages' (6.74B, 69.0B, 33.7B, 8.03B, 70.6B, 2.78B), the model cards'
+        # round figures for Qwen-72B (72B) and internlm-20b (20B).
+        _llama("llama-2-7b-hf", "meta-llama/Llama-2-7b-hf", 32, 4096, 32, 32, 128, 11008, 32000, 6.74e9,
+               maxpos=4096),
+        _llama("llama-2-70b-hf", "meta-llama/Llama-2-70b-hf", 80, 8192, 64, 8, 128, 28672, 32000, 68.98e9,
+               maxpos=4096),
+        _llama("codellama-34b-instruct-hf", "codellama/CodeLlama-34b-Instruct-hf", 48, 8192, 64, 8, 128,
+               22016, 32000, 33.7e9, maxpos=16384),
+        # Llama 3 (not 3.1): Llama 3.1's layers without its rope scaling, 8192 positions.
+        _llama("llama-3-8b", "meta-llama/Meta-Llama-3-8B", 32, 4096, 32, 8, 128, 14336, 128256, 8.03e9,
+               maxpos=8192),
+        _llama("llama-3-70b", "meta-llama/Meta-Llama-3-70B", 80, 8192, 64, 8, 128, 28672, 128256, 70.6e9,
+               maxpos=8192),
+        # Qwen (v1): config intermediate_size 49152 counts both SwiGLU halves (w1, w2 of 24576
+        # each, QWenMLP); bias on the fused QKV (c_attn) only ("no_bias": true for the rest).
+        _qwen("qwen-72b", "Qwen/Qwen-72B", 80, 8192, 64, 64, 128, 24576, 152064, 72e9),
+        # internlm-20b: LLaMA-style (RMSNorm, RoPE, SwiGLU), "bias": false.
+        _llama("internlm-20b", "internlm/internlm-20b", 60, 5120, 40, 40, 128, 13824, 103168, 20e9,
+               maxpos=4096),
+        # phi-2: parallel attention/MLP block, LayerNorm, partial rotary (0.4), GELU (not gated),
+        # biases on every linear layer; the roofline sees only its GEMM shapes, which are these.
+        ModelArch("phi-2", "llama", 32, 2560, 32, 32, 80, 10240, 51200, 2.78e9, False, True, False,
+                  2048, "microsoft/phi-2"),
         _opt("opt-125m", "facebook/opt-125m", 12, 768, 12, 3072, 125e6),
         _opt("opt-350m", "facebook/opt-350m", 24, 1024, 16, 4096, 331e6),
         _opt("opt-1.3b", "facebook/opt-1.3b", 24, 2048, 32, 8192, 1.3e9),

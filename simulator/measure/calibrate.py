@@ -26,7 +26,7 @@ import numpy as np
 
 from simulator.hardware.gpus import GPU, GPUS
 from simulator.hardware.models import MODELS, ModelArch
-from simulator.errors import SpecsimError
+from simulator.errors import SpecsimError, did_you_mean
 from simulator.latency.calibration import (FITTED_ATTENTION, FITTED_NON_ATTENTION,
                                            HAS_LAYER_OVERHEAD, Calibration)
 from simulator.latency.roofline import GEMM_TERMS, RooflineLatency, RooflineParams
@@ -82,8 +82,9 @@ def profile_model(profile: Profile) -> ModelArch:
 def profile_gpu(profile: Profile) -> GPU:
     name = profile.meta.gpu
     if name not in GPUS:
-        raise SpecsimError(f"{profile.csv_path}: gpu {name!r} is not in the GPU catalogue; "
-                           f"calibration needs its datasheet (one of {', '.join(GPUS)})")
+        raise SpecsimError(f"{profile.csv_path}: gpu {name!r} is not in the GPU catalogue"
+                           f"{did_you_mean(name, GPUS)}; calibration needs its datasheet (one of "
+                           f"{', '.join(GPUS)})")
     return GPUS[name]
 
 
@@ -169,9 +170,32 @@ def _residual_report(series: list[_Series], attn: list, gpu: GPU, params: Roofli
     return rep
 
 
+def _measurement(p: Profile) -> tuple | None:
+    """What a Vidur import measured (one Vidur model at one tp on one GPU): the importer writes it
+    under several catalogue names (vidur_files.specsim_model_names), the fit counts it once."""
+    notes = p.meta.notes
+    if p.meta.source != "vidur-import" or not isinstance(notes, dict):
+        return None
+    return (str(notes.get("vidur_gpu")), str(notes.get("vidur_model")), p.meta.tp)
+
+
+def distinct_measurements(profiles: list[Profile]) -> list[Profile]:
+    """The profiles, less any that repeat an earlier one's Vidur measurement."""
+    seen: set = set()
+    out = []
+    for p in profiles:
+        key = _measurement(p)
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        out.append(p)
+    return out
+
+
 def calibrate_full(profiles: Profile | list[Profile], command: str | None = None) -> Calibration:
     """Fit RooflineParams to one or more profiles of the same GPU; see the module docstring."""
     profiles = [profiles] if isinstance(profiles, Profile) else list(profiles)
+    profiles = distinct_measurements(profiles)
     if not profiles:
         raise SpecsimError("calibrate: no profiles given")
     gpus = {p.meta.gpu for p in profiles}

@@ -10,7 +10,9 @@ A100, A40 and H100 machines. Its layout, under a `profiling/` directory:
                                              (chunk x kv) attention times (ms)
   network/<gpu>_dgx/all_reduce.csv           all-reduce times (ms) over message bytes x workers
 
-Each (gpu, model, tp) becomes one profile pair `<out>/<specsim gpu>/<model>/tp<k>.{csv,json}`:
+Each (gpu, model, tp) becomes a profile pair `<out>/<specsim gpu>/<model>/tp<k>.{csv,json}` under
+the model's catalogue name (and under other catalogue models with its layer shapes:
+vidur_files.specsim_model_names):
   non_attention(T) = sum of the per-layer operator medians (each kept as an `op:<name>` row),
   embedding(T) from `emb`, attention rows where an attention.csv matches the attention shape and
   tp, allreduce rows from the DGX all_reduce.csv at message sizes that are a whole number of
@@ -157,7 +159,8 @@ def import_vidur(root: Path | str, *, gpus: list[str] | None = None, breakdown: 
     today = date.today().isoformat()
     profiles = []
     for vm in models:
-        model_name, match = names[(vm.vidur_gpu, vm.vidur_name)]
+        vm_names = names[(vm.vidur_gpu, vm.vidur_name)]
+        match = vm_names[0][1]
         gpu = GPU_NAMES[vm.vidur_gpu]
         for tp, part in vm.mlp.groupby("num_tensor_parallel_workers", sort=True):
             tp = int(tp)
@@ -184,15 +187,16 @@ def import_vidur(root: Path | str, *, gpus: list[str] | None = None, breakdown: 
                             break
             ar_rows, ar_src = _allreduce_rows(base, vm.vidur_gpu, vm.shape.n_embd, tp)
             rows += ar_rows
-            profiles.append(Profile(_meta(vm, model_name, match, gpu, tp, part, attn_grid,
-                                          attn_src if attn_grid else None, ar_rows, ar_src,
-                                          breakdown, command, today), rows))
+            for model_name, how in vm_names:  # its own name first, then catalogue copies
+                profiles.append(Profile(_meta(vm, model_name, how, gpu, tp, part, attn_grid,
+                                              attn_src if attn_grid else None, ar_rows, ar_src,
+                                              breakdown, command, today, vm_names), list(rows)))
     return profiles
 
 
 def _meta(vm: VidurModel, model_name: str, match: str, gpu: str, tp: int, part: pd.DataFrame,
           attn_grid: dict | None, attn_src: Path | None, ar_rows: list, ar_src: str | None,
-          breakdown: bool, command: str, today: str) -> ProfileMeta:
+          breakdown: bool, command: str, today: str, vm_names: list) -> ProfileMeta:
     grid: dict = {"non_attention_tokens": _span(part.num_tokens),
                   "embedding_tokens": _span(part.num_tokens)}
     if attn_grid:
@@ -220,11 +224,16 @@ def _meta(vm: VidurModel, model_name: str, match: str, gpu: str, tp: int, part: 
                 "overhead is not in these times",
         "lm_head": "not measured by Vidur",
     }
-    if match == "layer-shape":
-        notes["catalogue_match_detail"] = (
-            f"per-layer shape equals {model_name}'s; vocabulary differs (Vidur {vm.shape.vocab_size}"
-            f" vs {MODELS[model_name].vocab}), which only the LM head depends on, and Vidur has no "
-            f"LM head rows")
+    if len(vm_names) > 1:  # calibration counts one measurement once (measure/calibrate.py)
+        notes["same_data_as"] = [n for n, _ in vm_names if n != model_name]
+    vocab = MODELS[model_name].vocab if model_name in MODELS else None
+    detail = [f"{vm.vidur_name} is catalogue model {model_name} (its hf_id)"] if match == "hf-id" else []
+    if match in ("hf-id", "layer-shape") and vocab != vm.shape.vocab_size:
+        detail.append(f"per-layer shape equals {model_name}'s; vocabulary differs (Vidur "
+                      f"{vm.shape.vocab_size} vs {vocab}), which only the LM head depends on, and "
+                      f"Vidur has no LM head rows")
+    if detail:
+        notes["catalogue_match_detail"] = "; ".join(detail)
     elif match == "none":
         notes["catalogue_match_detail"] = ("no catalogue model has this shape; a scenario needs an "
                                            "inline model with the shape in vidur_shape")

@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 
 from simulator.errors import SpecsimError
+from simulator.hardware.gpus import GPUS
 from simulator.hardware.models import MODELS, ModelArch
 from simulator.latency.profiles import ProfileRow
 
-# Vidur GPU folder -> specsim GPU name. a40 is not in the catalogue: it is imported under "a40"
-# and a scenario must define that device inline to use it.
+# Vidur GPU folder -> specsim GPU catalogue name (Vidur's a40 is NVIDIA's A40 PCIe card).
 GPU_NAMES = {"h100": "h100-sxm", "a100": "a100-80gb-sxm", "a40": "a40"}
 GPU_LABELS = {"h100": "NVIDIA H100 (Vidur profile 'h100')",
               "a100": "NVIDIA A100 (Vidur profile 'a100')",
               "a40": "NVIDIA A40 (Vidur profile 'a40')"}
-NOT_IN_CATALOGUE = {"a40"}
+# Vidur GPUs whose specsim name has no catalogue entry (a scenario must define them inline).
+NOT_IN_CATALOGUE = {g for g, name in GPU_NAMES.items() if name not in GPUS}
 
 # The per-layer non-attention operators of Vidur's mlp.csv (each counted once per layer), and the
 # embedding lookup (once per forward). Parallel-block models (phi-2) have no
@@ -180,42 +181,56 @@ def find_vidur_models(root: Path) -> list[VidurModel]:
     return out
 
 
-def specsim_model_names(models: list[VidurModel]) -> dict[tuple[str, str], tuple[str, str]]:
-    """(vidur gpu, vidur model) -> (specsim model name, how it was matched).
+def _same_layers(m: ModelArch, shape: VidurShape) -> bool:
+    # Vidur's models all apply RoPE (an attn_rope op); OPT's learned positions and different block
+    # layout are not the same architecture even at equal GEMM shapes.
+    return (m.family == "llama" and _arch_layer_key(m) == shape.layer_key()
+            and m.head_dim == shape.n_embd // shape.n_head)
 
-    A Vidur model whose shape columns all equal a catalogue model's is imported under that name
-    ("exact"). One whose per-layer shape matches but whose vocabulary differs is imported under the
-    catalogue name too ("layer-shape": every row Vidur measures is per layer or the embedding
-    gather, none depends on the vocabulary), unless an exact match on the same GPU claims it.
-    Everything else goes under a slug of the Vidur name ("none").
+
+def specsim_model_names(models: list[VidurModel]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(vidur gpu, vidur model) -> [(specsim model name, how it was matched), ...], own name first.
+
+    1. "hf-id": the catalogue model whose hf_id is the Vidur model's name (Vidur names models by
+       their HF repository) is that very model; its per-layer shape must equal Vidur's (the
+       vocabulary may differ: Vidur pads Llama-2's 32000 to 32768, and no row Vidur measures
+       depends on it).
+    2. Every catalogue model still without a profile on that GPU whose per-layer shape equals a
+       Vidur model's also gets that model's profile: "exact" if the vocabulary is equal too
+       (preferred), else "layer-shape" (every row Vidur measures is per layer or the embedding
+       gather). Llama-2-70B's H100 data so times llama-3.1-70b scenarios as well.
+    3. A Vidur model given no name by 1 or 2 goes under a slug of its name ("none").
     """
-    names: dict = {}
+    by_hf = {m.hf_id: m for m in MODELS.values() if m.hf_id}
+    names: dict = {(vm.vidur_gpu, vm.vidur_name): [] for vm in models}
     claimed: set = set()
-    for exact in (True, False):
-        for vm in models:
-            key = (vm.vidur_gpu, vm.vidur_name)
-            if key in names:
+    for vm in models:
+        m = by_hf.get(vm.vidur_name)
+        if m is None:
+            continue
+        if not _same_layers(m, vm.shape):
+            raise SpecsimError(f"{vm.mlp_path}: Vidur model {vm.vidur_name!r} is catalogue model "
+                               f"{m.name!r} by its HF id, but Vidur's shape {vm.shape.layer_key()} "
+                               f"differs from the catalogue's {_arch_layer_key(m)}")
+        names[(vm.vidur_gpu, vm.vidur_name)].append((m.name, "hf-id"))
+        claimed.add((vm.vidur_gpu, m.name))
+    for gpu in sorted({vm.vidur_gpu for vm in models}):
+        on_gpu = [vm for vm in models if vm.vidur_gpu == gpu]
+        for m in MODELS.values():
+            if (gpu, m.name) in claimed:
                 continue
-            for m in MODELS.values():
-                # Vidur's models all apply RoPE (an attn_rope op); OPT's learned positions and
-                # different block layout are not the same architecture even at equal GEMM shapes.
-                if m.family != "llama" or _arch_layer_key(m) != vm.shape.layer_key():
-                    continue
-                if m.head_dim != vm.shape.n_embd // vm.shape.n_head:
-                    continue
-                if exact and m.vocab != vm.shape.vocab_size:
-                    continue
-                if (vm.vidur_gpu, m.name) in claimed:
-                    continue
-                names[key] = (m.name, "exact" if exact else "layer-shape")
-                claimed.add((vm.vidur_gpu, m.name))
-                break
+            same = [vm for vm in on_gpu if _same_layers(m, vm.shape)]
+            exact = [vm for vm in same if vm.shape.vocab_size == m.vocab]
+            if same:
+                vm = (exact or same)[0]
+                names[(gpu, vm.vidur_name)].append((m.name, "exact" if exact else "layer-shape"))
+                claimed.add((gpu, m.name))
     for vm in models:
         key = (vm.vidur_gpu, vm.vidur_name)
-        if key not in names:
+        if not names[key]:
             s = slug(vm.vidur_name.split("/")[-1])
             if s in MODELS:
                 raise SpecsimError(f"{vm.mlp_path}: Vidur model {vm.vidur_name!r} slugs to the "
                                    f"catalogue name {s!r} but its shape differs from it")
-            names[key] = (s, "none")
+            names[key] = [(s, "none")]
     return names
