@@ -61,6 +61,8 @@ def test_cycled_trace_says_how_many_times(tmp_path):
     assert "note:" in res.output
     check = cli("check", path)
     assert "the rows cycle 2.5 times" in check.output
+    rerendered = cli("report", tmp_path / "out", "--no-svg")  # from summary.json alone
+    assert "the rows cycle 2.5 times" in rerendered.output
 
 
 def test_no_cycle_line_when_the_trace_covers_the_requests(tmp_path):

@@ -212,8 +212,11 @@ def report(folder: Path = typer.Argument(..., help="A report folder written by `
     import json
     from simulator.run.report import rerender
 
+    from simulator.run import notices
     plots = rerender(folder, svg)
-    print_summary(json.loads((folder / "summary.json").read_text()), wide)
+    summary = json.loads((folder / "summary.json").read_text())
+    _print_notices(folder, notices.warnings(summary), notices.trace_notes(summary))
+    print_summary(summary, wide)
     out.print(f"[dim]re-rendered {folder}/summary.md, summary.html and {len(plots)} plot files[/]")
 
 
