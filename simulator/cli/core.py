@@ -112,6 +112,8 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
     t0 = time.monotonic()
     with _about(scenario):
         result = _simulate_all(sc, base, seed, workers, executor, ray_address, extra)
+    from simulator.run import notices
+    _print_notices(scenario, notices.warnings(result.summary), notices.trace_notes(result.summary))
     target = out_dir or Path("reports") / sc.name
     plots = write(result, target, str(scenario), svg)
     if json_out:
@@ -120,6 +122,13 @@ def run(scenario: Path = typer.Argument(..., help="Scenario YAML file"),
     print_summary(result.summary, wide)
     out.print(f"[dim]wrote {target}/summary.md, summary.json, requests.csv, summary.html and "
               f"{len(plots)} plot files ({time.monotonic() - t0:.1f} s wall)[/]")
+
+
+def _print_notices(scenario: Path, warnings: list[str], notes: list[str]) -> None:
+    """Doubtful settings and cycled traces, on stderr (stdout may be the JSON), names literal."""
+    for kind, style, lines in (("warning", "bold yellow", warnings), ("note", "bold", notes)):
+        for line in lines:
+            err.print(Text.assemble((f"{kind}: ", style), f"{scenario}: {line}"), soft_wrap=True)
 
 
 def _percentiles(text: str) -> tuple[float, ...]:
@@ -203,8 +212,11 @@ def report(folder: Path = typer.Argument(..., help="A report folder written by `
     import json
     from simulator.run.report import rerender
 
+    from simulator.run import notices
     plots = rerender(folder, svg)
-    print_summary(json.loads((folder / "summary.json").read_text()), wide)
+    summary = json.loads((folder / "summary.json").read_text())
+    _print_notices(folder, notices.warnings(summary), notices.trace_notes(summary))
+    print_summary(summary, wide)
     out.print(f"[dim]re-rendered {folder}/summary.md, summary.html and {len(plots)} plot files[/]")
 
 
@@ -236,11 +248,13 @@ def check(scenario: Path = typer.Argument(..., help="Scenario or plan YAML file"
         _check_plan(scenario)
         return
     sc, base = load_scenario(scenario)
+    from simulator.config.workload import trace_cycles
+    from simulator.run.notices import trace_notes
     with _about(scenario):
         deps, req = check_scenario(sc, base)
-    for dep in deps:
-        for w in dep.warnings:
-            err.print(Text.assemble(("warning: ", "bold yellow"), f"{scenario}: {w}"), soft_wrap=True)
+        cycles = trace_cycles(sc.workload, req.n, base)
+    _print_notices(scenario, [w for dep in deps for w in dep.warnings],
+                   trace_notes({"trace_cycles": cycles}))
     out.print(f"{scenario}: ok ({len(deps)} deployments, {req.n} requests)", markup=False)
 
 

@@ -101,6 +101,20 @@ def sample_lengths(spec, n: int, rng: np.random.Generator, base: Path, field: st
     return np.clip(out, lo, hi).astype(np.int64)
 
 
+def trace_cycles(workload: Workload, n: int, base: Path) -> list[dict]:
+    """The length traces that `n` requests cycle (`repeat: true`, n above the trace's rows): per
+    field its rows and `cycles` = n / rows (2.5: two whole passes over the rows and half a third)."""
+    out = []
+    for name in ("prompt_tokens", "output_tokens"):
+        spec = getattr(workload, name)
+        if isinstance(spec, TraceLengths):
+            rows = len(_trace_column(spec.path, spec.column, base, f"workload.{name}"))
+            if n > rows:
+                out.append({"field": f"workload.{name}", "path": spec.path, "column": spec.column,
+                            "rows": rows, "requests": n, "cycles": n / rows})
+    return out
+
+
 def arrival_times(spec, n: int | None, duration_s: float | None, rng: np.random.Generator,
                   base: Path) -> np.ndarray:
     """Open-loop arrival times (s), starting at 0: `n` of them, or all within `duration_s`."""

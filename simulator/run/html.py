@@ -13,6 +13,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from simulator.run import notices
 from simulator.run.console import (PARAM_SHORT, SOURCE_MEANING, ci, fmt, label, measured_share, num,
                                    overloaded, pct, slo_of, slo_verdict, total_token_throughput)
 
@@ -54,7 +55,7 @@ SHOWN = ({"name", "strategy", "sweep", "config", "latency_source", "latency_note
           "throughput_tokens_per_s_per_gpu", "cost_per_million_tokens", "goodput_requests_per_s",
           "throughput_total_tokens_per_s", "total_token_throughput", "total_tokens_per_s"}
          | {k for _, k, *_ in LATENCY})
-TOP_SHOWN = {"scenario", "seed", "specsim_version", "deployments", "crossover", "slo", "title"}
+TOP_SHOWN = {"scenario", "seed", "specsim_version", "deployments", "crossover", "slo", "title", "trace_cycles"}
 
 
 def _td(text: str, numeric: bool = True, cls: str = "") -> str:
@@ -258,6 +259,8 @@ def render_html(summary: dict, images, title: str) -> str:
     if over:
         parts.append('<p class=miss>Overloaded (arrivals outpace service; latencies grow with the '
                      "run length): " + escape(", ".join(over)) + "</p>")
+    parts += [f"<p class=miss>warning: {escape(w)}</p>" for w in notices.warnings(summary)]
+    parts += [f"<p class=meta>note: {escape(n)}</p>" for n in notices.trace_notes(summary)]
     parts += ["<h2>Throughput, cost and SLO</h2>", f"<p class=meta>{escape(slo_txt)}</p>",
               throughput_table(summary, rows), crossover_section(summary)]
     imgs = _images(images)

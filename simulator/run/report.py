@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from simulator.config.sweep import point_label, value_words
+from simulator.run import notices
 from simulator.errors import SpecsimError
 from simulator.user_files import load_user_json
 from simulator.run.console import SOURCE_MEANING
@@ -130,7 +131,9 @@ def markdown(result: RunResult | dict, scenario_path: str) -> str:
     """summary.md from a run (or its summary dict)."""
     s = result.summary if isinstance(result, RunResult) else result
     out = [f"# specsim report: {s['scenario']}", "",
-           f"Scenario `{scenario_path}`, seed {s['seed']}, specsim {s['specsim_version']}.", "",
+           f"Scenario `{scenario_path}`, seed {s['seed']}, specsim {s['specsim_version']}.", ""]
+    notes = [f"- **warning**: {w}" for w in notices.warnings(s)] + [f"- note: {n}" for n in notices.trace_notes(s)]
+    out += notes + ([""] if notes else []) + [
            "| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
            "|" + "---|" * len(COLUMNS)]
     for row in s["deployments"]:

@@ -22,7 +22,7 @@ from simulator.analysis.steady_summary import (ci, invalidate_if_overloaded, kv_
                                                replicate_entry)
 from simulator.config.schema import Scenario
 from simulator.config.sweep import sweep_paths
-from simulator.config.workload import Requests, generate
+from simulator.config.workload import Requests, generate, trace_cycles
 from simulator.deploy.deployments import ResolvedDeployment, resolve
 from simulator.deploy.fit import check_fits
 from simulator.deploy.gamma import choose_gamma
@@ -104,6 +104,18 @@ def _steady_keys(dep: ResolvedDeployment, row: dict, results: list[dict], req0: 
     return keys
 
 
+def _trace_cycles(ctx: RunContext) -> list[dict]:
+    """Every distinct cycled trace over the sweep points and replications (a count drawn over
+    `duration_s` differs by replication: those are drawn again here, not kept)."""
+    out: list[dict] = []
+    for pi, (_, point_sc) in enumerate(ctx.points):
+        w = point_sc.workload
+        for r in range(len(ctx.seeds)):
+            n = ctx.requests(pi, 0).n if r == 0 or w.requests is not None else generate(w, ctx.seeds[r], ctx.base).n
+            out += [c for c in trace_cycles(w, n, ctx.base) if c not in out]
+    return out
+
+
 def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
                  progress: ProgressFactory | None = None, executor=None,
                  done: Callable[[int], None] | None = None, percentiles: tuple = ()) -> RunResult:
@@ -134,6 +146,9 @@ def run_scenario(sc: Scenario, base: Path, seed: int | None = None,
             rows.append(row)
             used.append(dep)
     summary = _summary(sc, ctx.seed, rows, used)
+    cycles = _trace_cycles(ctx)
+    if cycles:  # `repeat: true` took some length trace round more than once
+        summary["trace_cycles"] = cycles
     if ctx.pct != PERCENTILES:  # `--percentiles` chose more: which the distributions hold
         summary["percentiles"] = list(ctx.pct.values())
     return RunResult(summary, pd.concat(tables, ignore_index=True))
