@@ -28,47 +28,12 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.kv_blocks import (admission_limit, blocks_for, decode_row_blocks,
                                         total_blocks)
 from simulator.engine import macro
+from simulator.engine.request_state import RequestState
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
-
-
-class RequestState:
-    """Per-request arrays shared by the replicas of one deployment (index = request id).
-
-    Progress of a decoding request lives in its replica's decode table while it runs; it is
-    written back here when the request finishes or is preempted.
-    """
-
-    def __init__(self, req: Requests, alpha: np.ndarray):
-        n = req.n
-        self.prompt, self.out = req.prompt, req.output
-        self.arrival = req.arrival.copy()
-        self.first = np.full(n, np.nan)
-        self.finish = np.full(n, np.nan)
-        self.generated = np.zeros(n, np.int64)
-        self.prefill_target = req.prompt.copy()  # KV length at which (re)prefill is complete
-        self.rounds = np.zeros(n, np.int64)
-        self.accepted = np.zeros(n, np.int64)
-        self.round_tokens = np.zeros(n, np.int64)
-        self.preempt = np.zeros(n, np.int64)
-        self.replica = np.full(n, -1, np.int64)
-        self.last_emit = np.full(n, np.nan)
-        self.alpha = alpha
-        # Inter-token gaps as (value, count): a decode step gives every sequence the same gap.
-        self.itl_values = array("d")  # typed arrays: 8 bytes a gap, however many steps
-        self.itl_counts = array("q")
-        self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
-
-    def itl(self) -> tuple[np.ndarray, np.ndarray]:
-        """All gaps as (values, counts)."""
-        vals = np.concatenate([np.asarray(self.itl_values, float), *self.itl_arrays])
-        counts = np.concatenate([np.asarray(self.itl_counts, np.int64),
-                                 *(np.ones(a.shape[0], np.int64) for a in self.itl_arrays)])
-        return vals, counts
 
 
 # Rows of a replica's decode table (int64, one column per decoding sequence, in admission

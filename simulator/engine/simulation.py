@@ -11,7 +11,8 @@ import simpy
 from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.engine.records import Records
-from simulator.engine.replica import Replica, RequestState
+from simulator.engine.replica import Replica
+from simulator.engine.request_state import RequestState
 from simulator.engine.router import make_router
 from simulator.engine.strategies import make_strategy
 from simulator.latency.base import COMPONENTS

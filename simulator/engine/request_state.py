@@ -1,0 +1,45 @@
+"""Per-request state of one simulation, shared by a deployment's replicas (index = request id):
+progress, timestamps, counters and the inter-token gaps. simulator/engine/replica.py writes
+a decoding request's progress here when it finishes or is preempted."""
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+
+from simulator.config.workload import Requests
+
+
+class RequestState:
+    """Per-request arrays shared by the replicas of one deployment (index = request id).
+
+    Progress of a decoding request lives in its replica's decode table while it runs; it is
+    written back here when the request finishes or is preempted.
+    """
+
+    def __init__(self, req: Requests, alpha: np.ndarray):
+        n = req.n
+        self.prompt, self.out = req.prompt, req.output
+        self.arrival = req.arrival.copy()
+        self.first = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.generated = np.zeros(n, np.int64)
+        self.prefill_target = req.prompt.copy()  # KV length at which (re)prefill is complete
+        self.rounds = np.zeros(n, np.int64)
+        self.accepted = np.zeros(n, np.int64)
+        self.round_tokens = np.zeros(n, np.int64)
+        self.preempt = np.zeros(n, np.int64)
+        self.replica = np.full(n, -1, np.int64)
+        self.last_emit = np.full(n, np.nan)
+        self.alpha = alpha
+        # Inter-token gaps as (value, count): a decode step gives every sequence the same gap.
+        self.itl_values = array("d")  # typed arrays: 8 bytes a gap, however many steps
+        self.itl_counts = array("q")
+        self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
+
+    def itl(self) -> tuple[np.ndarray, np.ndarray]:
+        """All gaps as (values, counts)."""
+        vals = np.concatenate([np.asarray(self.itl_values, float), *self.itl_arrays])
+        counts = np.concatenate([np.asarray(self.itl_counts, np.int64),
+                                 *(np.ones(a.shape[0], np.int64) for a in self.itl_arrays)])
+        return vals, counts
