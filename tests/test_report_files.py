@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from simulator.run import console, html, plots
+from simulator.run import console, html, plan_plots, plots
 
 DATA = Path(__file__).parent / "data" / "reports"
 SWEEP_STEMS = {"sweep_throughput", "sweep_latency", "speedup", "latency_cdf", "busy_breakdown"}
@@ -149,8 +149,8 @@ def _plain_sweep_svg(s: dict, out: Path) -> Path:
 def test_plots_are_byte_reproducible(run_report, tmp_path):
     s, a, first = run_report
     r = pd.read_csv(DATA / "run" / "requests.csv")
-    a = a + plots.plan_pareto(DATA / "plan" / "plan.json", first)
-    b = plots.write_plots(s, r, tmp_path) + plots.plan_pareto(DATA / "plan" / "plan.json", tmp_path)
+    a = a + plan_plots.plan_pareto(DATA / "plan" / "plan.json", first)
+    b = plots.write_plots(s, r, tmp_path) + plan_plots.plan_pareto(DATA / "plan" / "plan.json", tmp_path)
     for x, y in zip(a, b, strict=True):
         assert x.read_bytes() == y.read_bytes(), x.name
     assert b"Date" not in a[0].read_bytes() and b"matplotlib" not in a[0].read_bytes()
@@ -167,12 +167,12 @@ def test_labels_name_model_gpu_tp_gamma_and_measured_share():
 
 def test_plan_pareto_marks_best_and_slo(tmp_path):
     plan = json.loads((DATA / "plan" / "plan.json").read_text())
-    paths = plots.plan_pareto(plan, tmp_path)
+    paths = plan_plots.plan_pareto(plan, tmp_path)
     assert_image(next(p for p in paths if p.suffix == ".png"))
     assert {"best", "slo"} <= svg_ids(tmp_path / "plan_pareto.svg")
     del plan["slo"]
     plan["best"] = {}
-    plots.plan_pareto(plan, tmp_path / "bare")
+    plan_plots.plan_pareto(plan, tmp_path / "bare")
     assert not {"best", "slo"} & svg_ids(tmp_path / "bare" / "plan_pareto.svg")
 
 

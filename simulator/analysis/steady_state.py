@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats
 
 from simulator.analysis.metrics import distribution, tpot
 from simulator.errors import SpecsimError
@@ -219,6 +218,7 @@ def replicate_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     mean, n = float(x.mean()), int(x.size)
     if n == 1:
         return {"mean": mean, "lo": None, "hi": None, "half_width": None, "n": 1}
+    from scipy import stats  # lazy: scipy.stats costs 0.2 s to import, most commands never need it
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "half_width": half, "n": n}
 
@@ -242,6 +242,7 @@ def ratio_ci(a_reps: Sequence[float], b_reps: Sequence[float], paired: bool = Tr
     if n < 2:
         return {"mean": r, "lo": None, "hi": None, "half_width": None, "n": n, "paired": False}
     rel = a.var(ddof=1) / (a.size * a.mean() ** 2) + b.var(ddof=1) / (b.size * b.mean() ** 2)
+    from scipy import stats
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * r * np.sqrt(rel))
     return {"mean": r, "lo": r - half, "hi": r + half, "half_width": half, "n": n, "paired": False}
 

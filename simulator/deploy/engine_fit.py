@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.gamma import ar_step_time, sd_round_time
@@ -177,6 +176,7 @@ def fit_engine(dep: ResolvedDeployment, measurements: list[Measurement], context
         return np.log(pred / measured)
 
     x0 = np.array([getattr(base, f) for f in fields]) / scale
+    from scipy.optimize import least_squares  # lazy: only calibrate-engine fits
     sol = least_squares(residuals, x0, bounds=(0.0, np.inf), x_scale="jac")
     fitted = {f: float(v * s) for f, v, s in zip(fields, sol.x, scale)}
     costs = replace(base, **fitted, sources={**base.sources, **{f: "fitted by specsim calibrate-engine"

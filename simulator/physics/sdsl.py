@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import lambertw
 
 from simulator.errors import SpecsimError
 from simulator.physics.rounds import sd_round
@@ -207,6 +206,7 @@ def _lambert_w_lower(log_minus_z: float) -> float:
     alpha 0.67); there W_{-1} is solved in log form, u - ln u = -ln(-z) with u = -w.
     """
     if log_minus_z > -700.0:
+        from scipy.special import lambertw  # lazy: scipy.special is slow to import
         w = lambertw(-math.exp(log_minus_z), k=-1)
         return float(w.real)
     target = -log_minus_z

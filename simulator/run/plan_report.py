@@ -12,7 +12,7 @@ import yaml
 
 from simulator import __version__
 from simulator.run.html import write_html
-from simulator.run.plots import plan_pareto
+from simulator.run.plan_plots import plan_pareto
 from simulator.run.report import clean
 from simulator.run.plan import PlanOutcome
 

@@ -17,15 +17,16 @@ byte-reproducible: fixed style, no dates or software tags in the files, a fixed 
 """
 from __future__ import annotations
 
-import json
 import math
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from simulator.run.console import ci, label, num, pct, source_text, sweep_point
 
@@ -82,6 +83,7 @@ def _geometric(xs) -> bool:
 
 
 def _new_fig(w: float, h: float, n: int = 1, ncols: int = 1) -> tuple[Figure, list]:
+    from matplotlib.figure import Figure  # lazy: matplotlib costs 0.3 s to import
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(math.ceil(n / ncols), ncols, squeeze=False).ravel().tolist()
     return fig, axes
@@ -232,6 +234,7 @@ def speedup_plot(summary: dict, outdir: Path, geometric: bool | None = None) -> 
 def cdf_plot(summary: dict, requests: pd.DataFrame, outdir: Path) -> list[Path]:
     """TTFT and TPOT CDFs: one line per design (a run), or one panel row per design with a line
     per sweep value (a sweep)."""
+    import matplotlib
     if requests is None or len(requests) == 0 or "deployment" not in requests:
         return []
     rows = summary.get("deployments", [])
@@ -288,6 +291,7 @@ def _auto_log_x(ax) -> None:
 def busy_plot(summary: dict, outdir: Path) -> list[Path]:
     """Stacked busy time per design (and sweep point), as a share of the run's duration; target
     components in blues, draft in oranges, anything else in greys."""
+    import matplotlib
     rows = [r for r in summary.get("deployments", []) if isinstance(r.get("busy_breakdown_s"), dict)
             and num(r.get("duration_s"))]
     if not rows:
@@ -320,6 +324,7 @@ def busy_plot(summary: dict, outdir: Path) -> list[Path]:
 def write_plots(summary: dict, requests: pd.DataFrame | None, outdir, svg: bool = True) -> list[Path]:
     """Every plot this summary supports, as PNG (and SVG unless svg=False) in outdir; returns the
     paths."""
+    import matplotlib
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     token = _WITH_SVG.set(svg)
@@ -329,72 +334,3 @@ def write_plots(summary: dict, requests: pd.DataFrame | None, outdir, svg: bool 
                     + busy_plot(summary, outdir))
     finally:
         _WITH_SVG.reset(token)
-
-
-# ----------------------------------------------------------------------------------- plans
-OBJECTIVE_LABEL = {"cost_per_million_tokens": "cost ($ per million output tokens)",
-                   "cost_per_hour": "cost ($ per hour)", "gpus": "GPUs"}
-
-
-def plan_pareto(plan, outdir, stem: str = "plan_pareto", svg: bool = True) -> list[Path]:
-    """plan (dict or a plan.json path): the plan's objective (default cost per million tokens) vs
-    P99 TPOT and vs P99 TTFT, the SLO limits drawn, designs meeting the SLO filled, the Pareto
-    front joined, best starred. Written as outdir/<stem>.png (and .svg unless svg=False)."""
-    if not isinstance(plan, dict):
-        plan = json.loads(Path(plan).read_text())
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    cost = plan.get("objective") or "cost_per_million_tokens"
-    ranked = [r for r in plan.get("ranked") or [] if num(r.get(cost)) is not None]
-    if not ranked:
-        return []
-    slo = plan.get("slo") or {}
-    best = (plan.get("best") or {}).get("name")
-    token = _WITH_SVG.set(svg)
-    try:
-        with matplotlib.rc_context(RC):
-            fig, axes = _new_fig(11, 4.8, 2, 2)
-            for ax, key, scale, unit in zip(axes, ("tpot_p99_s", "ttft_p99_s"), (1e3, 1), ("ms", "s")):
-                _pareto_panel(ax, ranked, key, scale, best, cost)
-                lim = num(slo.get(key, slo.get(key.replace("_p99", ""))))
-                if lim is not None:
-                    ax.axvline(scale * lim, color="red", ls=":", lw=1.2, gid="slo",
-                               label="SLO limit (P99)")
-                    ax.annotate(f"SLO {scale * lim:g} {unit}", (scale * lim, 1), xytext=(3, -12),
-                                xycoords=("data", "axes fraction"), textcoords="offset points",
-                                color="red", fontsize=7)
-                ax.set_xlabel(f"{key[:4].upper()} P99 ({unit})")
-                ax.set_ylabel(OBJECTIVE_LABEL.get(cost, cost))
-            _legend_below(fig, axes[0])
-            name = plan.get("plan") or plan.get("scenario", "plan")
-            load = f" at {plan['load']:g} req/s" if num(plan.get("load")) is not None else ""
-            fig.suptitle(f"{name}{load}: {OBJECTIVE_LABEL.get(cost, cost).split(' (')[0]} vs tail "
-                         "latency (filled: meets the SLO; line: Pareto front)")
-            return _save(fig, outdir, stem)
-    finally:
-        _WITH_SVG.reset(token)
-
-
-def _pareto_panel(ax, ranked: list[dict], key: str, scale: float, best: str | None,
-                  cost: str = "cost_per_million_tokens") -> None:
-    pts = [(scale * num(r.get(key)), num(r[cost]), r) for r in ranked
-           if num(r.get(key)) is not None]
-    for ok, face in ((True, "C0"), (False, "none")):
-        sel = [p for p in pts if bool(p[2].get("meets_slo")) is ok]
-        if sel:
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], facecolors=face, edgecolors="C0",
-                       label="meets SLO" if ok else "misses SLO", zorder=3)
-    front, low = [], math.inf
-    for x, y, r in sorted(pts, key=lambda p: (p[0], p[1])):
-        if y < low:
-            front.append((x, y, r))
-            low = y
-    ax.plot([p[0] for p in front], [p[1] for p in front], color="0.4", lw=1, zorder=2)
-    ax.margins(x=0.12, y=0.08)
-    for x, y, r in pts:
-        if r.get("name") == best or len(pts) <= 12 or (x, y, r) in front:
-            ax.annotate(str(r.get("name")), (x, y), xytext=(8, 6), textcoords="offset points",
-                        fontsize=7)
-        if r.get("name") == best:
-            ax.scatter([x], [y], marker="*", s=260, color="gold", edgecolors="black", zorder=4,
-                       label=f"best: {best}", gid="best")
