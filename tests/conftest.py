@@ -45,3 +45,21 @@ def rows():
     def _rows(d, seed=None):
         return {r["name"]: r for r in run_dict(d, seed).summary["deployments"]}
     return _rows
+
+
+VIDUR = SHARED / "data" / "vidur" / "profiling"  # Vidur's profiling data (MODEL.md section 9)
+
+
+def vidur_subset(tmp: Path, *models: str, network: str | None = None) -> Path:
+    """A Vidur-layout directory holding only some models ("h100/meta-llama/Llama-2-70b-hf") and
+    optionally one network folder: symlinks to the real files."""
+    root = tmp / "profiling"
+    for m in models:
+        d = root / "compute" / m
+        d.mkdir(parents=True)
+        for f in (VIDUR / "compute" / m).iterdir():
+            (d / f.name).symlink_to(f)
+    if network:
+        (root / "network").mkdir(parents=True)
+        (root / "network" / network).symlink_to(VIDUR / "network" / network)
+    return root

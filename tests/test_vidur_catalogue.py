@@ -23,20 +23,10 @@ from simulator.measure.vidur import write_vidur
 from simulator.measure.vidur_files import (GPU_NAMES, NOT_IN_CATALOGUE, find_vidur_models,
                                            specsim_model_names)
 
+from conftest import VIDUR, vidur_subset
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-VIDUR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur" / "profiling"
 needs_vidur = pytest.mark.skipif(not VIDUR.is_dir(), reason=f"Vidur data not found at {VIDUR}")
-
-
-def _subset(tmp: Path, *models: str) -> Path:
-    """A Vidur-layout directory with only some models (symlinks to the real files)."""
-    root = tmp / "profiling"
-    for m in models:  # "a40/meta-llama/Llama-2-7b-hf"
-        d = root / "compute" / m
-        d.mkdir(parents=True)
-        for f in (VIDUR / "compute" / m).iterdir():
-            (d / f.name).symlink_to(f)
-    return root
 
 
 # ---- the catalogues ------------------------------------------------------------------------------
@@ -81,7 +71,7 @@ def test_unknown_names_still_suggest(resolve, name, suggestion):
 def a40_root(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("vidur-a40")
     out = tmp / "profiles"
-    write_vidur(_subset(tmp, "a40/meta-llama/Llama-2-7b-hf", "a40/meta-llama/Llama-2-70b-hf"), out,
+    write_vidur(vidur_subset(tmp, "a40/meta-llama/Llama-2-7b-hf", "a40/meta-llama/Llama-2-70b-hf"), out,
                 breakdown=False, command="test")
     return out
 
@@ -129,7 +119,7 @@ def test_a40_import_calibrate_and_run(a40_root, tmp_path):
 @needs_vidur
 def test_same_measurement_under_two_names_is_fitted_once(tmp_path):
     out = tmp_path / "profiles"
-    src = _subset(tmp_path, "h100/meta-llama/Llama-2-7b-hf", "h100/meta-llama/Llama-2-70b-hf")
+    src = vidur_subset(tmp_path, "h100/meta-llama/Llama-2-7b-hf", "h100/meta-llama/Llama-2-70b-hf")
     paths = write_vidur(src, out, breakdown=False, command="test")
     assert len(paths) == 16  # 4 tps x (llama-2-7b-hf, llama-2-70b-hf, llama-3.1-70b, llama-3-70b)
     copy = load_profile(out / "h100-sxm" / "llama-3.1-70b" / "tp2.csv")

@@ -19,24 +19,11 @@ from simulator.latency.profiles import SIDECAR_KEYS, load_profile
 from simulator.measure.vidur_files import LAYER_OPS
 from simulator.measure.vidur import import_vidur, write_vidur
 
+from conftest import VIDUR, vidur_subset
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-VIDUR = Path(__file__).resolve().parents[2] / "shared" / "data" / "vidur" / "profiling"
 pytestmark = pytest.mark.skipif(not VIDUR.is_dir(), reason=f"Vidur data not found at {VIDUR}")
-
-
-def _subset(tmp: Path, *models: str, network: str | None = None) -> Path:
-    """A Vidur-layout directory with only some models (symlinks to the real files)."""
-    root = tmp / "profiling"
-    for m in models:  # "h100/meta-llama/Llama-2-70b-hf"
-        d = root / "compute" / m
-        d.mkdir(parents=True)
-        for f in (VIDUR / "compute" / m).iterdir():
-            (d / f.name).symlink_to(f)
-    if network:
-        (root / "network").mkdir(parents=True)
-        (root / "network" / network).symlink_to(VIDUR / "network" / network)
-    return root
 
 
 def _vidur_medians(path: Path, tp: int) -> pd.DataFrame:
@@ -50,7 +37,7 @@ def _vidur_medians(path: Path, tp: int) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def h100_70b(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("vidur")
-    src = _subset(tmp, "h100/meta-llama/Llama-2-70b-hf", network="h100_dgx")
+    src = vidur_subset(tmp, "h100/meta-llama/Llama-2-70b-hf", network="h100_dgx")
     out = tmp / "profiles"
     paths = write_vidur(src, out, command="specsim import-vidur test")
     assert len(paths) == 12  # tp 1, 2, 4, 8 as llama-2-70b-hf, llama-3.1-70b, llama-3-70b (same layers)
@@ -130,7 +117,7 @@ def test_profile_backend_runs_on_imported_data(h100_70b):
 
 
 def test_model_and_gpu_mapping(tmp_path):
-    src = _subset(tmp_path, "a100/meta-llama/Meta-Llama-3-8B", "a100/meta-llama/Llama-2-70b-hf",
+    src = vidur_subset(tmp_path, "a100/meta-llama/Meta-Llama-3-8B", "a100/meta-llama/Llama-2-70b-hf",
                   "a100/meta-llama/Meta-Llama-3-70B", "h100/microsoft/phi-2", "a40/microsoft/phi-2")
     profs = import_vidur(src, breakdown=False)
     seen: dict = {}
@@ -154,7 +141,7 @@ def test_model_and_gpu_mapping(tmp_path):
 
 
 def test_attention_rows_from_attention_csv(tmp_path):
-    src = _subset(tmp_path, "a100/meta-llama/Llama-2-70b-hf")
+    src = vidur_subset(tmp_path, "a100/meta-llama/Llama-2-70b-hf")
     profs = {p.meta.tp: p for p in import_vidur(src)}
     assert not profs[4].select("attention")  # attention.csv is tp 2 only
     p2 = profs[2]
