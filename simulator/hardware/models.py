@@ -129,6 +129,14 @@ MODELS: dict[str, ModelArch] = {
         _qwen("qwen2.5-72b", "Qwen/Qwen2.5-72B", 80, 8192, 64, 8, 128, 29568, 152064, 72.7e9),
         _qwen("qwen3-0.6b", "Qwen/Qwen3-0.6B", 28, 1024, 16, 8, 128, 3072, 151936, 0.596e9, tied=True,
               bias=False, maxpos=40960),
+        # Qwen3-1.7B: huggingface.co/Qwen/Qwen3-1.7B/blob/main/config.json (Qwen3ForCausalLM:
+        # 28 layers, hidden 2048, 16 heads, 8 KV heads, head_dim 128, intermediate 6144, vocab
+        # 151936, tied embeddings, no attention bias, 40960 positions); "1.7B" is the model card's
+        # count (1.4B non-embedding). Cross-check: vLLM's log of Qwen3-32B with this draft
+        # (github.com/tomasruizt/vllm-scripts results/logs-2026-01-23, scenarios/vllm-v1-draft-qwen3-32b.yaml)
+        # holds 32,528 KV tokens in 11.42 GiB: (64 + 28) layers x 8 KV heads x 128 x 2 x 2 B a token.
+        _qwen("qwen3-1.7b", "Qwen/Qwen3-1.7B", 28, 2048, 16, 8, 128, 6144, 151936, 1.7e9, tied=True,
+              bias=False, maxpos=40960),
         _qwen("qwen3-32b", "Qwen/Qwen3-32B", 64, 5120, 64, 8, 128, 25600, 151936, 32.8e9, bias=False,
               maxpos=40960),
         # Models Vidur profiled (../shared/data/vidur/profiling; simulator/measure/vidur.py),
