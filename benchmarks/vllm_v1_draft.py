@@ -39,9 +39,17 @@ VARIANTS = {"default": {}, "no-async-sd": {"cpu_overlap_sd": False}}
 DRAFT_AS_MEASURED = {"backend": "roofline", "params": {"memory_efficiency": 0.46}}
 
 
-def _with_engine(d: dict, params: dict, draft_latency: dict | None = None) -> dict:
+# Every model timed by the calibrated roofline of profiles/h100-sxm/calibration.json (fitted to
+# Vidur's H100 profiles, efficiencies and the per-layer fixed cost; nothing from these runs).
+CALIBRATED = {"backend": "calibrated"}
+
+
+def _with_engine(d: dict, params: dict, draft_latency: dict | None = None,
+                 latency: dict | None = None) -> dict:
     d = copy.deepcopy(d)
     for dep in d["deployments"]:
+        if latency:
+            dep["latency"] = copy.deepcopy(latency)
         if dep["strategy"] == "sd" and params:
             dep["engine"] = {"preset": "vllm", "params": dict(params)}
         if draft_latency and dep["strategy"] == "sd":
@@ -56,9 +64,9 @@ def _rows(d: dict) -> dict:
 
 
 def predict_point(concurrency: int, requests: int, params: dict | None = None,
-                  draft_latency: dict | None = None) -> dict:
+                  draft_latency: dict | None = None, latency: dict | None = None) -> dict:
     """Predicted AR and SD figures at one closed-loop concurrency of the sweep scenario."""
-    d = _with_engine(yaml.safe_load(SWEEP.read_text()), params or {}, draft_latency)
+    d = _with_engine(yaml.safe_load(SWEEP.read_text()), params or {}, draft_latency, latency)
     d["workload"]["requests"] = requests
     d["workload"]["arrival"] = {"process": "closed", "concurrency": concurrency}
     d.pop("sweep")
@@ -68,9 +76,10 @@ def predict_point(concurrency: int, requests: int, params: dict | None = None,
             for k, r in rows.items()}
 
 
-def predict_batch1(params: dict | None = None, draft_latency: dict | None = None) -> dict:
+def predict_batch1(params: dict | None = None, draft_latency: dict | None = None,
+                   latency: dict | None = None) -> dict:
     """Predicted mean TPOT (ms) of every deployment of the batch-1 scenario."""
-    d = _with_engine(yaml.safe_load(BATCH1.read_text()), params or {}, draft_latency)
+    d = _with_engine(yaml.safe_load(BATCH1.read_text()), params or {}, draft_latency, latency)
     return {k: 1e3 * r["tpot_s"]["mean"] for k, r in _rows(d).items()}
 
 
@@ -81,21 +90,24 @@ def _err(pred: float, meas: float) -> str:
 def sweep_table(points: list[int] | None, diagnose: bool = False) -> list[str]:
     m = MEASURED["concurrency_sweep"]
     out = ["| C | AR tok/s meas / pred | SD tok/s meas / pred | SD/AR measured | SD/AR predicted "
-           "(error) | no-async-SD predicted | AL meas / pred |" + (" draft as measured |" if diagnose
-                                                                 else ""),
-           "|---|---|---|---|---|---|---|" + ("---|" if diagnose else "")]
+           "(error) | calibrated (error) | no-async-SD predicted | AL meas / pred |"
+           + (" draft as measured |" if diagnose else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if diagnose else "")]
     for ar, sd in zip(m["ar"], m["sd"]):
         c = ar["concurrency"]
         if points and c not in points:
             continue
         p = predict_point(c, ar["requests"])
         q = predict_point(c, ar["requests"], VARIANTS["no-async-sd"])
+        k = predict_point(c, ar["requests"], latency=CALIBRATED)
+        cal = k["sd"]["tok_s"] / k["ar"]["tok_s"]
         meas = sd["output_tok_s"] / ar["output_tok_s"]
         pred = p["sd"]["tok_s"] / p["ar"]["tok_s"]
         noasync = q["sd"]["tok_s"] / q["ar"]["tok_s"]
         out.append(f"| {c} | {ar['output_tok_s']:,.0f} / {p['ar']['tok_s']:,.0f} | "
                    f"{sd['output_tok_s']:,.0f} / {p['sd']['tok_s']:,.0f} | {meas:.2f} | "
-                   f"{pred:.2f} ({_err(pred, meas)}) | {noasync:.2f} ({_err(noasync, meas)}) | "
+                   f"{pred:.2f} ({_err(pred, meas)}) | {cal:.2f} ({_err(cal, meas)}) | "
+                   f"{noasync:.2f} ({_err(noasync, meas)}) | "
                    f"{sd['acceptance_length']:.2f} / {p['sd']['al']:.2f} |")
         if diagnose:
             g = predict_point(c, ar["requests"], None, DRAFT_AS_MEASURED)
@@ -107,22 +119,27 @@ def sweep_table(points: list[int] | None, diagnose: bool = False) -> list[str]:
 def batch1_table(diagnose: bool = False) -> list[str]:
     m = MEASURED["batch1_k_sweep"]
     p, q = predict_batch1(), predict_batch1(VARIANTS["no-async-sd"])
+    k = predict_batch1(latency=CALIBRATED)
     g = predict_batch1(None, DRAFT_AS_MEASURED) if diagnose else None
     ar_m = m["ar"]["mean_tpot_ms"]
-    out = ["| design | TPOT ms measured | predicted (error) | no-async-SD predicted | "
-           "speedup measured | predicted |" + (" draft as measured |" if diagnose else ""),
-           "|---|---|---|---|---|---|" + ("---|" if diagnose else ""),
-           f"| target alone (AR) | {ar_m:.2f} | {p['ar']:.2f} ({_err(p['ar'], ar_m)}) | - | - | - |",
-           f"| draft alone (AR) | {m['draft_alone']['mean_tpot_ms']:.2f} | {p['draft-alone']:.2f} "
-           f"({_err(p['draft-alone'], m['draft_alone']['mean_tpot_ms'])}) | - | - | - |"]
+    dm = m["draft_alone"]["mean_tpot_ms"]
+    out = ["| design | TPOT ms measured | predicted (error) | calibrated (error) | no-async-SD "
+           "predicted | speedup measured | predicted | calibrated |"
+           + (" draft as measured |" if diagnose else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|" if diagnose else ""),
+           f"| target alone (AR) | {ar_m:.2f} | {p['ar']:.2f} ({_err(p['ar'], ar_m)}) | "
+           f"{k['ar']:.2f} ({_err(k['ar'], ar_m)}) | - | - | - | - |",
+           f"| draft alone (AR) | {dm:.2f} | {p['draft-alone']:.2f} ({_err(p['draft-alone'], dm)}) | "
+           f"{k['draft-alone']:.2f} ({_err(k['draft-alone'], dm)}) | - | - | - | - |"]
     for r in m["sd"]:
-        k, meas = r["k"], r["mean_tpot_ms"]
-        pred, na = p[f"sd-k{k}"], q[f"sd-k{k}"]
-        out.append(f"| SD K={k} (AL {r['acceptance_length']:.2f}) | {meas:.2f} | {pred:.2f} "
-                   f"({_err(pred, meas)}) | {na:.2f} ({_err(na, meas)}) | {ar_m / meas:.2f} | "
-                   f"{p['ar'] / pred:.2f} |")
+        kk, meas = r["k"], r["mean_tpot_ms"]
+        pred, na, cal = p[f"sd-k{kk}"], q[f"sd-k{kk}"], k[f"sd-k{kk}"]
+        out.append(f"| SD K={kk} (AL {r['acceptance_length']:.2f}) | {meas:.2f} | {pred:.2f} "
+                   f"({_err(pred, meas)}) | {cal:.2f} ({_err(cal, meas)}) | {na:.2f} "
+                   f"({_err(na, meas)}) | {ar_m / meas:.2f} | {p['ar'] / pred:.2f} | "
+                   f"{k['ar'] / cal:.2f} |")
         if g:
-            out[-1] += f" {g[f'sd-k{k}']:.2f} ({_err(g[f'sd-k{k}'], meas)}) |"
+            out[-1] += f" {g[f'sd-k{kk}']:.2f} ({_err(g[f'sd-k{kk}'], meas)}) |"
     if g:
         out[2] += f" {g['ar']:.2f} |"
         out[3] += f" {g['draft-alone']:.2f} |"

@@ -171,8 +171,9 @@ def test_draft_latency_overrides_the_drafts_backend():
         sc(strategy="ar", draft_latency={"backend": "calibrated"})
 
 
-@pytest.mark.parametrize("model,tp,quant", [("llama-3.1-70b", 4, None), ("llama-3.1-8b", 1, "awq")])
-def test_block_memo_equals_one_count_at_a_time(model, tp, quant):
+@pytest.mark.parametrize("model,tp,quant,overhead", [("llama-3.1-70b", 4, None, 0.0),
+                                                     ("llama-3.1-8b", 1, "awq", 3.4e-5)])
+def test_block_memo_equals_one_count_at_a_time(model, tp, quant, overhead):
     """_linear and _lm_head memoise a block of token counts per miss (vectorised); each value
     must equal the scalar formula for that count alone, bit for bit, or the engine's prices
     would depend on which counts it happened to see first. Catches a block offset by one
@@ -180,9 +181,25 @@ def test_block_memo_equals_one_count_at_a_time(model, tp, quant):
     LM head of 0 logits not being 0, or a quantised model's GEMMs priced at the dense rate."""
     from simulator.hardware.quant import weight_format
     kw = {} if quant is None else {"quant": weight_format(quant)}
-    r = RooflineLatency(MODELS[model], GPUS["h100-sxm"], tp, "bf16", **kw)
+    r = RooflineLatency(MODELS[model], GPUS["h100-sxm"], tp, "bf16",
+                        RooflineParams(layer_overhead_s=overhead), **kw)
     for t in [0, 1, 2, 255, 256, 257, 1000, 8191, 8192, 40_000]:
         layer = float(r._layer_gemms(float(t)).sum()) + t * r._elementwise_bytes_per_token / r._bw
+        layer += r.params.layer_overhead_s
         assert r._linear(t) == r.model.n_layers * layer + r.embedding_s(t)
         head = (float(r._gemm_time(float(t), r._lm_k, r._lm_n, r._lm_w, r._flops)) if t else 0.0)
         assert r._lm_head(t) == head
+
+
+def test_layer_overhead_is_per_layer_per_forward_and_padding_free():
+    """layer_overhead_s (the per-layer kernel floor `specsim calibrate` fits) adds n_layers x it to
+    every forward, whatever its size, and nothing to CUDA-graph padding rows (a padded batch runs
+    the same kernels). Catches it charged once per forward, per token, or to padding."""
+    m = MODELS["qwen3-1.7b"]
+    base = RooflineLatency(m, H100, 1, "bf16")
+    floor = RooflineLatency(m, H100, 1, "bf16", RooflineParams(layer_overhead_s=3.4e-5))
+    for b in (1, 64):
+        extra = step(floor, b, 1) - step(base, b, 1)
+        assert extra == pytest.approx(m.n_layers * 3.4e-5, rel=1e-9)
+    assert (floor.token_kernels_s(16) - floor.token_kernels_s(9)
+            == pytest.approx(base.token_kernels_s(16) - base.token_kernels_s(9), rel=1e-9))

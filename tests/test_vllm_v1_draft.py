@@ -93,3 +93,25 @@ def test_sd_stops_paying_between_concurrency_64_and_128_as_measured():
         assert rows["sd"]["mean_tokens_per_round"] == pytest.approx(sd["acceptance_length"], rel=0.03)
         ratios[c] = predicted
     assert ratios[64] > 1.0 > ratios[128] > ratios[256]
+
+
+def test_batch1_calibrated_roofline_prices_the_small_draft():
+    """The calibrated roofline (profiles/h100-sxm/calibration.json: efficiencies and a per-layer
+    fixed cost of 34 us fitted to Vidur's H100 profiles in November, nothing from these runs)
+    against every batch-1 measurement: the 1.7B draft alone at 2.27 ms (the datasheet roofline
+    says 1.32 ms: a small model's ~10 kernels a layer do not get faster than a few microseconds
+    each) and SD at K = 1..8 within 6%, the best K among the measured best (4-5). Catches the
+    per-layer cost dropped from the roofline or from the saved calibration, counted per forward
+    instead of per layer, or the calibrated backend losing it when carried to the draft."""
+    m = MEASURED["batch1_k_sweep"]
+    d = copy.deepcopy(BATCH1)
+    d["workload"]["requests"] = 6
+    for dep in d["deployments"]:
+        dep["latency"] = {"backend": "calibrated"}
+    tpot = {r["name"]: 1e3 * r["tpot_s"]["mean"] for r in run_dict(d).summary["deployments"]}
+    assert tpot["draft-alone"] == pytest.approx(m["draft_alone"]["mean_tpot_ms"], rel=0.06)
+    assert tpot["ar"] == pytest.approx(m["ar"]["mean_tpot_ms"], rel=0.06)
+    for r in m["sd"]:
+        assert tpot[f"sd-k{r['k']}"] == pytest.approx(r["mean_tpot_ms"], rel=0.06), r["k"]
+    best = min(range(1, 9), key=lambda k: tpot[f"sd-k{k}"])
+    assert best in (4, 5)

@@ -56,6 +56,12 @@ class RooflineParams:
     # cuBLAS path at 80-90% of fp16 (bitsandbytes commit 96ba7a2); 0.9 is the optimistic end, so
     # quantized prefill and large-batch verify are if anything priced a little fast. Override it.
     weight_only_efficiency: float = 0.90
+    # Fixed seconds per layer per forward, added to its non-attention time: the floor of the
+    # layer's ~10 small kernels (norms, RoPE, activation, residual adds, the GEMMs' tails) that
+    # take a few microseconds each however little data they touch. Datasheet rooflines have no
+    # such term (0 here); `specsim calibrate` fits it to a GPU's measured profiles with the
+    # efficiencies (simulator/measure/calibrate.py), so calibrated and derived backends carry it.
+    layer_overhead_s: float = 0.0
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -197,6 +203,7 @@ class RooflineLatency(Stateless):
         layer = self._gemm_time(tf[:, None], self._gemm_k, self._gemm_n, self._gemm_w,
                                 self._layer_flops).sum(axis=1)
         layer += tf * self._elementwise_bytes_per_token / self._bw
+        layer += self.params.layer_overhead_s
         return self.model.n_layers * layer + tf * self.model.hidden * self._by / self._bw
 
     def _head_block(self, ns: np.ndarray) -> np.ndarray:
