@@ -221,13 +221,14 @@ def report(folder: Path = typer.Argument(..., help="A report folder written by `
 
 
 def _is_plan(path: Path) -> bool:
-    """A plan file has a `search:` section and no `deployments:` (anything unreadable: not a plan)."""
+    """Whether `path` is a plan file (config.loading.file_kind; anything unreadable: not a plan)."""
+    from simulator.config.loading import file_kind
     from simulator.user_files import load_user_yaml
     try:
         data = load_user_yaml(path)
     except SpecsimError:
         return False
-    return isinstance(data, dict) and "search" in data and "deployments" not in data
+    return file_kind(data) == "plan"
 
 
 def _check_plan(path: Path) -> None:

@@ -92,13 +92,32 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     return sc
 
 
-def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
-    """Parse and validate a scenario file; returns it with the directory relative paths resolve against."""
+def file_kind(data: Any) -> str | None:
+    """'plan' for a mapping with a `search:` section and no `deployments:`, 'scenario' for the
+    converse, None otherwise (left to validation to name what is wrong)."""
+    if isinstance(data, dict) and ("search" in data) != ("deployments" in data):
+        return "plan" if "search" in data else "scenario"
+    return None
+
+
+_COMMAND = {"plan": "specsim plan", "scenario": "specsim run"}
+
+
+def read_user_file(path: str | Path, kind: str) -> tuple[Any, Path]:
+    """The parsed YAML of a `kind` ('scenario' or 'plan') file, and its path: one line when the
+    file is missing or is the other kind (with the command that takes it)."""
     p = Path(path)
     if not p.is_file():
-        raise SpecsimError(f"{p}: scenario file not found")
-    data = load_user_yaml(p, "scenario file")
-    if isinstance(data, dict) and "search" in data and "deployments" not in data:
-        raise SpecsimError(f"{p}: this is a plan file (a `search:` section, no `deployments:`); "
-                           f"run `specsim plan {p}`")
+        raise SpecsimError(f"{p}: {kind} file not found")
+    data = load_user_yaml(p, f"{kind} file")
+    found = file_kind(data)
+    if found not in (None, kind):
+        raise SpecsimError(f"{p}: this is a {found} file, not a {kind} file; run "
+                           f"`{_COMMAND[found]} {p}`")
+    return data, p
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, Path]:
+    """Parse and validate a scenario file; returns it with the directory relative paths resolve against."""
+    data, p = read_user_file(path, "scenario")
     return parse_scenario(data, str(p)), p.parent

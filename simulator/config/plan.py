@@ -14,8 +14,7 @@ from pydantic import (Field, PositiveFloat, PositiveInt, field_validator,
                       model_validator)
 
 from simulator.errors import SpecsimError
-from simulator.user_files import load_user_yaml
-from simulator.config.loading import validate_file
+from simulator.config.loading import read_user_file, validate_file
 from simulator.config.schema import Acceptance, Engine, InlineGPU, Latency, Scheduler, SSDConfig
 from simulator.config.workload_schema import Closed, Strict, TraceArrivals, Workload
 
@@ -144,11 +143,5 @@ def parse_plan(data: Any, source: str = "<plan>") -> PlanFile:
 
 def load_plan(path: str | Path) -> tuple[PlanFile, Path]:
     """Parse and validate a plan file; returns it with the folder relative paths resolve against."""
-    p = Path(path)
-    if not p.is_file():
-        raise SpecsimError(f"{p}: plan file not found")
-    data = load_user_yaml(p, "plan file")
-    if isinstance(data, dict) and "deployments" in data and "search" not in data:
-        raise SpecsimError(f"{p}: this is a scenario file (`deployments:`, no `search:`); "
-                           f"run `specsim run {p}`")
+    data, p = read_user_file(path, "plan")
     return parse_plan(data, str(p)), p.parent.resolve()
