@@ -148,6 +148,35 @@ def test_calibrated_backend_uses_own_or_nearest_calibration(tmp_path):
         dep("h100-sxm", profiles_dir=str(tmp_path))
 
 
+def test_default_backend_is_calibrated_found_from_anywhere_or_says_it_fell_back(tmp_path, monkeypatch):
+    """A deployment without `latency` is timed by the calibrated roofline: found beside the
+    scenario, in the working directory, or in the project's bundled profiles/ (a scenario run
+    from another folder still finds them); where none exists the default falls back to the
+    datasheet roofline and its note says so, while an explicit `calibrated` is an error.
+    Catches the default left at roofline, the project fallback missing (a run from /tmp would
+    silently lose the calibration) or a silent fallback."""
+    from simulator.config.loading import parse_scenario
+    from simulator.deploy import deployments
+    from simulator.errors import SpecsimError
+
+    def dep(base, **extra):
+        sc = parse_scenario({"name": "c", "workload": {"requests": 1, "arrival": {
+            "process": "poisson", "rate_per_s": 1}, "prompt_tokens": {"dist": "fixed", "value": 8},
+            "output_tokens": {"dist": "fixed", "value": 8}}, "deployments": [{
+                "name": "d", "target": "llama-3.1-8b", "gpu": "h100-sxm", "strategy": "ar", **extra}]})
+        return deployments.resolve(sc.deployments[0], 0, base)
+
+    monkeypatch.chdir(tmp_path)  # no profiles/ beside the scenario nor in the working directory
+    d = dep(tmp_path)
+    assert d.latency_source == "derived" and d.target_latency.params.layer_overhead_s > 0
+    monkeypatch.setattr(deployments, "PROJECT_PROFILES", tmp_path / "nowhere")
+    d = dep(tmp_path)
+    assert d.latency_source == "roofline"
+    assert "no calibration" in d.latency_notes["target"] and d.target_latency.params.layer_overhead_s == 0
+    with pytest.raises(SpecsimError, match="calibrated.*needs a saved calibration"):
+        dep(tmp_path, latency={"backend": "calibrated"})
+
+
 def test_draft_latency_overrides_the_drafts_backend():
     from pathlib import Path
 
@@ -156,7 +185,7 @@ def test_draft_latency_overrides_the_drafts_backend():
     from simulator.config.loading import parse_scenario
 
     root = Path(__file__).resolve().parents[1]
-    base = {"name": "d", "target": "llama-3.1-8b", "gpu": "h100-sxm"}
+    base = {"name": "d", "target": "llama-3.1-8b", "gpu": "h100-sxm", "latency": {"backend": "roofline"}}
 
     def sc(**dep):
         return parse_scenario({"name": "c", "workload": {"requests": 1, "arrival": {

@@ -185,9 +185,13 @@ def _ds(s):
     lo, hi = min(params[b] for b in best.values()), max(params[b] for b in best.values())
     losses = [1 - d["throughput_tokens_per_s"] / max(x["throughput_tokens_per_s"] for x in e["drafts"])
               for e in by.values() for d in e["drafts"] if d["draft_params"] >= 1e9]
-    at_1_8 = best[1] if best[1] == best[8] else f"{best[1]} at concurrency 1, {best[8]} at 8"
-    return (f"{by[1]['n_star_params'] / 1e6:.0f}", f"{lo / 1e6:.0f}", f"{hi / 1e6:.0f}", at_1_8, best[32],
-            f"{min(losses):.0%}".rstrip("%"), f"{max(losses):.0%}")
+    if len({best[1], best[8], best[32]}) == 1:
+        where = f"the best draft is {best[1]} ({lo / 1e6:.0f}M) at concurrency 1, 8 and 32"
+    else:
+        at_1_8 = best[1] if best[1] == best[8] else f"{best[1]} at concurrency 1, {best[8]} at 8"
+        where = f"the best drafts sit at {lo / 1e6:.0f}M-{hi / 1e6:.0f}M ({at_1_8}, {best[32]} at 32)"
+    return (f"{by[1]['n_star_params'] / 1e6:.0f}", where, f"{min(losses):.0%}".rstrip("%"),
+            f"{max(losses):.0%}")
 
 
 def _ds_8b(s):
@@ -224,7 +228,8 @@ def _blog_head(s):
 
 def _plan_best(p):
     b = p["best"]
-    return (WORDS[b["replicas"]], b["tp"], b["gpu"].split("-")[0].upper(), b["tp"], b["strategy"].upper(),
+    n = b["replicas"]
+    return (f"{WORDS[n]} replica{'s' if n > 1 else ''}", b["tp"], b["gpu"].split("-")[0].upper(), b["tp"], b["strategy"].upper(),
             DISPLAY[b["draft"]],
             b["gamma"], b["gpus"], r2(b["cost_per_hour"]), r2(b["cost_per_million_tokens"]),
             r2(b["ttft_p99_s"]), f"{1e3 * b['tpot_p99_s']:.0f}", r2(b["worst_slo_ratio"]),
@@ -235,8 +240,8 @@ def _plan_runners_up(p):
     b, second, third = p["ranked"][:3]
     same = all(r["gpu"] == b["gpu"] and r["tp"] == b["tp"] for r in (second, third))
     gap = max(r["cost_per_million_tokens"] / b["cost_per_million_tokens"] - 1 for r in (second, third))
-    return (second["gamma"] if second["draft"] == b["draft"] else f"{second['draft']} g{second['gamma']}",
-            size(third["draft"]), "on the same GPUs" if same else "on other GPUs", f"{math.ceil(100 * gap)}%")
+    return (size(second["draft"]), second["gamma"], size(third["draft"]), third["gamma"],
+            "on the same GPUs" if same else "on other GPUs", f"{math.ceil(100 * gap)}%")
 
 
 def _plan_counts(p):
@@ -324,8 +329,8 @@ CLAIMS = {
         "{}x at 64. Against SD colocated on the 4 target GPUs it stops paying at concurrency {} (interpolated {}); "
         "per GPU it {}.", _ssd),
     "draft-size-findings": Claim(
-        "draft-size", "the law's optimal draft is N* = {}M; under roofline latencies the best drafts sit at "
-        "{}M-{}M ({} at concurrency 1 and 8, {} at 32); drafts of 1B+ lose {}-{}", _ds),
+        "draft-size", "the law's optimal draft is N* = {}M; under the calibrated roofline {}; drafts of "
+        "1B+ lose {}-{}", _ds),
     "draft-size-8b": Claim("draft-size", "an 8B draft is {} than AR at concurrency 32 ({} vs {} tok/s)", _ds_8b),
     "blog-findings": Claim("vllm-blog-70b", "vLLM 0.6 engine): {}x at QPS 1 (fitted), {}x slower than AR at QPS 16",
                            _blog_ends),
@@ -343,15 +348,16 @@ CLAIMS = {
     "blog-qps-1": Claim("vllm-blog-70b", "| {} | {} | {} | {}x | {} / {} | fitted (blog: 1.5x) |",
                         lambda s: _blog_row(1)(s)[:6]),
     "plan-answer": Claim(
-        "plan-70b-chat", "The answer: {} replica of Llama-3.1-70B on {}x {} (tp {}), {} with a {} draft at "
+        "plan-70b-chat", "The answer: {} of Llama-3.1-70B on {}x {} (tp {}), {} with a {} draft at "
         "gamma {}: {} GPUs, ${}/h, ${}/Mtok, P99 TTFT {} s and P99 TPOT {} ms ({} of the bound), capacity {} "
         "req/s per replica", _plan_best),
-    "plan-runners-up": Claim("plan-70b-chat", "gamma {} and a {} draft {} come within {}", _plan_runners_up),
+    "plan-runners-up": Claim("plan-70b-chat", "the next two, a {} draft at gamma {} and a {} draft at gamma {} {}, "
+                             "come within {}", _plan_runners_up),
     "plan-counts": Claim("plan-70b-chat", "lookaheads / SSD: {} candidates). `specsim plan scenarios/plan-70b-chat"
-                         ".yaml --out reports/examples/plan-70b-chat --workers 2` took 110 s here ({} simulations; "
+                         ".yaml --out reports/examples/plan-70b-chat --workers 2` took 51 s here ({} simulations; "
                          "{} candidates rejected by the memory plan, {} simulated, {})", _plan_counts),
     "plan-scenario-table": Claim("plan-70b-chat", "({}x {}x{}, {} with a {} draft, ${}/Mtok)", _plan_short),
-    "plan-scenario-simulations": Claim("plan-70b-chat", "~2 min ({} simulations on 2 workers)",
+    "plan-scenario-simulations": Claim("plan-70b-chat", "~1 min ({} simulations on 2 workers)",
                                        lambda p: (p["simulations"],)),
     "plan-ask": Claim("plan-70b-chat", "chat at {} req/s under P99 TTFT {} s / TPOT {} ms", _plan_ask, count=2),
     "fidelity-errors": Claim(

@@ -122,7 +122,9 @@ def test_crossover_of_short_and_long_runs_agree_on_steady_windows():
     vals = [8, 16, 24, 32, 48, 64]
 
     def xover(n):
-        d = scenario_dict([AR_8B, SD_8B], requests=n, arrival={"process": "closed", "concurrency": 1},
+        roof = {"latency": {"backend": "roofline"}}  # the figures below are the roofline's
+        d = scenario_dict([{**AR_8B, **roof}, {**SD_8B, **roof}], requests=n,
+                          arrival={"process": "closed", "concurrency": 1},
                           prompt={"dist": "uniform", "min": 256, "max": 1024},
                           output={"dist": "uniform", "min": 96, "max": 160},
                           sweep={"param": "concurrency", "values": vals})

@@ -206,7 +206,7 @@ def test_engine_runs_a_scenario_on_imported_h100_profile(h100_70b):
                      "output_tokens": {"dist": "fixed", "value": 32}},
         "deployments": [
             dict(dep, name="measured", latency={"backend": "profile", "profiles_dir": str(h100_70b)}),
-            dict(dep, name="roofline"),
+            dict(dep, name="roofline", latency={"backend": "roofline"}),
         ]})
     rows = {r["name"]: r for r in run_scenario(sc, Path(".")).summary["deployments"]}
     meas, roof = rows["measured"], rows["roofline"]

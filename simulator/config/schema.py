@@ -95,10 +95,12 @@ class Acceptance(Strict):
 
 
 class Latency(Strict):
-    # roofline: datasheet x default efficiencies; calibrated: roofline with the efficiencies fitted
-    # to measured profiles (this GPU's, or the nearest measured GPU's scaled by datasheet);
-    # profile: measured per-operator times; ideal: SDSL's FLOP cost model.
-    backend: Literal["roofline", "calibrated", "profile", "ideal"] = "roofline"
+    # roofline: datasheet x default efficiencies; calibrated (the default): roofline with the
+    # efficiencies and per-layer kernel time fitted to measured profiles (this GPU's, or the
+    # nearest measured GPU's scaled by datasheet; where no calibration is found, the default falls
+    # back to the roofline and says so); profile: measured per-operator times; ideal: SDSL's FLOP
+    # cost model.
+    backend: Literal["roofline", "calibrated", "profile", "ideal"] = "calibrated"
     # Overrides of RooflineParams fields (see simulator/latency/roofline.py), checked by name.
     params: dict[str, float] = Field(default_factory=dict)
     profiles_dir: str = "profiles"

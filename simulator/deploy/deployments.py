@@ -126,6 +126,21 @@ def roofline_params(cfg: Latency, field: str) -> RooflineParams:
     return RooflineParams.checked(dict(cfg.params), f"{field}.params")
 
 
+PROJECT_PROFILES = Path(__file__).resolve().parents[2] / "profiles"  # the bundled profiles
+
+
+def profiles_root(profiles_dir: str, base: Path) -> Path:
+    """Where a relative `profiles_dir` is: beside the scenario (base), else in the working
+    directory, else the project's bundled profiles/ (a scenario run from anywhere finds them)."""
+    root = Path(profiles_dir)
+    if root.is_absolute():
+        return root
+    for cand in (base / root, root):
+        if cand.is_dir():
+            return cand
+    return PROJECT_PROFILES if profiles_dir == "profiles" and PROJECT_PROFILES.is_dir() else root
+
+
 def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, base: Path,
                  field: str, quant: WeightFormat = NONE) -> LatencyModel:
     """The latency backend a deployment asked for, bound to (model, gpu, tp, dtype, weight
@@ -141,11 +156,15 @@ def make_latency(cfg: Latency, model: ModelArch, gpu: GPU, tp: int, dtype: str, 
         if cfg.params:
             m.source_note = f"datasheet peak FLOP/s and bandwidth x efficiencies, scenario params {cfg.params}"
         return m
-    root = Path(cfg.profiles_dir)
-    root = root if root.is_absolute() or not (base / root).is_dir() else base / root
+    root = profiles_root(cfg.profiles_dir, base)
     if cfg.backend == "calibrated":
         from simulator.latency.calibration import derived_params
         got = derived_params(gpu, root)
+        if got is None and "backend" not in cfg.model_fields_set:  # the default, not asked for
+            m = RooflineLatency(model, gpu, tp, dtype, params, quant)
+            m.source_note = (f"datasheet peak FLOP/s and bandwidth x default efficiencies: no "
+                             f"calibration under {root} for the default `calibrated` backend")
+            return m
         if got is None:
             raise SpecsimError(f"{field}.backend: 'calibrated' needs a saved calibration under "
                                f"{root} (run `specsim calibrate`); none found")
