@@ -326,3 +326,23 @@ def test_specsim_entry_point_runs_sdsl():
     assert {"alpha", "gamma_opt", "n_star_params", "speedup", "candidates"} <= set(json.loads(out.stdout))
     bad = subprocess.run(cmd[:5] + ["no-such-model"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "valid names" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_latency_ranking_uses_the_calibrated_roofline_scenarios_default_to(monkeypatch, tmp_path):
+    """`specsim sdsl` ranks drafts at batch 1 under the same latency model a scenario gets by
+    default (the calibrated roofline, with its per-layer kernel floor), and says which; without a
+    calibration it says it fell back to the datasheet roofline. Catches the report left on the
+    datasheet roofline (it prices a 1B draft's forward ~40% low on H100) or a silent fallback."""
+    from simulator.analysis import sdsl_report as rep
+
+    def report():
+        r = rep.sdsl_report("llama-3.1-70b", "llama-3.2-1b", "h100-sxm", 4, 1, 1.5e13,
+                            next(iter(sdsl.PPL_LAWS)), 1024, 8)
+        return r["speedup_latency"], next(n for n in r["notes"] if n.startswith("latency model"))
+
+    cal, note = report()
+    assert "calibrated roofline" in note and "h100-sxm" in note
+    monkeypatch.setattr(rep, "PROJECT_PROFILES", tmp_path)
+    plain, note = report()
+    assert "no calibration found" in note
+    assert cal < plain  # the floor makes the draft dearer relative to the 70B target

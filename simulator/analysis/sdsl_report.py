@@ -1,7 +1,7 @@
 """The SDSL report behind `specsim sdsl`: for a target, the law's alpha, lookahead and optimal
-draft size, and candidate drafts ranked under SDSL's FLOP cost model and under the GPU's roofline
-latency model at batch 1 (small drafts are memory-bound, so the two rankings can differ). Also
-the reader of `specsim fit-alpha`'s CSV."""
+draft size, and candidate drafts ranked under SDSL's FLOP cost model and under the GPU's latency
+model at batch 1, the calibrated roofline as scenarios default to (small drafts are memory- and
+kernel-floor-bound, so the two rankings can differ). Also the reader of `specsim fit-alpha`'s CSV."""
 from __future__ import annotations
 
 import math
@@ -13,12 +13,23 @@ import numpy as np
 from simulator.errors import SpecsimError
 from simulator.hardware.gpus import GPUS
 from simulator.hardware.models import MODELS, ModelArch
-from simulator.latency.roofline import RooflineLatency
+from simulator.latency.calibration import derived_params
+from simulator.latency.roofline import RooflineLatency, RooflineParams
+from simulator.deploy.deployments import PROJECT_PROFILES
 from simulator.physics import sdsl
 from simulator.physics.rounds import ar_round
 
-BATCH1_NOTE = ("latency model: roofline at batch 1, {ctx} cached tokens; target at tp={tp}, draft at "
+BATCH1_NOTE = ("latency model: {how}, at batch 1, {ctx} cached tokens; target at tp={tp}, draft at "
                "tp={dtp} on the same GPU type; one engine-step overhead per AR token and per SD round")
+
+
+def latency_params(gpu) -> tuple[RooflineParams, str]:
+    """The roofline parameters scenarios default to on this GPU (the calibrated roofline from the
+    project's profiles, own or derived), with what they are; the datasheet defaults without one."""
+    got = derived_params(gpu, PROJECT_PROFILES)
+    if got is None:
+        return RooflineParams(), "roofline (datasheet efficiencies; no calibration found)"
+    return got[0], f"calibrated roofline ({got[1]})"
 
 
 
@@ -44,7 +55,7 @@ def _auto_tp(model: ModelArch, gpu) -> int:
 
 @dataclass(frozen=True)
 class _Timings:
-    """Batch-1 wall times from the roofline backend (seconds)."""
+    """Batch-1 wall times from the (calibrated) roofline backend (seconds)."""
 
     t_ar: float
     t_draft: float
@@ -57,9 +68,10 @@ class _Timings:
         return ar_round(float(t), self.target.step_overhead_s)
 
 
-def _timings(target: ModelArch, draft: ModelArch, gpu, tp: int, draft_tp: int, ctx: int) -> _Timings:
-    t_lat = RooflineLatency(target, gpu, tp)
-    d_lat = RooflineLatency(draft, gpu, draft_tp)
+def _timings(target: ModelArch, draft: ModelArch, gpu, tp: int, draft_tp: int, ctx: int,
+             params: RooflineParams) -> _Timings:
+    t_lat = RooflineLatency(target, gpu, tp, params=params)
+    d_lat = RooflineLatency(draft, gpu, draft_tp, params=params)
     one, c = np.array([1]), np.array([ctx])
     t_ar = ar_round(float(t_lat.forward(one, c, 1).sum()), t_lat.step_overhead_s)
     # Draft steps run inside the SD round's engine step: their per-forward launch overhead is in
@@ -105,7 +117,7 @@ def _rank(rows: list[dict], key: str) -> None:
 
 
 def _candidates(target: ModelArch, gpu, tp: int, draft_tp: int, d: float, law, context: int,
-                gamma_max: int) -> tuple[list[dict], list[dict]]:
+                gamma_max: int, params: RooflineParams) -> tuple[list[dict], list[dict]]:
     """Every catalogue model smaller than the target as a draft, ranked by latency speedup; and
     the ones skipped (tp does not divide them, or the law is out of its range), with why."""
     candidates, skipped = [], []
@@ -116,7 +128,7 @@ def _candidates(target: ModelArch, gpu, tp: int, draft_tp: int, d: float, law, c
             skipped.append({"draft": draft.name, "reason": why})
             continue
         try:
-            timings = _timings(target, draft, gpu, tp, draft_tp, context)
+            timings = _timings(target, draft, gpu, tp, draft_tp, context, params)
             candidates.append(_candidate(target, draft, d, law, timings, gamma_max))
         except sdsl.SDSLError as e:
             skipped.append({"draft": draft.name, "reason": str(e)})
@@ -146,15 +158,16 @@ def sdsl_report(target_name: str, draft_name: str | None, gpu_name: str, tp: int
     n_star = sdsl.optimal_draft_size_linear(m)
     n_opt = sdsl.optimal_draft_size(m, d, law)
 
-    candidates, skipped = _candidates(target, gpu, tp, draft_tp, d, law, context, gamma_max)
+    params, how = latency_params(gpu)
+    candidates, skipped = _candidates(target, gpu, tp, draft_tp, d, law, context, gamma_max, params)
 
     if draft_name:
         draft = _model(draft_name)
         if not draft.params < m:
             raise sdsl.SDSLError(f"draft {draft.name} ({draft.params:.3g} params) must be smaller "
                                  f"than target {target.name} ({m:.3g} params)")
-        chosen = _candidate(target, draft, d, law, _timings(target, draft, gpu, tp, draft_tp, context),
-                            gamma_max)
+        chosen = _candidate(target, draft, d, law,
+                            _timings(target, draft, gpu, tp, draft_tp, context, params), gamma_max)
         n = draft.params
     else:
         n = n_star
@@ -178,7 +191,7 @@ def sdsl_report(target_name: str, draft_name: str | None, gpu_name: str, tp: int
             "verify pass), i.e. Leviathan's formula with c = N/M; gamma* < 1 is clamped to 1",
             "n_star_params = mu*M + M0 (SDSL's line); n_star_optimizer_params maximises T* over N "
             "with both laws at the given training tokens",
-            BATCH1_NOTE.format(ctx=context, tp=tp, dtp=draft_tp) + "; draft memory not checked",
+            BATCH1_NOTE.format(how=how, ctx=context, tp=tp, dtp=draft_tp) + "; draft memory not checked",
             "xFLOP / gamma*: speedup and optimal lookahead under the FLOP model; xGPU / gamma: "
             "under the latency model (best whole gamma in 1..gamma_max)",
             "vocab_match (table: '(v)' when false) = same tokenizer as the target, judged by equal "
