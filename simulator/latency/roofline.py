@@ -192,7 +192,7 @@ class RooflineLatency(Stateless):
         """Memoise a whole block of CACHE_BLOCK token counts around t at once: mixed prefill
         steps bring a new count nearly every step, and one vectorised block costs about what
         two single counts do. Elementwise float64 arithmetic is the scalar arithmetic, so every
-        value is the one a single count gives (tests/test_roofline.py checks)."""
+        value is the one a single count gives (tests/test_latency.py checks)."""
         lo = t - t % CACHE_BLOCK
         ts = np.arange(lo, lo + CACHE_BLOCK)
         cache.update(zip(ts.tolist(), block(ts).tolist()))
