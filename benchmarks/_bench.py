@@ -11,6 +11,12 @@ import simpy
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared/data/vidur/processed_traces"
+CONV_TRACE = TRACES / "splitwise_conv.csv"
+
+
+def conv_lengths(column: str, **extra) -> dict:
+    """A length spec drawn from a column of Vidur's splitwise_conv trace (extra: max, repeat)."""
+    return {"dist": "trace", "path": str(CONV_TRACE), "column": column, **extra}
 
 
 def simpy_reference(n: int = 1_000_000) -> float:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from _bench import TRACES, line, peak_rss_gb, simpy_reference, simulate
+from _bench import conv_lengths, line, peak_rss_gb, simpy_reference, simulate
 
-TRACE = TRACES / "splitwise_conv.csv"
 
 
 def scenario(requests: int, arrival: dict, backend: str) -> dict:
@@ -22,10 +21,8 @@ def scenario(requests: int, arrival: dict, backend: str) -> dict:
         "name": "bench-core", "seed": 1,
         "workload": {
             "requests": requests, "arrival": arrival,
-            "prompt_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_prefill_tokens",
-                              "repeat": True},
-            "output_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_decode_tokens",
-                              "repeat": True},
+            "prompt_tokens": conv_lengths("num_prefill_tokens", repeat=True),
+            "output_tokens": conv_lengths("num_decode_tokens", repeat=True),
         },
         "deployments": [{
             "name": "70b-sd", "target": "llama-3.1-70b", "draft": "llama-3.2-1b", "gpu": "h100-sxm",

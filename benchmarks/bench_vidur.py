@@ -19,9 +19,8 @@ T0 = time.perf_counter()
 
 import argparse  # noqa: E402
 
-from _bench import TRACES, line, peak_rss_gb, simpy_reference, simulate  # noqa: E402
+from _bench import conv_lengths, line, peak_rss_gb, simpy_reference, simulate  # noqa: E402
 
-TRACE = TRACES / "splitwise_conv.csv"
 # Llama-2-70B's public config (huggingface.co/meta-llama/Llama-2-70b-hf config.json), named as
 # the measured profile's model so profiles/a100-80gb-sxm/llama-2-70b-hf/tp2 is found.
 LLAMA2_70B = {"name": "llama-2-70b-hf", "n_layers": 80, "hidden": 8192, "n_heads": 64,
@@ -33,10 +32,8 @@ def scenario(requests: int, rate: float) -> dict:
         "name": "vidur-10k", "seed": 1,
         "workload": {
             "requests": requests, "arrival": {"process": "poisson", "rate_per_s": rate},
-            "prompt_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_prefill_tokens",
-                              "max": 3584},
-            "output_tokens": {"dist": "trace", "path": str(TRACE), "column": "num_decode_tokens",
-                              "max": 512},
+            "prompt_tokens": conv_lengths("num_prefill_tokens", max=3584),
+            "output_tokens": conv_lengths("num_decode_tokens", max=512),
         },
         "deployments": [{
             "name": "llama2-70b-a100-tp2", "target": LLAMA2_70B, "gpu": "a100-80gb-sxm", "tp": 2,

@@ -76,31 +76,29 @@ def _too_deep(p: Path) -> SpecsimError:
     return SpecsimError(f"{p}: nested more than {MAX_DEPTH} levels deep; a scenario is about 6")
 
 
-def load_user_yaml(path: Path | str, what: str = "scenario file") -> Any:
-    """Parse a YAML file strictly: UTF-8, no duplicated keys, bounded nesting."""
+def _load_user(path: Path | str, what: str, parse, invalid: type, kind: str) -> Any:
+    """Parse a user file with `parse`: UTF-8, bounded nesting, one line naming the file for a
+    parse error (`invalid`), a SpecsimError raised while parsing, or nesting too deep."""
     p = Path(path)
     text = read_user_text(p, what)
     if not _depth_ok(text):
         raise _too_deep(p)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return parse(text)
     except SpecsimError as e:
         raise SpecsimError(f"{p}: {e}") from None
-    except yaml.YAMLError as e:
-        raise SpecsimError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    except invalid as e:
+        raise SpecsimError(f"{p}: not valid {kind}: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise _too_deep(p) from None
+
+
+def load_user_yaml(path: Path | str, what: str = "scenario file") -> Any:
+    """Parse a YAML file strictly: UTF-8, no duplicated keys, bounded nesting."""
+    return _load_user(path, what, lambda text: yaml.load(text, Loader=_UniqueKeyLoader),  # noqa: S506
+                      yaml.YAMLError, "YAML")
 
 
 def load_user_json(path: Path | str, what: str = "JSON file") -> Any:
     """Parse a JSON file: UTF-8, bounded nesting (callers check non-finite numbers per key)."""
-    p = Path(path)
-    text = read_user_text(p, what)
-    if not _depth_ok(text):
-        raise _too_deep(p)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecsimError(f"{p}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise _too_deep(p) from None
+    return _load_user(path, what, json.loads, json.JSONDecodeError, "JSON")

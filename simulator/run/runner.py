@@ -106,13 +106,12 @@ def _steady_keys(dep: ResolvedDeployment, row: dict, results: list[dict], req0: 
 
 def _trace_cycles(ctx: RunContext) -> list[dict]:
     """Every distinct cycled trace over the sweep points and replications (a count drawn over
-    `duration_s` differs by replication: those are drawn again here, not kept)."""
+    `duration_s` differs by replication; a fixed `requests` does not)."""
     out: list[dict] = []
     for pi, (_, point_sc) in enumerate(ctx.points):
         w = point_sc.workload
-        for r in range(len(ctx.seeds)):
-            n = ctx.requests(pi, 0).n if r == 0 or w.requests is not None else generate(w, ctx.seeds[r], ctx.base).n
-            out += [c for c in trace_cycles(w, n, ctx.base) if c not in out]
+        for r in range(len(ctx.seeds)) if w.requests is None else (0,):
+            out += [c for c in trace_cycles(w, ctx.requests(pi, r).n, ctx.base) if c not in out]
     return out
 
 
