@@ -94,17 +94,45 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_macro_steps_reproduce_the_reference_loop(name):
+def test_macro_steps_reproduce_the_reference_loop(name, monkeypatch):
     """Catches any drift of a run from single steps: a step priced with other float operations,
     a clock that adds a run's seconds in another order, a token, round, inter-token gap or
     step-log entry lost or wrong at a run's last step, a KV overflow or peak missed inside a run, an arrival admitted late,
-    a random stream that runs ahead of the reference's."""
+    a random stream that runs ahead of the reference's. Runs as short as 2 steps are planned
+    (the default threshold leaves short ones to single steps), so every case has many."""
+    monkeypatch.setattr(macro, "MIN_RUN", 2)
     ref, fast = simulate(CASES[name], False), simulate(CASES[name], True)
     assert_identical(ref, fast)
     assert ref.events == ref.steps
     assert fast.events < ref.steps  # runs happened (not a silent fallback to single steps)
     if "preempt" in name:
         assert ref.preemptions.sum() > 0
+
+
+def _short_outputs(dep: dict, chunked: bool) -> dict:
+    """Outputs of 1..12 tokens: sequences enter with fewer tokens left than the batch's least."""
+    dep = {**dep, "scheduler": {"chunked_prefill": chunked}}
+    return scenario_dict([dep], requests=200, arrival={"process": "poisson", "rate_per_s": 40},
+                         output={"dist": "uniform", "min": 1, "max": 12})
+
+
+UNIFORM = {**{n: d for n, d in CASES.items() if "alpha1" in n or n.startswith("ar-")},
+           **{f"{s}-short-{c}": _short_outputs(d, c == "chunked")
+              for s, d in (("ar", AR_8B), ("sd-alpha1", SD_ALL))
+              for c in ("chunked", "whole-prompts")}}
+
+
+@pytest.mark.parametrize("name", list(UNIFORM))
+def test_uniform_fast_path_equals_the_general_apply(name, monkeypatch):
+    """Steps in which every sequence gets the same tokens (AR, SD alpha = 1) skip per-sequence
+    comparisons while none finishes; applying them the general way must give the same records.
+    Catches a stale minimum of tokens left (a sequence that enters with few, or one preempted,
+    would run past its output), a forgotten accepted-count or round update, a wrong emitted
+    count in the step log."""
+    from simulator.engine.replica import Replica
+    fast = simulate(UNIFORM[name], False)
+    monkeypatch.setattr(Replica, "uniform_fast", False)
+    assert_identical(simulate(UNIFORM[name], False), fast)
 
 
 # Run scenarios (plan files, with a `search:` space instead of deployments, run many of these).
@@ -142,9 +170,9 @@ def test_bundled_scenarios_same_outputs_and_distributions(path, monkeypatch):
 
 
 def test_macro_steps_take_far_fewer_events_than_steps():
-    """A decode-heavy open-loop SD run: most steps ride in runs. Catches a silent fallback to
-    single steps (events == steps) and runs cut far too early."""
-    d = scenario_dict([SD_8B], requests=300, arrival={"process": "poisson", "rate_per_s": 6},
+    """A decode-heavy open-loop SD run (an arrival every ~15 steps): most steps ride in runs.
+    Catches a silent fallback to single steps (events == steps) and runs cut far too early."""
+    d = scenario_dict([SD_8B], requests=300, arrival={"process": "poisson", "rate_per_s": 2},
                       output={"dist": "fixed", "value": 400})
     rec = simulate(d, True)
     assert rec.events * 3 < rec.steps

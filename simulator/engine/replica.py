@@ -60,6 +60,10 @@ class Replica:
     prefills (a short list); both in admission order, which is also the preemption order.
     """
 
+    # All-decode steps in which every sequence gets the same tokens and none finishes skip the
+    # per-sequence comparisons (_apply_uniform); False applies them as any step (for tests).
+    uniform_fast = True
+
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
                  strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None],
                  macro_steps: bool = True, horizon: Callable[[], float] | None = None):
@@ -74,6 +78,7 @@ class Replica:
         self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
         self.D = np.zeros((6, 0), np.int64)
+        self._rem_min: int | None = None  # min of D[REM] (None: not known)
         self.alpha = np.zeros(0)  # per decoding sequence
         # Last emission time of every decoding sequence (they emit together), or per sequence
         # in last_arr when they differ (non-chunked prefill steps leave decodes out).
@@ -152,6 +157,7 @@ class Replica:
             self.last_arr = np.concatenate([old, np.full(len(rows), now)])
         self.D = np.concatenate([self.D, cols], axis=1)
         self.alpha = np.concatenate([self.alpha, alpha])
+        self._rem_min = None
 
     def _leave(self, drop: np.ndarray) -> np.ndarray:
         """Write the dropped decode rows' progress back to the shared state; return their ids."""
@@ -169,6 +175,7 @@ class Replica:
             st.last_emit[ids] = self.last_arr[drop]
             self.last_arr = self.last_arr[keep]
         self.D, self.alpha = D[:, keep], self.alpha[keep]
+        self._rem_min = None
         return ids
 
     def _preempt_tail(self, keep: int) -> None:
@@ -242,8 +249,14 @@ class Replica:
         Leaves the prefill chunks in self._run; None when nothing can run."""
         self._run = run = []
         self._preempted = False
-        bs = self.bs
         ctx = self.D[CTX]
+        if not self.waiting and not self.pre:  # the common step: every running sequence decodes
+            ctx_sum = int(ctx.sum())
+            if self._fit(ctx, ctx_sum, [])[1]:
+                ctx = self.D[CTX]
+                ctx_sum = int(ctx.sum())
+            return StepBatch(self.qdec, ctx, ctx_sum) if ctx.shape[0] else None
+        bs = self.bs
         n = ctx.shape[0]
         if not self.chunked:
             # vLLM v0 without chunked prefill: whole new prompts in a prefill-only step when
@@ -314,18 +327,44 @@ class Replica:
             yield env.timeout(dt)
             self.log_emitted.append(self._apply(b.n_dec, outcome, env.now))
 
+    def _apply_uniform(self, D: np.ndarray, tok: int, accepted: int | None, n_dec: int,
+                       now: float) -> int:
+        """_apply's decode part when every sequence gets tok tokens and none finishes (no
+        prefill ran: the step was all decode), with whole-row operations only."""
+        D[CTX] += tok
+        D[REM] -= tok
+        self._rem_min -= tok
+        if accepted:
+            D[ACC] += accepted
+        self.epoch += 1
+        st = self.st
+        if self.last_arr is None:
+            st.itl_values.append(now - self.last_t)
+            st.itl_counts.append(n_dec)
+        else:
+            st.itl_arrays.append(now - self.last_arr)
+            self.last_arr = None
+        self.last_t = now
+        return tok * n_dec
+
     def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> int:
         """Apply a step's outcome at its end; returns the output tokens it emitted."""
         st, finished, emitted = self.st, None, 0
         if n_dec:
             D = self.D
             tok, rem = outcome.tokens, D[REM]
+            if type(tok) is int and not self._run and self.uniform_fast:  # AR, SD alpha 1
+                if self._rem_min is None:
+                    self._rem_min = int(rem.min())
+                if tok < self._rem_min:  # and none finishes: no per-sequence comparisons
+                    return self._apply_uniform(D, tok, outcome.accepted, n_dec, now)
             fin = rem <= tok
             any_fin = bool(fin.any())
             e = np.minimum(tok, rem) if any_fin else tok
             emitted = int(e.sum()) if isinstance(e, np.ndarray) else int(e) * n_dec
             D[CTX] += e
             rem -= e  # a view: updates D
+            self._rem_min = None
             if outcome.accepted is not None:
                 D[ACC] += outcome.accepted
             self.epoch += 1

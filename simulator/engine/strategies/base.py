@@ -25,6 +25,9 @@ class Outcome:
     accepted: np.ndarray | None = None  # accepted draft tokens per decoding sequence
 
 
+_ONE = Outcome(1)  # every autoregressive step's outcome (shared: outcomes are never mutated)
+
+
 class StepBatch:
     """The sequences of one step that take part in the forward passes: the decoding sequences
     (each puts the strategy's query_tokens into the target pass; dec_ctx cached tokens each)
@@ -114,7 +117,7 @@ class Strategy:
         self.draft_busy = [0.0] * 4
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
-        return Outcome(1)
+        return _ONE
 
     def target_time(self, b: StepBatch, gpu_before: float = 0.0) -> float:
         """The target's forward of this step plus the step's engine overhead (charged here, once

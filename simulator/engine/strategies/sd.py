@@ -38,21 +38,27 @@ class SpeculativeStrategy(Strategy):
         self.per_position = None if per_position is None else np.asarray(per_position)
         self.cdf = None if alpha is None or alpha >= 1.0 else truncated_geometric_cdf(alpha, gamma)
         self.all_accepted = alpha is not None and alpha >= 1.0
+        self._all = Outcome(gamma + 1, gamma)
         # E[K+1] (Leviathan); with per-request alphas a middle guess: it only sizes runs.
         self.tokens_per_step = (expected_tokens_per_position(self.per_position)
                                 if self.per_position is not None else
                                 expected_tokens_per_round(alpha, gamma) if alpha is not None
                                 else 1.0 + gamma / 2.0)
 
-    def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
+    def accepted(self, rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:
+        """Accepted draft tokens of one round, per decoding sequence."""
         if self.cdf is not None:
-            k = sample_accepted_same_alpha(rng, self.cdf, alpha.shape[0])
-        elif self.all_accepted:
-            k = np.full(alpha.shape[0], self.gamma)
-        elif self.per_position is not None:
-            k = sample_accepted_per_position(rng, self.per_position, alpha.shape[0])
-        else:
-            k = sample_accepted(rng, alpha, self.gamma)
+            return sample_accepted_same_alpha(rng, self.cdf, alpha.shape[0])
+        if self.all_accepted:
+            return np.full(alpha.shape[0], self.gamma)
+        if self.per_position is not None:
+            return sample_accepted_per_position(rng, self.per_position, alpha.shape[0])
+        return sample_accepted(rng, alpha, self.gamma)
+
+    def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
+        if self.all_accepted:  # every sequence the same (ints: the engine's uniform fast path)
+            return self._all
+        k = self.accepted(rng, alpha)
         return Outcome(k + 1, k)
 
     def sample_run(self, rng: np.random.Generator, alpha: np.ndarray, k: int) -> Outcome:

@@ -84,7 +84,7 @@ class SSDStrategy(DedicatedDraftSD):
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> SSDOutcome:
         n = alpha.shape[0]
-        k = super().sample(rng, alpha).accepted
+        k = self.accepted(rng, alpha)
         hit = rng.random(n) < self.p_hit_k[k]
         full = bool(hit.all())
         redraft = np.zeros(n, bool) if full else (np.ones(n, bool) if self.all_or_nothing else ~hit)
