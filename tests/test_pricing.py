@@ -41,6 +41,7 @@ CASES = {  # name -> (deployment, the pricer the target gets)
     "sd-sglang": ({**SD_70B, "engine": {"preset": "sglang"}}, pricing.RooflinePricer),
     "sd-batch-expansion": ({**SD_70B, "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"}},
                            pricing.RooflinePricer),
+    "sd-dedicated": ({**SD_70B, "draft_placement": "dedicated"}, pricing.RooflinePricer),
     "sd-ideal-preset": ({**SD_70B, "engine": {"preset": "ideal"}}, pricing.RooflinePricer),
     "sd-profile": ({**SD_70B, "latency": {"backend": "profile"},
                     "draft_latency": {"backend": "calibrated"}}, pricing.GenericPricer),

@@ -48,7 +48,8 @@ class RooflinePricer:
         self._kvb, self._qbt, self._bw = r._kv_bytes_per_pos, r._q_bytes_per_tok, r._bw
         self._fpp, self._bpp = r._attn_flops_per_qk / r._attn_flops, r._kv_bytes_per_pos / r._bw
         self._linear, self._lm_head = r._linear, r._lm_head
-        self._comm = (r._comm_per_token, r._comm_fixed) if r.tp > 1 else None
+        self._tp_comm = r.tp > 1
+        self._comm_per_token, self._comm_fixed = r._comm_per_token, r._comm_fixed
         self._linear_get, self._head_get = r._linear_cache.get, r._head_cache.get
         self._fwd_memo: dict[tuple, tuple] = {}
         self._dec_memo: dict[tuple, tuple] = {}
@@ -94,23 +95,27 @@ class RooflinePricer:
         t, dot, qq = n * q_dec, q_dec * ctx_sum, n * q_dec * (q_dec + 1)
         for q, c in zip(pre_q, pre_ctx):
             t, dot, qq, ctx_sum = t + q, dot + q * c, qq + q * (q + 1), ctx_sum + c
-        pairs, kv_pos = float(dot) + float(qq) / 2.0, float(ctx_sum) + t
-        flops = pairs * self._apq / self._af
-        byts = (kv_pos * self._kvb + t * self._qbt) / self._bw
+        flops = (float(dot) + float(qq) / 2.0) * self._apq / self._af
+        byts = ((float(ctx_sum) + t) * self._kvb + t * self._qbt) / self._bw
         attn = self._layers * (byts if byts > flops else flops)
-        comm = 0.0 if self._comm is None else self._comm[0] * t + self._comm[1]
+        comm = self._comm_per_token * t + self._comm_fixed if self._tp_comm else 0.0
         lin = self._linear_get(t)
         if lin is None:
             lin = self._linear(t)
         head = self._head_get(n_logits)
         lin += self._lm_head(n_logits) if head is None else head
-        if not self.wrapped:
-            return (lin, attn, comm, self.roofline.params.forward_overhead_s)
-        rows = n + len(pre_q)
-        got = self._mixed_memo.get(rows)
+        got = self._mixed_memo.get(n + len(pre_q))
         if got is None:
-            got = self._mixed_memo[rows] = self.model._extra(rows, 1, False)
-        return (lin + got[0], attn, comm, got[1])
+            got = self._mixed_memo[n + len(pre_q)] = self._mixed_extra(n + len(pre_q))
+        pad, launch = got
+        return (lin if pad is None else lin + pad, attn, comm, launch)
+
+    def _mixed_extra(self, rows: int) -> tuple:
+        """(padding, launch) of a forward of `rows` rows with prefill chunks: EngineLatency's for
+        a batch not captured whole, or the bare roofline's (no padding, its forward overhead)."""
+        if not self.wrapped:
+            return None, self.roofline.params.forward_overhead_s
+        return self.model._extra(rows, 1, False)
 
     def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int,
                      ctx_sum: int | None = None, start: int = 0) -> tuple:
