@@ -25,18 +25,20 @@ MEMO_CAP = 65536  # step-cost memo entries kept before it starts afresh (pure va
 
 
 class GenericPricer:
-    """latency/base.py's definitions, bound to `model` (any backend)."""
+    """latency/base.py's definitions, bound to `model` (any backend); an engine's step cost with
+    its batch-shape terms memoised (EngineStepCost)."""
 
     def __init__(self, model):
         self.model = model
         self.forward_batch = partial(forward_batch, model)
         self.decode_steps = partial(decode_steps, model)
-        self.step_overhead = partial(step_overhead, model)
+        self.step_overhead = _step_overhead(model)
 
 
 class RooflinePricer:
     """The roofline's step pricing with its context-free parts memoised. `model` is a
-    RooflineLatency or an EngineLatency wrapping one (see step_pricer)."""
+    RooflineLatency or an EngineLatency wrapping one (see step_pricer); step_overhead as
+    GenericPricer's."""
 
     def __init__(self, model):
         self.model = model
@@ -54,7 +56,7 @@ class RooflinePricer:
         self._fwd_memo: dict[tuple, tuple] = {}
         self._dec_memo: dict[tuple, tuple] = {}
         self._mixed_memo: dict[int, tuple] = {}
-        self._step_memo: dict[tuple, tuple] = {}
+        self.step_overhead = _step_overhead(model)
 
     # ---- forward passes ---------------------------------------------------------------------
     def forward_batch(self, q_dec: int, dec_ctx: np.ndarray, dec_ctx_sum: int, pre_q, pre_ctx,
@@ -137,21 +139,25 @@ class RooflinePricer:
             att += byts if byts > flops else flops  # max(flops, byts), as in _forward
         return (lin, self._layers * att, comm, launch)
 
-    # ---- per engine step --------------------------------------------------------------------
-    def step_overhead(self, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int,
-                      gamma: int, gpu_s: float) -> float:
-        """latency.base.step_overhead(model, ...): EngineLatency.step_cost, its terms that do not
-        depend on gpu_s memoised per batch shape."""
-        if not self.wrapped:
-            return self.model.step_overhead_s
+
+class EngineStepCost:
+    """latency.base.step_overhead(model, ...) for an EngineLatency `model` (any wrapped backend):
+    its step_cost, with the terms that do not depend on gpu_s memoised per batch shape."""
+
+    def __init__(self, model: EngineLatency):
+        self.terms = model.step_cost_terms
+        self._memo: dict[tuple, tuple] = {}
+
+    def __call__(self, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int, gamma: int,
+                 gpu_s: float) -> float:
         key = (n_seqs, n_tokens, n_sampled, n_verify, gamma)
-        got = self._step_memo.get(key)
+        got = self._memo.get(key)
         if got is None:
-            if len(self._step_memo) >= MEMO_CAP:  # mixed steps bring new token counts
-                self._step_memo.clear()
-            got = self._step_memo[key] = self.model.step_cost_terms(*key)
+            if len(self._memo) >= MEMO_CAP:  # mixed steps bring new token counts
+                self._memo.clear()
+            got = self._memo[key] = self.terms(*key)
         cpu, overlap, rejection, proposer = got
-        if overlap:
+        if overlap:  # the rest as EngineLatency.step_cost adds it
             cpu = cpu - gpu_s
             if not cpu > 0.0:  # max(0.0, cpu - gpu_s)
                 cpu = 0.0
@@ -160,6 +166,12 @@ class RooflinePricer:
         cpu += rejection
         cpu += proposer
         return cpu
+
+
+def _step_overhead(model):
+    if type(model) is EngineLatency:
+        return EngineStepCost(model).__call__
+    return partial(step_overhead, model)
 
 
 def step_pricer(model) -> GenericPricer | RooflinePricer:
