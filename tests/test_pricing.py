@@ -4,10 +4,10 @@ The roofline's fast path memoises what does not depend on the context sum and re
 attention with the generic path's float operations; every step's seconds and every charged
 component must equal the generic path's bit for bit, over random decode-only and mixed batches,
 AR and SD (draft_first_q 1 and 2), several engine presets, the roofline, calibrated, ideal and
-profile backends. Catches a memo keyed without a shape term (q, shift, n_logits, the expanded
-rows of batch expansion), a term added in another order, a padding or launch constant taken
-from the wrong branch (captured or not), the sampling terms charged to a step that verifies
-nothing.
+profile backends. Catches a memo keyed without a shape term (q, n_logits, the draft's step
+count, the step's token count), batch expansion's rows forgotten, a term added in another
+order (the sampling and proposer terms summed first), max(0, cpu - gpu) dropped, a padding or
+launch constant taken from the wrong branch. Each of these was made on purpose and failed here.
 """
 from __future__ import annotations
 
