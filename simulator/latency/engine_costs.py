@@ -148,13 +148,27 @@ class EngineLatency:
         """What one engine step adds beyond its forwards: exposed CPU time, and for a step that
         verifies n_verify sequences the sampling/rejection passes and the proposer's bookkeeping
         per draft step. gpu_s: the step's forward time (what overlapped CPU work hides behind)."""
+        cpu, _, rejection, proposer = self.step_cost_terms(n_seqs, n_tokens, n_sampled, n_verify,
+                                                           gamma)
+        extra = serving.exposed_cpu_s(self.costs, cpu, gpu_s, self.speculative)
+        if rejection is not None:
+            extra += rejection
+            extra += proposer
+        return extra
+
+    def step_cost_terms(self, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int,
+                        gamma: int) -> tuple:
+        """step_cost's terms that do not depend on the forward time: (CPU seconds, whether the
+        engine overlaps them with the GPU, rejection-sampling seconds, proposer seconds), the
+        last two None for a step that verifies nothing."""
         c = self.costs
         cpu = serving.cpu_step_s(c, n_seqs, n_tokens, n_sampled)
-        extra = serving.exposed_cpu_s(c, cpu, gpu_s, self.speculative)
-        if n_verify and gamma:
-            extra += serving.rejection_sampling_s(n_verify, gamma, self.vocab, self.bandwidth, c)
-            extra += gamma * serving.proposer_s(c, n_verify)
-        return extra
+        overlap = c.cpu_overlap_sd if self.speculative else c.cpu_overlap_ar
+        if not (n_verify and gamma):
+            return cpu, overlap, None, None
+        return (cpu, overlap, serving.rejection_sampling_s(n_verify, gamma, self.vocab,
+                                                           self.bandwidth, c),
+                gamma * serving.proposer_s(c, n_verify))
 
     def step_cost_many(self, n_seqs: int, n_tokens: int, n_sampled: int, n_verify: int,
                        gamma: int, gpu_s: np.ndarray):

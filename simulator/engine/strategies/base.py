@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.latency.base import (LatencyModel, charge, forward_batch, forward_decode_many,
-                                    step_overhead, step_overhead_many, total)
+from simulator.latency.base import (LatencyModel, charge, forward_decode_many, step_overhead_many,
+                                    total)
+from simulator.latency.pricing import step_pricer
 
 
 @dataclass
@@ -116,6 +117,17 @@ class Strategy:
         self.target_busy = [0.0] * 4  # seconds per latency component
         self.draft_busy = [0.0] * 4
 
+    @property
+    def target(self) -> LatencyModel:
+        return self._target
+
+    @target.setter
+    def target(self, model: LatencyModel) -> None:
+        # The backend's step pricing, bound once (simulator/latency/pricing.py).
+        self._target = model
+        p = step_pricer(model)
+        self._target_forward, self._target_overhead = p.forward_batch, p.step_overhead
+
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
         return _ONE
 
@@ -125,9 +137,10 @@ class Strategy:
         work that overlaps the GPU hides behind."""
         q = self.query_tokens
         sampled = b.n_dec * q + b.n_pre_done
-        t = forward_batch(self.target, q, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx, sampled)
-        so = step_overhead(self.target, b.n_dec + len(b.pre_q), b.n_dec * q + sum(b.pre_q), sampled,
-                           b.n_dec if q > 1 else 0, q - 1, gpu_before + t[0] + t[1] + t[2] + t[3])
+        t = self._target_forward(q, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx, sampled)
+        so = self._target_overhead(b.n_dec + len(b.pre_q), b.n_dec * q + sum(b.pre_q), sampled,
+                                   b.n_dec if q > 1 else 0, q - 1,
+                                   gpu_before + t[0] + t[1] + t[2] + t[3])
         return charge(self.target_busy, (t[0], t[1], t[2], t[3] + so))
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
 from simulator.engine.strategies.sd import SpeculativeStrategy
-from simulator.latency.base import LatencyModel, charge, forward_batch, total
+from simulator.latency.base import LatencyModel, charge, total
 from simulator.physics.handshake import Handshake
 from simulator.physics.rounds import sd_round
-
-
-def _draft_prefill(draft: LatencyModel, b: StepBatch):
-    """The dedicated draft's forward over this step's prompt chunks (prefill-only steps)."""
-    return forward_batch(draft, 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx, b.n_pre_done)
 
 
 class DedicatedDraftSD(SpeculativeStrategy):
@@ -29,7 +24,8 @@ class DedicatedDraftSD(SpeculativeStrategy):
 
     def prefill_only(self, b: StepBatch) -> float:
         """A step with only prompt chunks: both GPUs prefill them at once."""
-        return max(self.target_time(b), charge(self.draft_busy, _draft_prefill(self.draft, b)))
+        d = self._draft_forward(1, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx, b.n_pre_done)
+        return max(self.target_time(b), charge(self.draft_busy, d))
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
         if b.n_dec == 0:

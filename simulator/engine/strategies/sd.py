@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.engine.strategies.base import Outcome, RunBatch, StepBatch, Strategy
-from simulator.latency.base import (LatencyModel, charge, decode_steps, decode_steps_many,
-                                    forward_batch, forward_decode_many, plus, total)
+from simulator.latency.base import (LatencyModel, charge, decode_steps_many, forward_decode_many,
+                                    plus, total)
+from simulator.latency.pricing import step_pricer
 from simulator.physics.acceptance import (expected_tokens_per_position, expected_tokens_per_round,
                                           sample_accepted, sample_accepted_per_position,
                                           sample_accepted_same_alpha, truncated_geometric_cdf)
@@ -93,16 +94,25 @@ class SpeculativeStrategy(Strategy):
         t = self._target_many(r, ds)
         return None if t is None else (sd_round(ds, total(t)), {"target": t, "draft": d})
 
+    @property
+    def draft(self) -> LatencyModel:
+        return self._draft
+
+    @draft.setter
+    def draft(self, model: LatencyModel) -> None:
+        self._draft = model  # and its step pricing, bound once (simulator/latency/pricing.py)
+        p = step_pricer(model)
+        self._draft_forward, self._draft_decode = p.forward_batch, p.decode_steps
+
     def draft_time(self, b: StepBatch) -> float:
         n, k, ctx, ctx_sum = b.n_dec, self.draft_first_q, b.dec_ctx, b.dec_ctx_sum
-        if b.all_decode and k == 1:
-            d = decode_steps(self.draft, ctx, self.gamma, n, ctx_sum)
+        if not b.pre_q and k == 1:
+            d = self._draft_decode(ctx, self.gamma, n, ctx_sum)
         else:
             # The first draft forward: k tokens per decoding sequence, prompt chunks riding along.
-            d = forward_batch(self.draft, k, ctx, ctx_sum, b.pre_q, b.pre_ctx, n + b.n_pre_done,
-                              shift=k - 1)
+            d = self._draft_forward(k, ctx, ctx_sum, b.pre_q, b.pre_ctx, n + b.n_pre_done, k - 1)
             if n and self.gamma > 1:
-                d = plus(d, decode_steps(self.draft, ctx, self.gamma - 1, n, ctx_sum, start=1))
+                d = plus(d, self._draft_decode(ctx, self.gamma - 1, n, ctx_sum, 1))
         return charge(self.draft_busy, d)
 
     def step_time(self, b: StepBatch, out: Outcome) -> float:
