@@ -9,15 +9,13 @@ preempted and later recomputed. Without chunked prefill, a step runs either new 
 (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
-physics/acceptance.py, both through the deployment's Strategy. Each replica keeps its decoding
-sequences in a decode table (numpy columns updated by a few whole-column operations per step)
-and its partial prefills, rarely more than one or two, in a list; progress is written back to
-per-request arrays when a request finishes or is preempted. A step is described to the
-strategy by the decode table's context column and sum plus the prefill chunks, so backends that
-price from sums (the roofline) build no per-sequence arrays. One SimPy event per batch step
-(plus one per open-loop arrival), never per token; with macro-steps (the default) one per run
-of predictable decode steps (simulator/engine/macro.py), the single-step loop kept as the
-reference (macro_steps=False).
+physics/acceptance.py, both through the deployment's Strategy. Decoding sequences sit in a
+decode table (numpy columns, a few whole-column operations per step), partial prefills in a
+list; progress goes back to per-request arrays when a request finishes or is preempted. A step
+reaches the strategy as the context column and its sum plus the prefill chunks (the roofline
+prices from sums). One SimPy event per batch step (plus one per open-loop arrival), never per
+token; with macro-steps (the default) one per run of predictable decode steps
+(simulator/engine/macro.py), the single-step loop kept as the reference (macro_steps=False).
 """
 from __future__ import annotations
 
@@ -60,9 +58,7 @@ class Replica:
     prefills (a short list); both in admission order, which is also the preemption order.
     """
 
-    # All-decode steps in which every sequence gets the same tokens and none finishes skip the
-    # per-sequence comparisons (_apply_uniform); False applies them as any step (for tests).
-    uniform_fast = True
+    uniform_fast = True  # _apply_uniform on (False: the general apply, for tests)
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
                  strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None],
@@ -87,13 +83,10 @@ class Replica:
         self.pre: list[_Prefill] = []
         self.epoch = 0  # decode steps run (rounds of every decoding sequence)
         self.wake: simpy.Event | None = None
-        self.busy = 0.0
-        self.steps = 0
+        self.busy, self.steps = 0.0, 0
         self._last_dt: float | None = None
-        # Step log (the batch actually run, and when tokens came out): per step its start time,
-        # duration, sequences in the pass, scheduled tokens (decode query tokens + prefill chunk
-        # tokens) and output tokens emitted at its end. Typed arrays (8 bytes a value), one
-        # append each per step.
+        # Step log, one typed-array append each per step: start, duration, sequences in the
+        # pass, scheduled tokens (decode queries + prefill chunks), output tokens at its end.
         self.log_start, self.log_dt = array("d"), array("d")
         self.log_seqs, self.log_tokens, self.log_emitted = array("q"), array("q"), array("q")
         self.max_blocks_used = 0
@@ -222,7 +215,6 @@ class Replica:
         self._preempted = True
         return used, True
 
-
     def _admit(self, used: int, left: int, whole: bool, cap: int | None) -> None:
         """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
         most `cap` of them (the step's remaining prefill slots; None = no limit)."""
@@ -329,13 +321,18 @@ class Replica:
 
     def _apply_uniform(self, D: np.ndarray, tok: int, accepted: int | None, n_dec: int,
                        now: float) -> int:
-        """_apply's decode part when every sequence gets tok tokens and none finishes (no
-        prefill ran: the step was all decode), with whole-row operations only."""
+        """_apply for an all-decode step in which every sequence gets tok tokens and none
+        finishes: whole-row operations only, no per-sequence comparisons."""
         D[CTX] += tok
         D[REM] -= tok
         self._rem_min -= tok
         if accepted:
             D[ACC] += accepted
+        self._round_done(n_dec, now)
+        return tok * n_dec
+
+    def _round_done(self, n_dec: int, now: float) -> None:
+        """Every decoding sequence got its round at `now`: one more epoch, and their gaps."""
         self.epoch += 1
         st = self.st
         if self.last_arr is None:
@@ -345,7 +342,6 @@ class Replica:
             st.itl_arrays.append(now - self.last_arr)
             self.last_arr = None
         self.last_t = now
-        return tok * n_dec
 
     def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> int:
         """Apply a step's outcome at its end; returns the output tokens it emitted."""
@@ -367,14 +363,7 @@ class Replica:
             self._rem_min = None
             if outcome.accepted is not None:
                 D[ACC] += outcome.accepted
-            self.epoch += 1
-            if self.last_arr is None:
-                st.itl_values.append(now - self.last_t)
-                st.itl_counts.append(n_dec)
-            else:
-                st.itl_arrays.append(now - self.last_arr)
-                self.last_arr = None
-            self.last_t = now
+            self._round_done(n_dec, now)
             if any_fin:
                 finished = [self._leave(fin)]
         if self._run:
