@@ -171,7 +171,8 @@ def test_bundled_scenarios_same_outputs_and_distributions(path, monkeypatch):
 
 def test_macro_steps_take_far_fewer_events_than_steps():
     """A decode-heavy open-loop SD run (an arrival every ~15 steps): most steps ride in runs.
-    Catches a silent fallback to single steps (events == steps) and runs cut far too early."""
+    Catches a silent fallback to single steps (events == steps), runs cut far too early, and a
+    back-off after failed plans that never resets (macro.try_run)."""
     d = scenario_dict([SD_8B], requests=300, arrival={"process": "poisson", "rate_per_s": 2},
                       output={"dist": "fixed", "value": 400})
     rec = simulate(d, True)

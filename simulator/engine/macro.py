@@ -87,6 +87,26 @@ def _kv_used(ctx: np.ndarray, before: np.ndarray | int, c: int, bs: int) -> int:
     return int((((ctx + before) + (c + bs - 1)) // bs).sum())
 
 
+MAX_FAILS = 6  # after f failed plans in a row the next 2**f - 1 eligible steps do not try
+
+
+def try_run(rep, now: float):
+    """plan_run, unless recent tries failed: big batches have a sequence finishing nearly every
+    step, and each failed plan costs a few microseconds, so after f failures in a row the next
+    2**f - 1 eligible steps (at most 63) run as single steps without trying. Which steps try
+    does not change the outputs (a run reproduces the single steps it replaces)."""
+    if rep.run_skip:
+        rep.run_skip -= 1
+        return None
+    run = plan_run(rep, now, rep.horizon(), rep._last_dt)
+    if run is None:
+        rep.run_fails = f = min(rep.run_fails + 1, MAX_FAILS)
+        rep.run_skip = (1 << f) - 1
+    else:
+        rep.run_fails = 0
+    return run
+
+
 def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     """The run starting with the step rep just planned (all decode, see the module docstring),
     or None when it would be a single step. horizon: the next open-loop arrival (inf: none)."""

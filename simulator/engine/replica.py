@@ -70,6 +70,7 @@ class Replica:
         self.macro = macro_steps and strategy.macro_safe
         self.horizon = horizon or (lambda: float("inf"))
         self._live: macro.Run | None = None  # the run being waited for
+        self.run_fails = self.run_skip = 0  # failed run plans in a row, steps not to try (macro)
         self._preempted = False  # the step just planned preempted
         self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
@@ -303,7 +304,7 @@ class Replica:
                 yield from self._idle()
                 continue
             if self.macro and b.n_dec and not self._run and not self.pre and not self._preempted:
-                run = macro.plan_run(self, env.now, self.horizon(), self._last_dt)
+                run = macro.try_run(self, env.now)
                 if run is not None:
                     yield from macro.wait_run(self, run)
                     continue
