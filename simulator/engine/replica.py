@@ -356,7 +356,7 @@ class Replica:
                 if tok < self._rem_min:  # and none finishes: no per-sequence comparisons
                     return self._apply_uniform(D, tok, outcome.accepted, n_dec, now)
             fin = rem <= tok
-            any_fin = bool(fin.any())
+            any_fin = np.count_nonzero(fin) > 0  # (no Python-level wrapper, unlike .any())
             e = np.minimum(tok, rem) if any_fin else tok
             emitted = int(e.sum()) if isinstance(e, np.ndarray) else int(e) * n_dec
             D[CTX] += e
