@@ -101,6 +101,7 @@ def test_macro_steps_reproduce_the_reference_loop(name, monkeypatch):
     a random stream that runs ahead of the reference's. Runs as short as 2 steps are planned
     (the default threshold leaves short ones to single steps), so every case has many."""
     monkeypatch.setattr(macro, "MIN_RUN", 2)
+    monkeypatch.setattr(macro, "MIN_RUN_PRICEY", 2)
     ref, fast = simulate(CASES[name], False), simulate(CASES[name], True)
     assert_identical(ref, fast)
     assert ref.events == ref.steps
@@ -267,3 +268,19 @@ def test_run_cut_keeps_the_step_in_progress():
     that would start there is not run (it would have seen the arrival)."""
     r = macro.Run(2, np.ones(4), [1.0, 2.0, 3.0, 4.0], None, None, {}, True, None, 4)
     assert r.cut(0.5) == 1 and r.cut(2.0) == 2 and r.cut(2.5) == 3 and r.cut(9.0) == 4
+
+
+def test_run_threshold_follows_the_pricing_cost():
+    """Runs are planned from MIN_RUN expected steps where a step is priced by the roofline's
+    memoised path, from MIN_RUN_PRICEY where a generic backend (the profile's) prices it.
+    Catches the two thresholds swapped or a strategy that reports its draft's pricing wrongly."""
+    def strategy(dep):
+        sc = parse_scenario(scenario_dict([dep], requests=4))
+        return make_strategy(resolve(sc.deployments[0], 0, ROOT))
+
+    assert strategy(AR_8B).cheap_steps and strategy(SD_8B).cheap_steps
+    assert not strategy(PRICING["ar-profile"]).cheap_steps
+    assert not strategy({**SD_8B, "target": "llama-3.1-70b", "tp": 4,
+                         "latency": {"backend": "profile"},
+                         "draft_latency": {"backend": "calibrated"}}).cheap_steps
+    assert macro.MIN_RUN_PRICEY < macro.MIN_RUN

@@ -35,11 +35,13 @@ from simulator.latency.base import add_steps
 
 CAP = 128  # longest run (steps) sampled and priced at once
 # Shortest expected run worth planning. Planning, pricing and applying a run cost about what
-# four single steps do, and runs end earlier than expected (a sampled finish, an arrival), so
-# shorter ones run as single steps; the outputs are the same either way. Measured over open
-# and closed loops, AR and SD, roofline and profile backends (issue 13's closing note): 12
-# is as fast as single steps where runs are short and keeps their gain where they are long.
+# several single steps do, and runs end earlier than expected (a sampled finish, an arrival), so
+# shorter ones run as single steps; the outputs are the same either way. Measured (issue 13's
+# closing note) over open and closed loops, AR and SD: with steps priced by the roofline's
+# memoised path 12 is as fast as single steps where runs are short and keeps their gain where
+# they are long; steps priced by a generic backend (the profile's) cost 3-5x more, and there 4.
 MIN_RUN = 12
+MIN_RUN_PRICEY = 4
 CTX_ROW, REM_ROW, ACC_ROW = 1, 2, 3  # rows of the decode table (simulator/engine/replica.py)
 
 
@@ -111,18 +113,19 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     """The run starting with the step rep just planned (all decode, see the module docstring),
     or None when it would be a single step. horizon: the next open-loop arrival (inf: none)."""
     interruptible = not rep.waiting
+    min_run = MIN_RUN if rep.strategy.cheap_steps else MIN_RUN_PRICEY
     # Every step emits >= 1 token, so nothing finishes before step min(rem); expect the first
     # finish near min(rem) / tokens per step, the next arrival near (horizon - now) / last dt.
     k = CAP
     if interruptible and horizon < math.inf and last_dt:
         k = min(k, int((horizon - now) / last_dt) + 1)
-        if k < MIN_RUN:  # the common exit in open loops: an arrival within a few steps
+        if k < min_run:  # the common exit in open loops: an arrival within a few steps
             return None
     D = rep.D
     n, ctx, rem = D.shape[1], D[CTX_ROW], D[REM_ROW]
     rem_min = int(rem.min())
     k = min(k, rem_min, int(rem_min / rep.strategy.tokens_per_step) + 2)
-    if k < MIN_RUN:
+    if k < min_run:
         return None
     rng_state = rep.rng.bit_generator.state
     out = rep.strategy.sample_run(rep.rng, rep.alpha, k)

@@ -15,7 +15,7 @@ import numpy as np
 
 from simulator.latency.base import (LatencyModel, charge, forward_decode_many, step_overhead_many,
                                     total)
-from simulator.latency.pricing import step_pricer
+from simulator.latency.pricing import RooflinePricer, step_pricer
 
 
 @dataclass
@@ -127,6 +127,14 @@ class Strategy:
         self._target = model
         p = step_pricer(model)
         self._target_forward, self._target_overhead = p.forward_batch, p.step_overhead
+        self._cheap_target = isinstance(p, RooflinePricer)
+
+    @property
+    def cheap_steps(self) -> bool:
+        """Whether a step is priced by the roofline's memoised path (a microsecond or two) rather
+        than a generic backend's (the profile's: 5-10 us); runs pay off sooner for the latter
+        (simulator/engine/macro.py)."""
+        return self._cheap_target
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
         return _ONE
