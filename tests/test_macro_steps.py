@@ -284,3 +284,27 @@ def test_run_threshold_follows_the_pricing_cost():
                          "latency": {"backend": "profile"},
                          "draft_latency": {"backend": "calibrated"}}).cheap_steps
     assert macro.MIN_RUN_PRICEY < macro.MIN_RUN
+
+
+@pytest.mark.parametrize("name", ["ar-preempt-chunked", "sd-preempt-whole-prompts", "sd-alpha1",
+                                  "sd-heterogeneous-closed-3-replicas"])
+def test_kept_context_sum_and_least_tokens_left_match_the_table(name, monkeypatch):
+    """The replica keeps its decode table's context sum and least tokens left across steps
+    instead of recomputing them. Checked against the table at every step planned, through
+    preemption, finishes, entries and runs: catches a cache left stale by any of them (a step
+    priced over a wrong context sum, a sequence run past its output)."""
+    from simulator.engine.replica import CTX, REM, Replica
+    plan, checked = Replica._plan, [0]
+
+    def checked_plan(self):
+        for cached, true in ((self._ctx_sum, lambda: int(self.D[CTX].sum())),
+                             (self._rem_min, lambda: int(self.D[REM].min()))):
+            if cached is not None and self.D.shape[1]:
+                assert cached == true()
+                checked[0] += 1
+        return plan(self)
+
+    monkeypatch.setattr(Replica, "_plan", checked_plan)
+    monkeypatch.setattr(macro, "MIN_RUN", 2)
+    simulate(CASES[name], True)
+    assert checked[0] > 10

@@ -30,6 +30,7 @@ import math
 import numpy as np
 import simpy
 
+from simulator.engine.request_state import ACC, CTX, REM
 from simulator.engine.strategies import RunBatch
 from simulator.latency.base import add_steps
 
@@ -42,7 +43,6 @@ CAP = 128  # longest run (steps) sampled and priced at once
 # they are long; steps priced by a generic backend (the profile's) cost 3-5x more, and there 4.
 MIN_RUN = 12
 MIN_RUN_PRICEY = 4
-CTX_ROW, REM_ROW, ACC_ROW = 1, 2, 3  # rows of the decode table (simulator/engine/replica.py)
 
 
 class Run:
@@ -122,7 +122,7 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
         if k < min_run:  # the common exit in open loops: an arrival within a few steps
             return None
     D = rep.D
-    n, ctx, rem = D.shape[1], D[CTX_ROW], D[REM_ROW]
+    n, ctx, rem = D.shape[1], D[CTX], D[REM]
     rem_min = int(rem.min())
     k = min(k, rem_min, int(rem_min / rep.strategy.tokens_per_step) + 2)
     if k < min_run:
@@ -243,16 +243,16 @@ def apply_run(rep, run: Run) -> None:
     scalar = np.ndim(run.cum) == 1
     cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]
     before_last = (int(run.cum[J - 2]) if scalar else run.cum[J - 2]) if J > 1 else 0
-    ctx, rem = D[CTX_ROW], D[REM_ROW]
+    ctx, rem = D[CTX], D[REM]
     _note_kv(rep, ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
     _log_steps(rep, run, J, rem)
     fin = rem <= cum
     e = np.minimum(cum, rem)
     ctx += e  # views: update D
     rem -= e
-    rep._rem_min = None
+    rep._rem_min = rep._ctx_sum = None
     if run.acc is not None:
-        D[ACC_ROW] += run.acc[J - 1]
+        D[ACC] += run.acc[J - 1]
     rep.epoch += J
     if rep.last_arr is None:
         st.itl_values.append(ends[0] - rep.last_t)

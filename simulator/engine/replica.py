@@ -30,25 +30,11 @@ from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.kv_blocks import (admission_limit, blocks_for, decode_row_blocks,
                                         total_blocks)
 from simulator.engine import macro
-from simulator.engine.request_state import RequestState
+from simulator.engine.request_state import ACC, CTX, ID, R0, REM, T0, Prefill, RequestState
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
-# Rows of a replica's decode table (int64, one column per decoding sequence, in admission
-# order): request id, KV length, tokens left to generate, accepted draft tokens, and offsets
-# from which rounds (R0 + the replica's decode-step count) and round tokens (T0 - REM) follow,
-# so that a decode step touches only CTX, REM and ACC.
-ID, CTX, REM, ACC, R0, T0 = range(6)
 _EMPTY = np.zeros(0, np.int64)
-
-
-class _Prefill:
-    """A sequence whose prompt (or recompute) is not yet all in its KV cache."""
-
-    __slots__ = ("rid", "comp", "tgt")
-
-    def __init__(self, rid: int, tgt: int):
-        self.rid, self.comp, self.tgt = rid, 0, tgt
 
 
 class Replica:
@@ -75,13 +61,13 @@ class Replica:
         self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
         self.D = np.zeros((6, 0), np.int64)
-        self._rem_min: int | None = None  # min of D[REM] (None: not known)
+        self._rem_min = self._ctx_sum = None  # min of D[REM], sum of D[CTX] (None: not known)
         self.alpha = np.zeros(0)  # per decoding sequence
         # Last emission time of every decoding sequence (they emit together), or per sequence
         # in last_arr when they differ (non-chunked prefill steps leave decodes out).
         self.last_t: float | None = None
         self.last_arr: np.ndarray | None = None
-        self.pre: list[_Prefill] = []
+        self.pre: list[Prefill] = []
         self.epoch = 0  # decode steps run (rounds of every decoding sequence)
         self.wake: simpy.Event | None = None
         self.busy, self.steps = 0.0, 0
@@ -106,7 +92,7 @@ class Replica:
             self.max_seqs = min(self.max_seqs, eng.max_running_sd)
         self.strategy = strategy
         self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
-        self._run: list[tuple[_Prefill, int]] = []  # this step's prefill chunks
+        self._run: list[tuple[Prefill, int]] = []  # this step's prefill chunks
         self.process = env.process(self.run())
 
     @property
@@ -126,7 +112,7 @@ class Replica:
             self.wake.succeed()
 
     # ---- the decode table -------------------------------------------------------------------
-    def _enter(self, rows: list[_Prefill], now: float) -> None:
+    def _enter(self, rows: list[Prefill], now: float) -> None:
         """Prefills that completed at `now` (and emitted a token then) start decoding."""
         st = self.st
         if len(rows) == 1:  # the common case: scalar gathers cost a fraction of array ones
@@ -151,7 +137,7 @@ class Replica:
             self.last_arr = np.concatenate([old, np.full(len(rows), now)])
         self.D = np.concatenate([self.D, cols], axis=1)
         self.alpha = np.concatenate([self.alpha, alpha])
-        self._rem_min = None
+        self._rem_min = self._ctx_sum = None
 
     def _leave(self, drop: np.ndarray) -> np.ndarray:
         """Write the dropped decode rows' progress back to the shared state; return their ids."""
@@ -169,7 +155,7 @@ class Replica:
             st.last_emit[ids] = self.last_arr[drop]
             self.last_arr = self.last_arr[keep]
         self.D, self.alpha = D[:, keep], self.alpha[keep]
-        self._rem_min = None
+        self._rem_min = self._ctx_sum = None
         return ids
 
     def _preempt_tail(self, keep: int) -> None:
@@ -229,13 +215,19 @@ class Replica:
             if used + blocks > self.admit_limit or (whole and p > left and admitted):
                 break
             self.waiting.popleft()
-            row = _Prefill(r, p)
+            row = Prefill(r, p)
             self.pre.append(row)
             self._run.append((row, chunk))
             admitted += 1
             used += blocks
             left -= chunk
         self.max_blocks_used = max(self.max_blocks_used, used)
+
+    def _ctx_total(self) -> int:
+        """The decode table's context sum (kept across steps that add known tokens)."""
+        if self._ctx_sum is None:
+            self._ctx_sum = int(self.D[CTX].sum())
+        return self._ctx_sum
 
     def _plan(self) -> StepBatch | None:
         """This step's batch: which sequences run and how many tokens each puts in the pass.
@@ -244,24 +236,22 @@ class Replica:
         self._preempted = False
         ctx = self.D[CTX]
         if not self.waiting and not self.pre:  # the common step: every running sequence decodes
-            ctx_sum = int(ctx.sum())
-            if self._fit(ctx, ctx_sum, [])[1]:
+            if self._fit(ctx, self._ctx_total(), [])[1]:
                 ctx = self.D[CTX]
-                ctx_sum = int(ctx.sum())
-            return StepBatch(self.qdec, ctx, ctx_sum) if ctx.shape[0] else None
+            return StepBatch(self.qdec, ctx, self._ctx_total()) if ctx.shape[0] else None
         bs = self.bs
         n = ctx.shape[0]
         if not self.chunked:
             # vLLM v0 without chunked prefill: whole new prompts in a prefill-only step when
             # any fit, otherwise a decode step of the running batch (every running row decodes).
-            used, preempted = self._fit(ctx, int(ctx.sum()), [])
+            used, preempted = self._fit(ctx, self._ctx_total(), [])
             if not preempted and self.waiting and n < self.max_seqs:
                 self._admit(used, self.budget, whole=True, cap=self.max_prefills)
                 if run:
                     return StepBatch(self.qdec, _EMPTY, 0, [q for _, q in run], [0] * len(run),
                                      len(run))
             ctx = self.D[CTX]
-            return StepBatch(self.qdec, ctx, int(ctx.sum())) if ctx.shape[0] else None
+            return StepBatch(self.qdec, ctx, self._ctx_total()) if ctx.shape[0] else None
         left = self.budget - n * self.qdec
         pre_per = []
         for i, p in enumerate(self.pre):  # partial prefills continue in admission order
@@ -271,11 +261,11 @@ class Replica:
                 left -= q
                 run.append((p, q))
             pre_per.append(blocks_for(p.tgt if self.whole_alloc else p.comp + q, bs))
-        ctx_sum = int(ctx.sum())
+        ctx_sum = self._ctx_total()
         used, preempted = self._fit(ctx, ctx_sum, pre_per)
         if preempted:  # no admissions this step (as vLLM)
             ctx = self.D[CTX]
-            ctx_sum = int(ctx.sum())
+            ctx_sum = self._ctx_total()
         elif used is not None:
             cap = None if self.max_prefills is None else max(0, self.max_prefills - len(run))
             self._admit(used, left, whole=False, cap=cap)
@@ -327,6 +317,8 @@ class Replica:
         D[CTX] += tok
         D[REM] -= tok
         self._rem_min -= tok
+        if self._ctx_sum is not None:
+            self._ctx_sum += tok * n_dec
         if accepted:
             D[ACC] += accepted
         self._round_done(n_dec, now)
@@ -362,6 +354,8 @@ class Replica:
             D[CTX] += e
             rem -= e  # a view: updates D
             self._rem_min = None
+            if self._ctx_sum is not None:
+                self._ctx_sum += emitted
             if outcome.accepted is not None:
                 D[ACC] += outcome.accepted
             self._round_done(n_dec, now)

@@ -9,6 +9,21 @@ import numpy as np
 
 from simulator.config.workload import Requests
 
+# Rows of a replica's decode table (simulator/engine/replica.py; int64, one column per decoding
+# sequence, in admission order): request id, KV length, tokens left to generate, accepted draft
+# tokens, and offsets from which rounds (R0 + the replica's decode-step count) and round tokens
+# (T0 - REM) follow, so that a decode step touches only CTX, REM and ACC.
+ID, CTX, REM, ACC, R0, T0 = range(6)
+
+
+class Prefill:
+    """A sequence whose prompt (or recompute) is not yet all in its KV cache."""
+
+    __slots__ = ("rid", "comp", "tgt")
+
+    def __init__(self, rid: int, tgt: int):
+        self.rid, self.comp, self.tgt = rid, 0, tgt
+
 
 class RequestState:
     """Per-request arrays shared by the replicas of one deployment (index = request id).
