@@ -82,7 +82,9 @@ class Simulation:
                 self._issue(self.env.now)
 
     def _open_loop(self):
-        env, arr = self.env, self.req.arrival
+        # Python floats: numpy scalars would make the clock (and every time computed from it)
+        # numpy scalars, the same values at several times the cost of each operation.
+        env, arr = self.env, self.req.arrival.tolist()
         for r in range(self.req.n):
             delay = arr[r] - env.now
             if delay > 0:
