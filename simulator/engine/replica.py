@@ -30,7 +30,7 @@ from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.kv_blocks import (admission_limit, blocks_for, decode_row_blocks,
                                         total_blocks)
 from simulator.engine import macro
-from simulator.engine.request_state import ACC, CTX, ID, R0, REM, T0, Prefill, RequestState
+from simulator.engine.request_state import ACC, CTX, REM, Prefill, RequestState
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
@@ -114,21 +114,7 @@ class Replica:
     # ---- the decode table -------------------------------------------------------------------
     def _enter(self, rows: list[Prefill], now: float) -> None:
         """Prefills that completed at `now` (and emitted a token then) start decoding."""
-        st = self.st
-        if len(rows) == 1:  # the common case: scalar gathers cost a fraction of array ones
-            p = rows[0]
-            r = p.rid
-            rem = int(st.out[r]) - int(st.generated[r])
-            cols = np.array([[r], [p.comp], [rem], [int(st.accepted[r])],
-                             [int(st.rounds[r]) - self.epoch], [int(st.round_tokens[r]) + rem]],
-                            np.int64)
-            alpha = st.alpha[r:r + 1]
-        else:
-            a = np.fromiter((p.rid for p in rows), np.int64, len(rows))
-            rem = st.out[a] - st.generated[a]
-            cols = np.stack([a, np.fromiter((p.comp for p in rows), np.int64, len(rows)), rem,
-                             st.accepted[a], st.rounds[a] - self.epoch, st.round_tokens[a] + rem])
-            alpha = st.alpha[a]
+        cols, alpha = self.st.columns([p.rid for p in rows], [p.comp for p in rows], self.epoch)
         n = self.D.shape[1]
         if n == 0:
             self.last_t, self.last_arr = now, None
@@ -142,12 +128,7 @@ class Replica:
     def _leave(self, drop: np.ndarray) -> np.ndarray:
         """Write the dropped decode rows' progress back to the shared state; return their ids."""
         st, D = self.st, self.D
-        sub = D[:, drop]  # one gather of the dropped columns
-        ids, rem = sub[ID], sub[REM]
-        st.generated[ids] = st.out[ids] - rem
-        st.round_tokens[ids] = sub[T0] - rem
-        st.rounds[ids] = sub[R0] + self.epoch
-        st.accepted[ids] = sub[ACC]
+        ids = st.write_back(D[:, drop], self.epoch)  # one gather of the dropped columns
         keep = ~drop
         if self.last_arr is None:
             st.last_emit[ids] = self.last_t
@@ -285,6 +266,9 @@ class Replica:
 
     def run(self):
         env, strategy = self.env, self.strategy
+        log_start, log_dt, log_seqs, log_tokens, log_emitted = (  # bound once: a step's appends
+            a.append for a in (self.log_start, self.log_dt, self.log_seqs, self.log_tokens,
+                               self.log_emitted))
         while True:
             if not self.waiting and not self.pre and self.D.shape[1] == 0:
                 yield from self._idle()
@@ -303,12 +287,12 @@ class Replica:
             self.busy += dt
             self.steps += 1
             self.events += 1
-            self.log_start.append(env.now)
-            self.log_dt.append(dt)
-            self.log_seqs.append(b.n_dec + len(b.pre_q))
-            self.log_tokens.append(b.n_dec * b.q_dec + sum(b.pre_q))
+            log_start(env.now)
+            log_dt(dt)
+            log_seqs(b.n_dec + len(b.pre_q))
+            log_tokens(b.n_dec * b.q_dec + sum(b.pre_q))
             yield env.timeout(dt)
-            self.log_emitted.append(self._apply(b.n_dec, outcome, env.now))
+            log_emitted(self._apply(b.n_dec, outcome, env.now))
 
     def _apply_uniform(self, D: np.ndarray, tok: int, accepted: int | None, n_dec: int,
                        now: float) -> int:

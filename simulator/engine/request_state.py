@@ -52,6 +52,36 @@ class RequestState:
         self.itl_counts = array("q")
         self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
 
+    def columns(self, rids: list[int], comps: list[int], epoch: int) -> tuple:
+        """Decode-table columns (ID..T0) and alphas of requests that start decoding with comps[i]
+        tokens cached, when the replica has run `epoch` decode steps."""
+        if len(rids) == 1:  # the common case: scalar gathers cost a fraction of array ones
+            r = rids[0]
+            rem = int(self.out[r]) - int(self.generated[r])
+            cols = np.array([[r], [comps[0]], [rem], [int(self.accepted[r])],
+                             [int(self.rounds[r]) - epoch], [int(self.round_tokens[r]) + rem]],
+                            np.int64)
+            return cols, self.alpha[r:r + 1]
+        a = np.asarray(rids, np.int64)
+        rem = self.out[a] - self.generated[a]
+        return (np.stack([a, np.asarray(comps, np.int64), rem, self.accepted[a],
+                          self.rounds[a] - epoch, self.round_tokens[a] + rem]), self.alpha[a])
+
+    def write_back(self, cols: np.ndarray, epoch: int) -> np.ndarray:
+        """Progress of decode-table columns that leave the table (finished or preempted) when
+        the replica has run `epoch` decode steps; returns their ids."""
+        if cols.shape[1] == 1:  # scalar writes, as columns() reads
+            r, _, rem, acc, r0, t0 = cols[:, 0].tolist()
+            self.generated[r] = int(self.out[r]) - rem
+            self.round_tokens[r], self.rounds[r], self.accepted[r] = t0 - rem, r0 + epoch, acc
+            return cols[ID]
+        ids, rem = cols[ID], cols[REM]
+        self.generated[ids] = self.out[ids] - rem
+        self.round_tokens[ids] = cols[T0] - rem
+        self.rounds[ids] = cols[R0] + epoch
+        self.accepted[ids] = cols[ACC]
+        return ids
+
     def itl(self) -> tuple[np.ndarray, np.ndarray]:
         """All gaps as (values, counts)."""
         vals = np.concatenate([np.asarray(self.itl_values, float), *self.itl_arrays])
