@@ -136,6 +136,18 @@ def test_uniform_fast_path_equals_the_general_apply(name, monkeypatch):
     assert_identical(simulate(UNIFORM[name], False), fast)
 
 
+@pytest.mark.parametrize("name", [n for n in CASES if "preempt" in n or "closed" in n])
+def test_admission_on_the_bound_equals_exact_counting(name, monkeypatch):
+    """With a request waiting and no overflow possible, admission decides on the KV bound and
+    counts exactly only when the bound would refuse a request or set a new peak. It must admit
+    the same requests and report the same peak as counting exactly every time. Catches a bound
+    that refuses a request the exact count admits, and a peak taken from the bound."""
+    from simulator.engine.replica import Replica
+    fast = simulate(CASES[name], False)
+    monkeypatch.setattr(Replica, "bound_admission", False)
+    assert_identical(simulate(CASES[name], False), fast)
+
+
 # Run scenarios (plan files, with a `search:` space instead of deployments, run many of these).
 SCENARIOS = sorted(p for p in (ROOT / "scenarios").glob("*.yaml") if "\ndeployments:" in p.read_text())
 

@@ -45,6 +45,7 @@ class Replica:
     """
 
     uniform_fast = True  # _apply_uniform on (False: the general apply, for tests)
+    bound_admission = True  # admission on _fit's bound where it decides (False: exact, for tests)
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
                  strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None],
@@ -58,6 +59,7 @@ class Replica:
         self._live: macro.Run | None = None  # the run being waited for
         self.run_fails = self.run_skip = 0  # failed run plans in a row, steps not to try (macro)
         self._preempted = False  # the step just planned preempted
+        self._bound_of: tuple | None = None  # (contexts, prefill blocks, bound) when _fit bounded
         self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
         self.D = np.zeros((6, 0), np.int64)
@@ -161,12 +163,17 @@ class Replica:
         """KV blocks this step holds: each decoding row's cache plus its query and lookahead
         slots, and each prefill's blocks (pre_per). Preempts from the tail when they do not fit.
         Returns (blocks used, preempted); blocks None when the exact count is not needed: no
-        admission pending and a bound shows neither overflow nor a new peak."""
+        admission pending and a bound shows neither overflow nor a new peak. With admission
+        pending and no overflow possible, the bound (_admit counts exactly when it must)."""
         c, bs, n = self.qdec + self.lookahead, self.bs, ctx.shape[0]
         pre_blocks = sum(pre_per)
         bound = (ctx_sum + n * (c + bs - 1)) // bs + pre_blocks  # >= the sum of row ceilings
+        self._bound_of = None
         if bound <= self.max_blocks_used and not self.waiting:
             return None, False
+        if self.waiting and self.bound_admission and bound <= self.blocks_total:
+            self._bound_of = (ctx, pre_blocks, bound)
+            return bound, False
         per = decode_row_blocks(ctx, self.qdec, self.lookahead, bs)
         used = int(per.sum()) + pre_blocks
         if used <= self.blocks_total:
@@ -194,6 +201,9 @@ class Replica:
             chunk = p if whole else min(p, left)
             blocks = blocks_for(p if self.whole_alloc else chunk, self.bs)
             if used + blocks > self.admit_limit or (whole and p > left and admitted):
+                if self._bound_of is not None:  # decide on the exact count
+                    used = self._exact(used)
+                    continue
                 break
             self.waiting.popleft()
             row = Prefill(r, p)
@@ -202,7 +212,16 @@ class Replica:
             admitted += 1
             used += blocks
             left -= chunk
+        if self._bound_of is not None and used > self.max_blocks_used:
+            used = self._exact(used)  # a new peak only if the exact count says so
         self.max_blocks_used = max(self.max_blocks_used, used)
+
+    def _exact(self, used: int) -> int:
+        """`used` (the bound _fit returned plus blocks admitted since) with the exact count."""
+        ctx, pre_blocks, bound = self._bound_of
+        self._bound_of = None
+        exact = int(decode_row_blocks(ctx, self.qdec, self.lookahead, self.bs).sum()) + pre_blocks
+        return exact + used - bound
 
     def _ctx_total(self) -> int:
         """The decode table's context sum (kept across steps that add known tokens)."""
@@ -226,7 +245,7 @@ class Replica:
             # vLLM v0 without chunked prefill: whole new prompts in a prefill-only step when
             # any fit, otherwise a decode step of the running batch (every running row decodes).
             used, preempted = self._fit(ctx, self._ctx_total(), [])
-            if not preempted and self.waiting and n < self.max_seqs:
+            if not preempted and self.waiting:  # (no seat left: _admit admits none)
                 self._admit(used, self.budget, whole=True, cap=self.max_prefills)
                 if run:
                     return StepBatch(self.qdec, _EMPTY, 0, [q for _, q in run], [0] * len(run),

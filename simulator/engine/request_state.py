@@ -58,10 +58,9 @@ class RequestState:
         if len(rids) == 1:  # the common case: scalar gathers cost a fraction of array ones
             r = rids[0]
             rem = int(self.out[r]) - int(self.generated[r])
-            cols = np.array([[r], [comps[0]], [rem], [int(self.accepted[r])],
-                             [int(self.rounds[r]) - epoch], [int(self.round_tokens[r]) + rem]],
-                            np.int64)
-            return cols, self.alpha[r:r + 1]
+            cols = np.array((r, comps[0], rem, int(self.accepted[r]), int(self.rounds[r]) - epoch,
+                             int(self.round_tokens[r]) + rem), np.int64)
+            return cols[:, None], self.alpha[r:r + 1]
         a = np.asarray(rids, np.int64)
         rem = self.out[a] - self.generated[a]
         return (np.stack([a, np.asarray(comps, np.int64), rem, self.accepted[a],
