@@ -33,7 +33,8 @@ from typer.testing import CliRunner
 
 # The CLI app (public) and the two engine classes whose steps are checked (internals).
 from simulator.cli import app
-from simulator.engine.replica import ID, Replica
+from simulator.engine.replica import Replica
+from simulator.engine.request_state import ID
 from simulator.engine.simulation import Simulation
 
 # Shrinking a failure costs minutes on a busy 2-core host: off by default (the failure is still

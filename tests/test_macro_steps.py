@@ -305,7 +305,8 @@ def test_kept_context_sum_and_least_tokens_left_match_the_table(name, monkeypatc
     instead of recomputing them. Checked against the table at every step planned, through
     preemption, finishes, entries and runs: catches a cache left stale by any of them (a step
     priced over a wrong context sum, a sequence run past its output)."""
-    from simulator.engine.replica import CTX, REM, Replica
+    from simulator.engine.replica import Replica
+    from simulator.engine.request_state import CTX, REM
     plan, checked = Replica._plan, [0]
 
     def checked_plan(self):
