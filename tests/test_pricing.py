@@ -130,3 +130,32 @@ def test_strategy_steps_and_charges_equal_the_generic_path(name, monkeypatch):
             assert bits(fast.step_time(b, None)) == bits(ref.step_time(b, None))
             assert bits(fast.target_busy) == bits(ref.target_busy)
             assert bits(fast.draft_busy) == bits(ref.draft_busy)
+
+
+def test_ssd_steps_and_charges_equal_the_generic_path(monkeypatch):
+    """SSD's step (verify, pre-speculation over its branch tree, backups) through the bound
+    pricing, which prices the tree's branches from their count and context sum without building
+    their contexts, and through the generic path over the built contexts: the same seconds and
+    charges for the same sampled outcomes. Catches a branch sum that forgets the offsets, or
+    counts the sequences instead of their branches."""
+    from simulator.config.loading import load_scenario
+    from simulator.engine.strategies import ssd as strategies_ssd
+    sc, base = load_scenario(ROOT / "scenarios/ssd-vs-sd-llama70b.yaml")
+    i = next(i for i, d in enumerate(sc.deployments) if d.strategy == "ssd")
+    dep = resolve(sc.deployments[i], i, base)
+    fast = make_strategy(dep)
+    with monkeypatch.context() as m:
+        for module in (strategies_base, strategies_sd):
+            m.setattr(module, "step_pricer", Reference)
+        ref = make_strategy(dep)
+    assert fast._cheap_draft and not ref._cheap_draft
+    assert strategies_ssd.SSDStrategy.prespeculation  # the path under test
+    rng, r1, r2 = np.random.default_rng(5), np.random.default_rng(9), np.random.default_rng(9)
+    for b in batches(rng, (fast.query_tokens,), 300):
+        if not b.n_dec:
+            continue
+        alpha = np.full(b.n_dec, 0.7)
+        out_fast, out_ref = fast.sample(r1, alpha), ref.sample(r2, alpha)
+        assert bits(fast.step_time(b, out_fast)) == bits(ref.step_time(b, out_ref))
+        assert bits(fast.target_busy) == bits(ref.target_busy)
+        assert bits(fast.draft_busy) == bits(ref.draft_busy)

@@ -34,7 +34,7 @@ import numpy as np
 
 from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
 from simulator.engine.strategies.dedicated import DedicatedDraftSD
-from simulator.latency.base import LatencyModel, charge, decode_steps, forward_batch
+from simulator.latency.base import LatencyModel, charge
 from simulator.physics.handshake import Handshake
 from simulator.physics.rounds import ssd_round
 from simulator.physics.ssd import (hit_given_stop, hit_probability, optimal_fanout,
@@ -46,6 +46,9 @@ class SSDOutcome(Outcome):
     hit: np.ndarray | None = None  # per decoding sequence: its outcome was in the cache
     redraft: np.ndarray | None = None  # sequences the backup re-drafts
     fast: bool = False  # the backup is random tokens (no draft time)
+
+
+_ZERO = np.zeros(1, np.int64)
 
 
 class SSDStrategy(DedicatedDraftSD):
@@ -74,6 +77,7 @@ class SSDStrategy(DedicatedDraftSD):
         self.branches = int(self.fanout.sum())
         # Context offset of each branch of one sequence: stopping point k -> k accepted + bonus.
         self.branch_offset = np.repeat(np.arange(gamma + 1) + 1, self.fanout)
+        self._offset_sum = int(self.branch_offset.sum())
         self.seq_rounds = 0
         self.seq_hits = 0
         self.rounds = 0
@@ -105,10 +109,15 @@ class SSDStrategy(DedicatedDraftSD):
     def prespeculation(self, b: StepBatch) -> np.ndarray:
         """Glue forward (gamma+1 positions per decoding sequence, prompt chunks riding along),
         then gamma tree-decode steps over n_dec * sum(F_k) branches, on the draft's GPU."""
-        d = np.asarray(forward_batch(self.draft, self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
-                                     b.pre_ctx, b.n_dec * (self.gamma + 1) + b.n_pre_done))
+        d = np.asarray(self._draft_forward(self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
+                                           b.pre_ctx, b.n_dec * (self.gamma + 1) + b.n_pre_done))
+        rows = b.n_dec * self.branches
+        if self._cheap_draft:  # the roofline prices the branches from their count and context sum
+            branch_sum = self.branches * b.dec_ctx_sum + b.n_dec * self._offset_sum
+            return d + self._draft_decode(np.broadcast_to(_ZERO, (rows,)), self.gamma, rows,
+                                          branch_sum)  # (the broadcast zeros are never read)
         branch_ctx = np.repeat(b.dec_ctx, self.branches) + np.tile(self.branch_offset, b.n_dec)
-        return d + decode_steps(self.draft, branch_ctx, self.gamma, branch_ctx.shape[0])
+        return d + self._draft_decode(branch_ctx, self.gamma, rows)
 
     def step_time(self, b: StepBatch, out: SSDOutcome | None) -> float:
         if b.n_dec == 0:
@@ -128,7 +137,7 @@ class SSDStrategy(DedicatedDraftSD):
         t_b = 0.0
         if not out.fast:
             ctx = b.dec_ctx if n_redraft == b.n_dec else b.dec_ctx[out.redraft]
-            t_b = charge(self.draft_busy, decode_steps(self.draft, ctx, self.gamma, n_redraft))
+            t_b = charge(self.draft_busy, self._draft_decode(ctx, self.gamma, n_redraft))
         return ssd_round(t_v, t_pre, t_h, t_b, uses_tree)
 
     def expected_hit_rate(self) -> float | None:
