@@ -35,6 +35,7 @@ from simulator.engine.strategies import Outcome, StepBatch, Strategy
 
 
 _EMPTY = np.zeros(0, np.int64)
+_add = np.add.reduce  # a column's sum without ndarray.sum's Python-level wrapper
 
 
 class Replica:
@@ -226,7 +227,7 @@ class Replica:
     def _ctx_total(self) -> int:
         """The decode table's context sum (kept across steps that add known tokens)."""
         if self._ctx_sum is None:
-            self._ctx_sum = int(self.D[CTX].sum())
+            self._ctx_sum = int(_add(self.D[CTX]))
         return self._ctx_sum
 
     def _plan(self) -> StepBatch | None:
@@ -353,7 +354,7 @@ class Replica:
             fin = rem <= tok
             any_fin = np.count_nonzero(fin) > 0  # (no Python-level wrapper, unlike .any())
             e = np.minimum(tok, rem) if any_fin else tok
-            emitted = int(e.sum()) if isinstance(e, np.ndarray) else int(e) * n_dec
+            emitted = int(_add(e)) if isinstance(e, np.ndarray) else int(e) * n_dec
             D[CTX] += e
             rem -= e  # a view: updates D
             self._rem_min = None
