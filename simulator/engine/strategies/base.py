@@ -55,10 +55,6 @@ class StepBatch:
         ctx = np.asarray(ctx, np.int64)
         return cls(q_dec, ctx, int(ctx.sum()))
 
-    @property
-    def all_decode(self) -> bool:
-        return not self.pre_q
-
     def _build(self) -> tuple:
         if self._arrays is None:
             q = np.full(self.n_dec, self.q_dec, np.int64)
