@@ -6,7 +6,8 @@ waiting request, nothing can be admitted until a sequence finishes: admission's 
 constant or only tighten as caches grow), so until a sequence finishes, the KV cache would
 overflow, or a request arrives while none waits, every step decodes the same sequences. For
 such a run the replica (simulator/engine/replica.py) plans the first step as usual; then
-plan_run samples the k x n accepted counts at once, takes cumulative tokens per sequence, stops
+plan_run reads the k x n round tokens at once (drawn per request when it started decoding:
+simulator/engine/trajectories.py), takes cumulative tokens per sequence, stops
 at the first step in which any sequence finishes, before the first step whose exact KV count
 would overflow, and before the next open-loop arrival, prices the steps from their context sums
 (Strategy.run_times), and returns a Run ending at an absolute time computed by the same
@@ -16,11 +17,8 @@ step in progress (Run.cut).
 
 Exactness: step times, inter-token gaps, busy and component seconds are computed with the
 single-step path's float operations in its order, so runs whose outcomes need no randomness
-(AR, SD with alpha = 1) reproduce the single-step loop's outputs byte for byte. Sampled runs
-draw k rounds of accepted counts at once (the same numbers k single steps draw: one row of the
-(k, n) draw per step); when fewer steps are applied, the replica's generator is rewound and
-advanced by exactly the applied rounds, so the stream continues as single steps leave it and
-sampled runs reproduce the reference too (except where event order at equal times differs).
+and round tokens are the ones single steps read, so runs reproduce the single-step loop's
+outputs byte for byte (except where event order at equal times could differ).
 """
 from __future__ import annotations
 
@@ -30,8 +28,8 @@ import math
 import numpy as np
 import simpy
 
-from simulator.engine.request_state import ACC, CTX, REM
-from simulator.engine.strategies import RunBatch
+from simulator.engine.request_state import ACC, CTX, REM, TS
+from simulator.engine.strategies import Outcome, RunBatch
 from simulator.latency.base import add_steps
 
 CAP = 128  # longest run (steps) sampled and priced at once
@@ -51,12 +49,11 @@ class Run:
     admitted mid-run (no request was waiting)."""
 
     __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at",
-                 "rng_state", "drawn", "pending", "start")
+                 "pending", "start")
 
-    def __init__(self, n, dt, ends, cum, acc, charges, interruptible, rng_state, drawn):
+    def __init__(self, n, dt, ends, cum, acc, charges, interruptible):
         self.n, self.dt, self.ends, self.cum, self.acc = n, dt, ends, cum, acc
         self.charges, self.interruptible, self.cut_at = charges, interruptible, None
-        self.rng_state, self.drawn = rng_state, drawn  # to redraw only the steps applied
         self.pending: list = []  # (object, attribute, per-step values) of backend statistics
         self.start: float | None = None  # when the first step starts (set by plan_run)
 
@@ -127,8 +124,10 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     k = min(k, rem_min, int(rem_min / rep.strategy.tokens_per_step) + 2)
     if k < min_run:
         return None
-    rng_state = rep.rng.bit_generator.state
-    out = rep.strategy.sample_run(rep.rng, rep.alpha, k)
+    out = rep.strategy.uniform
+    if out is None:  # the rows' drawn rounds
+        tok = rep.traj.window(D[TS], rep.epoch, k)
+        out = Outcome(tok, tok - 1)
     tok = out.tokens
     steps = np.arange(k)
     if np.ndim(tok) == 0:  # every sequence gets the same tokens each step
@@ -161,8 +160,7 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
         ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
     acc = None if out.accepted is None else (
         out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
-    run = Run(n, dt, ends, cum, acc, charges, interruptible,
-              None if np.ndim(tok) == 0 else rng_state, k)
+    run = Run(n, dt, ends, cum, acc, charges, interruptible)
     run.pending, run.start = rb.pending, now
     return run
 
@@ -235,10 +233,6 @@ def apply_run(rep, run: Run) -> None:
     Replica._apply for one step): tokens, accepted counts, rounds, inter-token gaps, busy and
     component seconds, the KV peak, and the sequences that finished in the last step."""
     J = run.cut_at or run.steps
-    if run.rng_state is not None and J < run.drawn:
-        # Leave the stream where single steps would: as if only the J applied rounds were drawn.
-        rep.rng.bit_generator.state = run.rng_state
-        rep.strategy.sample_run(rep.rng, rep.alpha, J)
     st, D, n, ends = rep.st, rep.D, run.n, run.ends
     scalar = np.ndim(run.cum) == 1
     cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]

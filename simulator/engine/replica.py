@@ -27,18 +27,19 @@ import numpy as np
 import simpy
 
 from simulator.deploy.deployments import ResolvedDeployment
-from simulator.deploy.kv_blocks import (admission_limit, blocks_for, decode_row_blocks,
-                                        total_blocks)
+from simulator.deploy.kv_blocks import admission_limit, blocks_for, total_blocks
 from simulator.engine import macro
-from simulator.engine.request_state import ACC, CTX, REM, Prefill, RequestState
+from simulator.engine.admission import Admission
+from simulator.engine.request_state import ACC, CTX, REM, TE, TS, Prefill, RequestState
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
+from simulator.engine.trajectories import TrajectoryBuffer
 
 
 _EMPTY = np.zeros(0, np.int64)
 _add = np.add.reduce  # a column's sum without ndarray.sum's Python-level wrapper
 
 
-class Replica:
+class Replica(Admission):
     """One model instance (tp GPUs): a SimPy process that runs batch steps while it has work.
 
     Running sequences are the decode table (numpy columns, see ID..T0) followed by the partial
@@ -46,7 +47,6 @@ class Replica:
     """
 
     uniform_fast = True  # _apply_uniform on (False: the general apply, for tests)
-    bound_admission = True  # admission on _fit's bound where it decides (False: exact, for tests)
 
     def __init__(self, env: simpy.Environment, idx: int, dep: ResolvedDeployment, st: RequestState,
                  strategy: Strategy, rng: np.random.Generator, on_finish: Callable[[int], None],
@@ -63,7 +63,7 @@ class Replica:
         self._bound_of: tuple | None = None  # (contexts, prefill blocks, bound) when _fit bounded
         self.events = 0  # SimPy events the replica's steps took (one per step or run)
         self.waiting: deque[int] = deque()
-        self.D = np.zeros((6, 0), np.int64)
+        self.D = np.zeros((8, 0), np.int64)
         self._rem_min = self._ctx_sum = None  # min of D[REM], sum of D[CTX] (None: not known)
         self.alpha = np.zeros(0)  # per decoding sequence
         # Last emission time of every decoding sequence (they emit together), or per sequence
@@ -95,12 +95,27 @@ class Replica:
             self.max_seqs = min(self.max_seqs, eng.max_running_sd)
         self.strategy = strategy
         self.qdec, self.lookahead = strategy.query_tokens, strategy.lookahead
+        # Per-request rounds drawn at entry (None: the outcome needs no draw, or is drawn per step)
+        self.traj = (None if strategy.uniform is not None or strategy.per_step_outcomes
+                     else TrajectoryBuffer(macro.CAP))
         self._run: list[tuple[Prefill, int]] = []  # this step's prefill chunks
         self.process = env.process(self.run())
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + self.D.shape[1] + len(self.pre)
+        return len(self.waiting) + self._n_dec() + len(self.pre)
+
+    def _n_dec(self) -> int:
+        """Decoding sequences (the decode table's rows)."""
+        return self.D.shape[1]
+
+    def _dec_ctx(self) -> np.ndarray:
+        """The decoding rows' KV lengths, as the step batch carries them."""
+        return self.D[CTX]
+
+    def running_ids(self) -> list[int]:
+        """Requests in the decode table, then partial prefills, in admission order."""
+        return [*self.D[0].tolist(), *(p.rid for p in self.pre)]
 
     def submit(self, r: int) -> None:
         self.st.replica[r] = self.idx
@@ -117,16 +132,27 @@ class Replica:
     # ---- the decode table -------------------------------------------------------------------
     def _enter(self, rows: list[Prefill], now: float) -> None:
         """Prefills that completed at `now` (and emitted a token then) start decoding."""
-        cols, alpha = self.st.columns([p.rid for p in rows], [p.comp for p in rows], self.epoch)
-        n = self.D.shape[1]
+        st = self.st
+        cols, alpha = st.columns([p.rid for p in rows], [p.comp for p in rows], self.epoch)
+        self._note_entry(len(rows), now)
+        if self.traj is not None:  # each request's rounds, drawn now
+            toks = [self.strategy.trajectory(self.rng, float(st.alpha[r]), int(c))
+                    for r, c in zip(cols[0].tolist(), cols[REM].tolist())]
+            starts = self.traj.store(toks, self.D[TS], self.D[TE], self.epoch)
+            for i, (a, t) in enumerate(zip(starts, toks)):
+                cols[TS, i], cols[TE, i] = a - self.epoch, a + t.shape[0]
+        self.D = np.concatenate([self.D, cols], axis=1)
+        self.alpha = np.concatenate([self.alpha, alpha])
+        self._rem_min = self._ctx_sum = None
+
+    def _note_entry(self, k: int, now: float) -> None:
+        """k rows start decoding at `now`: last emission times (per row when they differ)."""
+        n = self._n_dec()
         if n == 0:
             self.last_t, self.last_arr = now, None
         elif self.last_arr is not None or self.last_t != now:
             old = self.last_arr if self.last_arr is not None else np.full(n, self.last_t)
-            self.last_arr = np.concatenate([old, np.full(len(rows), now)])
-        self.D = np.concatenate([self.D, cols], axis=1)
-        self.alpha = np.concatenate([self.alpha, alpha])
-        self._rem_min = self._ctx_sum = None
+            self.last_arr = np.concatenate([old, np.full(k, now)])
 
     def _leave(self, drop: np.ndarray) -> np.ndarray:
         """Write the dropped decode rows' progress back to the shared state; return their ids."""
@@ -142,88 +168,13 @@ class Replica:
         self._rem_min = self._ctx_sum = None
         return ids
 
-    def _preempt_tail(self, keep: int) -> None:
-        """Preempt running sequences keep.. (the most recently admitted): free their KV,
-        recompute later."""
-        n = self.D.shape[1]
-        ids = [p.rid for p in self.pre[max(0, keep - n):]]
-        self.pre = self.pre[:max(0, keep - n)]
-        self._run = [(p, q) for p, q in self._run if p in self.pre]
-        if keep < n:
-            drop = np.zeros(n, bool)
-            drop[keep:] = True
-            ids = [*self._leave(drop).tolist(), *ids]
-        st = self.st
-        a = np.asarray(ids, np.int64)
-        st.prefill_target[a] = st.prompt[a] + st.generated[a]
-        st.preempt[a] += 1
-        self.waiting.extendleft(reversed(ids))
+    def _drop_tail(self, keep: int) -> list[int]:
+        """Take decode rows keep.. out of the table (preempted); returns their ids."""
+        drop = np.zeros(self.D.shape[1], bool)
+        drop[keep:] = True
+        return self._leave(drop).tolist()
 
     # ---- scheduling -------------------------------------------------------------------------
-    def _fit(self, ctx: np.ndarray, ctx_sum: int, pre_per: list[int]) -> tuple[int | None, bool]:
-        """KV blocks this step holds: each decoding row's cache plus its query and lookahead
-        slots, and each prefill's blocks (pre_per). Preempts from the tail when they do not fit.
-        Returns (blocks used, preempted); blocks None when the exact count is not needed: no
-        admission pending and a bound shows neither overflow nor a new peak. With admission
-        pending and no overflow possible, the bound (_admit counts exactly when it must)."""
-        c, bs, n = self.qdec + self.lookahead, self.bs, ctx.shape[0]
-        pre_blocks = sum(pre_per)
-        bound = (ctx_sum + n * (c + bs - 1)) // bs + pre_blocks  # >= the sum of row ceilings
-        self._bound_of = None
-        if bound <= self.max_blocks_used and not self.waiting:
-            return None, False
-        if self.waiting and self.bound_admission and bound <= self.blocks_total:
-            self._bound_of = (ctx, pre_blocks, bound)
-            return bound, False
-        per = decode_row_blocks(ctx, self.qdec, self.lookahead, bs)
-        used = int(per.sum()) + pre_blocks
-        if used <= self.blocks_total:
-            self.max_blocks_used = max(self.max_blocks_used, used)
-            return used, False
-        cum = np.cumsum(np.concatenate([per, np.asarray(pre_per, np.int64)]))
-        keep = int(np.searchsorted(cum, self.blocks_total, side="right"))
-        if keep == 0:  # the fit check (deploy/fit.py) sizes requests so that this cannot happen
-            raise RuntimeError(f"replica {self.idx}: one sequence needs {int(cum[0])} KV blocks "
-                               f"of {self.blocks_total}: the fit check let it through")
-        self._preempt_tail(keep)
-        used = int(cum[keep - 1])
-        self.max_blocks_used = max(self.max_blocks_used, used)
-        self._preempted = True
-        return used, True
-
-    def _admit(self, used: int, left: int, whole: bool, cap: int | None) -> None:
-        """Admit waiting requests (FCFS) while seats, token budget and KV blocks allow, and at
-        most `cap` of them (the step's remaining prefill slots; None = no limit)."""
-        st, admitted = self.st, 0
-        seats = self.max_seqs - self.D.shape[1] - len(self.pre)
-        while self.waiting and admitted < seats and left > 0 and (cap is None or admitted < cap):
-            r = self.waiting[0]
-            p = int(st.prefill_target[r])
-            chunk = p if whole else min(p, left)
-            blocks = blocks_for(p if self.whole_alloc else chunk, self.bs)
-            if used + blocks > self.admit_limit or (whole and p > left and admitted):
-                if self._bound_of is not None:  # decide on the exact count
-                    used = self._exact(used)
-                    continue
-                break
-            self.waiting.popleft()
-            row = Prefill(r, p)
-            self.pre.append(row)
-            self._run.append((row, chunk))
-            admitted += 1
-            used += blocks
-            left -= chunk
-        if self._bound_of is not None and used > self.max_blocks_used:
-            used = self._exact(used)  # a new peak only if the exact count says so
-        self.max_blocks_used = max(self.max_blocks_used, used)
-
-    def _exact(self, used: int) -> int:
-        """`used` (the bound _fit returned plus blocks admitted since) with the exact count."""
-        ctx, pre_blocks, bound = self._bound_of
-        self._bound_of = None
-        exact = int(decode_row_blocks(ctx, self.qdec, self.lookahead, self.bs).sum()) + pre_blocks
-        return exact + used - bound
-
     def _ctx_total(self) -> int:
         """The decode table's context sum (kept across steps that add known tokens)."""
         if self._ctx_sum is None:
@@ -235,10 +186,10 @@ class Replica:
         Leaves the prefill chunks in self._run; None when nothing can run."""
         self._run = run = []
         self._preempted = False
-        ctx = self.D[CTX]
+        ctx = self._dec_ctx()
         if not self.waiting and not self.pre:  # the common step: every running sequence decodes
             if self._fit(ctx, self._ctx_total(), [])[1]:
-                ctx = self.D[CTX]
+                ctx = self._dec_ctx()
             return StepBatch(self.qdec, ctx, self._ctx_total()) if ctx.shape[0] else None
         bs = self.bs
         n = ctx.shape[0]
@@ -251,7 +202,7 @@ class Replica:
                 if run:
                     return StepBatch(self.qdec, _EMPTY, 0, [q for _, q in run], [0] * len(run),
                                      len(run))
-            ctx = self.D[CTX]
+            ctx = self._dec_ctx()
             return StepBatch(self.qdec, ctx, self._ctx_total()) if ctx.shape[0] else None
         left = self.budget - n * self.qdec
         pre_per = []
@@ -265,7 +216,7 @@ class Replica:
         ctx_sum = self._ctx_total()
         used, preempted = self._fit(ctx, ctx_sum, pre_per)
         if preempted:  # no admissions this step (as vLLM)
-            ctx = self.D[CTX]
+            ctx = self._dec_ctx()
             ctx_sum = self._ctx_total()
         elif used is not None:
             cap = None if self.max_prefills is None else max(0, self.max_prefills - len(run))
@@ -290,7 +241,7 @@ class Replica:
             a.append for a in (self.log_start, self.log_dt, self.log_seqs, self.log_tokens,
                                self.log_emitted))
         while True:
-            if not self.waiting and not self.pre and self.D.shape[1] == 0:
+            if not self.waiting and not self.pre and self._n_dec() == 0:
                 yield from self._idle()
                 continue
             b = self._plan()
@@ -302,7 +253,7 @@ class Replica:
                 if run is not None:
                     yield from macro.wait_run(self, run)
                     continue
-            outcome = strategy.sample(self.rng, self.alpha) if b.n_dec else None
+            outcome = self._outcome() if b.n_dec else None
             dt = self._last_dt = strategy.step_time(b, outcome)
             self.busy += dt
             self.steps += 1
@@ -313,6 +264,17 @@ class Replica:
             log_tokens(b.n_dec * b.q_dec + sum(b.pre_q))
             yield env.timeout(dt)
             log_emitted(self._apply(b.n_dec, outcome, env.now))
+
+    def _outcome(self) -> Outcome | None:
+        """What this step's decoding rows get: the same for all, their rounds' draws, or a
+        draw per step (SSD)."""
+        s = self.strategy
+        if s.uniform is not None:
+            return s.uniform
+        if s.per_step_outcomes:
+            return s.sample(self.rng, self.alpha)
+        tok = self.traj.at(self.D[TS], self.epoch)
+        return Outcome(tok, tok - 1)
 
     def _apply_uniform(self, D: np.ndarray, tok: int, accepted: int | None, n_dec: int,
                        now: float) -> int:
@@ -340,31 +302,36 @@ class Replica:
             self.last_arr = None
         self.last_t = now
 
+    def _apply_decode(self, n_dec: int, outcome: Outcome, now: float) -> tuple:
+        """A step's decoding rows get their tokens: (tokens emitted, ids that finished or None)."""
+        D = self.D
+        tok, rem = outcome.tokens, D[REM]
+        if type(tok) is int and not self._run and self.uniform_fast:  # AR, SD alpha 1
+            if self._rem_min is None:
+                self._rem_min = int(rem.min())
+            if tok < self._rem_min:  # and none finishes: no per-sequence comparisons
+                return self._apply_uniform(D, tok, outcome.accepted, n_dec, now), None
+        fin = rem <= tok
+        any_fin = np.count_nonzero(fin) > 0  # (no Python-level wrapper, unlike .any())
+        e = np.minimum(tok, rem) if any_fin else tok
+        emitted = int(_add(e)) if isinstance(e, np.ndarray) else int(e) * n_dec
+        D[CTX] += e
+        rem -= e  # a view: updates D
+        self._rem_min = None
+        if self._ctx_sum is not None:
+            self._ctx_sum += emitted
+        if outcome.accepted is not None:
+            D[ACC] += outcome.accepted
+        self._round_done(n_dec, now)
+        return emitted, (self._leave(fin) if any_fin else None)
+
     def _apply(self, n_dec: int, outcome: Outcome | None, now: float) -> int:
         """Apply a step's outcome at its end; returns the output tokens it emitted."""
         st, finished, emitted = self.st, None, 0
         if n_dec:
-            D = self.D
-            tok, rem = outcome.tokens, D[REM]
-            if type(tok) is int and not self._run and self.uniform_fast:  # AR, SD alpha 1
-                if self._rem_min is None:
-                    self._rem_min = int(rem.min())
-                if tok < self._rem_min:  # and none finishes: no per-sequence comparisons
-                    return self._apply_uniform(D, tok, outcome.accepted, n_dec, now)
-            fin = rem <= tok
-            any_fin = np.count_nonzero(fin) > 0  # (no Python-level wrapper, unlike .any())
-            e = np.minimum(tok, rem) if any_fin else tok
-            emitted = int(_add(e)) if isinstance(e, np.ndarray) else int(e) * n_dec
-            D[CTX] += e
-            rem -= e  # a view: updates D
-            self._rem_min = None
-            if self._ctx_sum is not None:
-                self._ctx_sum += emitted
-            if outcome.accepted is not None:
-                D[ACC] += outcome.accepted
-            self._round_done(n_dec, now)
-            if any_fin:
-                finished = [self._leave(fin)]
+            emitted, ids = self._apply_decode(n_dec, outcome, now)
+            if ids is not None:
+                finished = [ids]
         if self._run:
             movers, ended = [], []
             for p, q in self._run:

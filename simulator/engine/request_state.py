@@ -12,8 +12,9 @@ from simulator.config.workload import Requests
 # Rows of a replica's decode table (simulator/engine/replica.py; int64, one column per decoding
 # sequence, in admission order): request id, KV length, tokens left to generate, accepted draft
 # tokens, and offsets from which rounds (R0 + the replica's decode-step count) and round tokens
-# (T0 - REM) follow, so that a decode step touches only CTX, REM and ACC.
-ID, CTX, REM, ACC, R0, T0 = range(6)
+# (T0 - REM) follow, so that a decode step touches only CTX, REM and ACC; and where its rounds
+# sit in the replica's trajectory buffer (simulator/engine/trajectories.py: TS, TE).
+ID, CTX, REM, ACC, R0, T0, TS, TE = range(8)
 
 
 class Prefill:
@@ -53,24 +54,26 @@ class RequestState:
         self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
 
     def columns(self, rids: list[int], comps: list[int], epoch: int) -> tuple:
-        """Decode-table columns (ID..T0) and alphas of requests that start decoding with comps[i]
+        """Decode-table columns (ID..TE; TS and TE zero, set by the replica) and alphas of requests that start decoding with comps[i]
         tokens cached, when the replica has run `epoch` decode steps."""
         if len(rids) == 1:  # the common case: scalar gathers cost a fraction of array ones
             r = rids[0]
             rem = int(self.out[r]) - int(self.generated[r])
             cols = np.array((r, comps[0], rem, int(self.accepted[r]), int(self.rounds[r]) - epoch,
-                             int(self.round_tokens[r]) + rem), np.int64)
+                             int(self.round_tokens[r]) + rem, 0, 0), np.int64)
             return cols[:, None], self.alpha[r:r + 1]
         a = np.asarray(rids, np.int64)
         rem = self.out[a] - self.generated[a]
+        zero = np.zeros(a.shape[0], np.int64)
         return (np.stack([a, np.asarray(comps, np.int64), rem, self.accepted[a],
-                          self.rounds[a] - epoch, self.round_tokens[a] + rem]), self.alpha[a])
+                          self.rounds[a] - epoch, self.round_tokens[a] + rem, zero, zero]),
+                self.alpha[a])
 
     def write_back(self, cols: np.ndarray, epoch: int) -> np.ndarray:
         """Progress of decode-table columns that leave the table (finished or preempted) when
         the replica has run `epoch` decode steps; returns their ids."""
         if cols.shape[1] == 1:  # scalar writes, as columns() reads
-            r, _, rem, acc, r0, t0 = cols[:, 0].tolist()
+            r, _, rem, acc, r0, t0 = cols[:T0 + 1, 0].tolist()
             self.generated[r] = int(self.out[r]) - rem
             self.round_tokens[r], self.rounds[r], self.accepted[r] = t0 - rem, r0 + epoch, acc
             return cols[ID]

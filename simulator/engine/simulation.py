@@ -11,6 +11,7 @@ import simpy
 from simulator.config.workload import Requests
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.engine.records import Records
+from simulator.engine.lazy_table import LazyReplica
 from simulator.engine.replica import Replica
 from simulator.engine.request_state import RequestState
 from simulator.engine.router import make_router
@@ -40,15 +41,24 @@ class Simulation:
             alpha = np.full(req.n, np.nan)
         self.st = RequestState(req, alpha)
         self.env = simpy.Environment()
-        self.replicas = [Replica(self.env, i, dep, self.st, make_strategy(dep), rng, self._finished,
-                                 macro_steps, self._next_arrival)
-                         for i, rng in enumerate(replica_rngs)]
+        self.replicas = []
+        for i, rng in enumerate(replica_rngs):
+            s = make_strategy(dep)
+            self.replicas.append(self._replica(macro_steps, s)(
+                self.env, i, dep, self.st, s, rng, self._finished, macro_steps, self._next_arrival))
         self.router = make_router(dep.router)
         self.completed = 0
         self.issued = 0
         self.progress = progress
         # Time integral of the number of requests in the system (Little's law check).
         self._in_system, self._area, self._last_t = 0, 0.0, 0.0
+
+    @staticmethod
+    def _replica(fast: bool, strategy) -> type[Replica]:
+        """The lazy decode table where it applies (simulator/engine/lazy_table.py), else the eager
+        one (with runs of steps when `fast`): the same outputs either way."""
+        lazy = fast and strategy.cheap_steps and not strategy.per_step_outcomes
+        return LazyReplica if lazy else Replica
 
     def _next_arrival(self) -> float:
         """When the next open-loop request arrives (inf in a closed loop or when all have)."""

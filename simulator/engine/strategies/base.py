@@ -6,6 +6,12 @@ prefill gets; a strategy says how many query tokens a decoding sequence puts in 
 how many KV slots it reserves ahead, how long the step takes on the hardware, and how many
 tokens each decoding sequence gets out of it. Each step: sample() draws the outcome first (it
 can change the step's time, as in SSD), then step_time() prices it.
+
+Where a step's outcome depends only on each sequence's own draws (AR, SD), the draws are made per
+request instead: when a request starts decoding, trajectory() draws the tokens of each of its
+rounds until its output is complete (the same distribution: rounds are independent), so the
+engine can know its whole decode at once (simulator/engine/lazy_table.py). Only strategies whose
+outcome couples the batch (SSD's shared cache hits) draw per step, with sample().
 """
 from __future__ import annotations
 
@@ -107,6 +113,10 @@ class Strategy:
     # decode steps at once (simulator/engine/macro.py); False keeps it to single steps.
     macro_safe = True
     tokens_per_step = 1.0  # expected tokens a decoding sequence gets per step (runs' length guess)
+    # The outcome of every step when it needs no draw (AR: one token each); None: per request
+    # trajectories (trajectory()), or per step draws where per_step_outcomes.
+    uniform: Outcome | None = _ONE
+    per_step_outcomes = False  # outcomes drawn per step by sample() (they couple the batch)
 
     def __init__(self, target: LatencyModel):
         self.target = target
@@ -132,8 +142,10 @@ class Strategy:
         (simulator/engine/macro.py)."""
         return self._cheap_target
 
-    def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
-        return _ONE
+    def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
+        """The tokens each round of one request gives (before truncation to what it has left),
+        drawn when it starts decoding with `rem` tokens left: just enough rounds for rem."""
+        return np.ones(rem, np.int64)
 
     def target_time(self, b: StepBatch, gpu_before: float = 0.0) -> float:
         """The target's forward of this step plus the step's engine overhead (charged here, once
@@ -151,11 +163,6 @@ class Strategy:
         return self.target_time(b)
 
     # ---- runs of decode steps (simulator/engine/macro.py) -------------------------------------
-    def sample_run(self, rng: np.random.Generator, alpha: np.ndarray, k: int) -> Outcome:
-        """The outcomes of k successive decode steps of the same sequences: tokens (and accepted)
-        as (k, n) arrays, or constants."""
-        return Outcome(1)
-
     def _target_many(self, r: RunBatch, gpu_before=0.0):
         """target_time's breakdown for each step of a run (None: price step by step)."""
         q, n = self.query_tokens, r.n

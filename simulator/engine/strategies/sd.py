@@ -40,6 +40,9 @@ class SpeculativeStrategy(Strategy):
         self.cdf = None if alpha is None or alpha >= 1.0 else truncated_geometric_cdf(alpha, gamma)
         self.all_accepted = alpha is not None and alpha >= 1.0
         self._all = Outcome(gamma + 1, gamma)
+        self.uniform = self._all if self.all_accepted else None
+        self._pool = self._cum = np.zeros(0, np.int64)  # trajectory()'s pool of rounds
+        self._pos = 0
         # E[K+1] (Leviathan); with per-request alphas a middle guess: it only sizes runs.
         self.tokens_per_step = (expected_tokens_per_position(self.per_position)
                                 if self.per_position is not None else
@@ -56,24 +59,40 @@ class SpeculativeStrategy(Strategy):
             return sample_accepted_per_position(rng, self.per_position, alpha.shape[0])
         return sample_accepted(rng, alpha, self.gamma)
 
-    def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> Outcome:
-        if self.all_accepted:  # every sequence the same (ints: the engine's uniform fast path)
-            return self._all
-        k = self.accepted(rng, alpha)
-        return Outcome(k + 1, k)
+    POOL = 1 << 14  # rounds drawn at once where every request draws from the same law
 
-    def sample_run(self, rng: np.random.Generator, alpha: np.ndarray, k: int) -> Outcome:
-        """sample() for k successive rounds of the same sequences ((k, n) arrays)."""
-        n = alpha.shape[0]
-        if self.cdf is not None:
-            acc = sample_accepted_same_alpha(rng, self.cdf, (k, n))
-        elif self.all_accepted:
-            return Outcome(self.gamma + 1, self.gamma)
-        elif self.per_position is not None:
-            acc = sample_accepted_per_position(rng, self.per_position, (k, n))
-        else:
-            acc = sample_accepted(rng, alpha, self.gamma, rounds=k)
-        return Outcome(acc + 1, acc)
+    def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
+        """Tokens (accepted + 1) of each round of one request until `rem` are out (the last
+        round is the first to reach rem). Where every request draws from the same law (one
+        alpha, or per-position rates), rounds come from a pool drawn POOL at a time and taken
+        in order: the same independent rounds, without a draw and a cumulative sum per request.
+        With per-request alphas, drawn for the request in blocks a little longer than needed."""
+        if self.all_accepted:
+            return np.full(-(-rem // (self.gamma + 1)), self.gamma + 1, np.int64)
+        if self.cdf is None and self.per_position is None:
+            per, parts, got = expected_tokens_per_round(alpha, self.gamma), [], 0
+            while got < rem:
+                m = int((rem - got) / per * 1.25) + 4
+                parts.append(sample_accepted(rng, np.array([alpha]), self.gamma, rounds=m)[:, 0] + 1)
+                got += int(parts[-1].sum())
+            tok = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            return tok[:int(np.cumsum(tok).searchsorted(rem)) + 1]
+        pos = self._pos
+        base = int(self._cum[pos - 1]) if pos else 0
+        end = int(self._cum.searchsorted(base + rem))  # the round that reaches rem
+        while end == self._cum.shape[0]:  # the pool ran out: keep its rest, draw more
+            self._refill(rng)
+            pos, base = 0, 0
+            end = int(self._cum.searchsorted(rem))
+        self._pos = end + 1
+        return self._pool[pos:end + 1]
+
+    def _refill(self, rng: np.random.Generator) -> None:
+        k = (sample_accepted_same_alpha(rng, self.cdf, self.POOL) if self.cdf is not None
+             else sample_accepted_per_position(rng, self.per_position, self.POOL))
+        self._pool = np.concatenate([self._pool[self._pos:], k + 1])
+        self._cum = np.cumsum(self._pool)
+        self._pos = 0
 
     def _draft_many(self, r: RunBatch):
         """draft_time's breakdown for each step of a run of decode steps (None: step by step)."""

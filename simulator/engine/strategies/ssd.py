@@ -59,6 +59,8 @@ class SSDStrategy(DedicatedDraftSD):
     # A round's time depends on its sampled hits, and sample() keeps per-round statistics:
     # the engine runs SSD one step per event (simulator/engine/macro.py).
     macro_safe = False
+    per_step_outcomes = True
+    uniform = None
 
     def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int, fanout: np.ndarray,
                  r: float, handshake: Handshake, batch_policy: str = "all_or_nothing",

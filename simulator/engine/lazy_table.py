@@ -1,0 +1,179 @@
+"""A replica whose decode table is lazy: a decode step costs O(1) work, however many sequences.
+
+Each request's rounds are drawn when it starts decoding (Strategy.trajectory), so at that moment
+its whole decode is known: how many tokens each of its rounds emits, when its KV cache crosses a
+block boundary, and the epoch (the replica's decode-step count) of its last round. The replica
+adds those per-epoch contributions into a ring of epochs: tokens emitted, the change of the
+table's context sum, the change of its KV blocks, and the sequences leaving. A decode step then
+reads one ring slot: the context sum and the exact KV block count stay current without touching
+any row, and the requests finishing at that epoch are listed. Rows are visited only when they
+enter, finish, or are preempted (their not-yet-run contributions are taken back from the ring).
+
+A request's counters (generated tokens, rounds, accepted drafts) are written with their values at
+its finish when it enters; preemption takes back what it did not run. Per-row contexts are never
+materialised, so this table serves strategies priced from the batch's size and context sum (the
+roofline's memoised path: Strategy.cheap_steps) whose outcomes are drawn per request (not SSD);
+the others keep the eager table (simulator/engine/replica.py), the reference for this one: the
+same draws in the same order give the same outputs byte for byte (tests/test_lazy_table.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.engine.replica import Replica
+
+EMIT, DBLK = range(2)  # rows of the ring: tokens emitted, change of the exact KV blocks
+
+
+class _Row:
+    """One decoding request: entry epoch, context at entry, cumulative tokens of its rounds
+    (before truncation), what it added to the ring (tokens emitted per round, block changes
+    after each round but the last), and what leaves with it (context, blocks)."""
+
+    __slots__ = ("s", "c0", "cum", "emit", "dblk", "ctx_end", "blk_end")
+
+    def __init__(self, s, c0, cum, emit, dblk, ctx_end, blk_end):
+        self.s, self.c0, self.cum, self.emit, self.dblk = s, c0, cum, emit, dblk
+        self.ctx_end, self.blk_end = ctx_end, blk_end
+
+    def before(self, k: int) -> int:
+        """Tokens it emitted before its round k."""
+        return int(self.cum[k - 1]) if k else 0
+
+
+class LazyReplica(Replica):
+    """Replica with the lazy decode table (see the module docstring); no runs (macro.py): a
+    step already costs what a run's share of one would."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.macro, self.traj = False, None
+        h = 1 << (int(self.st.out.max(initial=1)) + 2).bit_length()  # > any request's rounds
+        self.mask = h - 1
+        self.ring = np.zeros((2, h), np.int64)
+        self.fins: dict[int, list[int]] = {}  # epoch -> requests whose last round it is
+        self.rows: dict[int, _Row] = {}  # decoding requests, in admission order
+        self.n = self.ctx_sum = self.blocks = 0  # rows, their context sum, their exact KV blocks
+        self._zeros = np.zeros(self.max_seqs, np.int64)
+        self._cq = self.qdec + self.lookahead + self.bs - 1  # decode_row_blocks' offset
+
+    def _n_dec(self) -> int:
+        return self.n
+
+    def _dec_ctx(self) -> np.ndarray:
+        # Shape only: the strategies this table serves price from the count and the sum.
+        return self._zeros[:self.n]
+
+    def _ctx_total(self) -> int:
+        return self.ctx_sum
+
+    def _outcome(self) -> None:
+        return None  # the rows' rounds are in the ring
+
+    def running_ids(self) -> list[int]:
+        return [*self.rows, *(p.rid for p in self.pre)]
+
+    def _fit(self, ctx, ctx_sum: int, pre_per: list[int]) -> tuple[int, bool]:
+        """Admission._fit with the exact count the ring keeps."""
+        used = self.blocks + sum(pre_per)
+        if used <= self.blocks_total:
+            if used > self.max_blocks_used:
+                self.max_blocks_used = used
+            return used, False
+        e, bs, cq = self.epoch, self.bs, self._cq
+        per = np.array([(w.c0 + w.before(e - w.s) + cq) // bs for w in self.rows.values()],
+                       np.int64)
+        return self._shed(per, pre_per)
+
+    def _ring_add(self, row: int, e: int, v: np.ndarray) -> None:
+        """ring[row] at epochs e, e+1, .. += v."""
+        i, m = e & self.mask, v.shape[0]
+        if i + m <= self.mask + 1:
+            self.ring[row, i:i + m] += v
+        else:
+            j = self.mask + 1 - i
+            self.ring[row, i:] += v[:j]
+            self.ring[row, :m - j] += v[j:]
+
+    def _enter(self, rows, now: float) -> None:
+        st, e0, bs, cq = self.st, self.epoch, self.bs, self._cq
+        self._note_entry(len(rows), now)
+        for p in rows:
+            r, c0 = p.rid, p.comp
+            rem = int(st.out[r]) - int(st.generated[r])
+            tok = self.strategy.trajectory(self.rng, float(st.alpha[r]), rem)
+            f = tok.shape[0] - 1  # its last round
+            cum = np.cumsum(tok)
+            emit = tok.copy()
+            emit[f] -= int(cum[f]) - rem  # the last round stops at its output length
+            after = (cum[:f] + (c0 + cq)) // bs  # blocks after each round but the last
+            b0 = (c0 + cq) // bs
+            dblk = after.copy()  # (np.diff with prepend costs several times more)
+            dblk[1:] -= after[:-1]
+            if f:
+                dblk[0] -= b0
+            self._ring_add(EMIT, e0, emit)
+            if f:
+                self._ring_add(DBLK, e0, dblk)
+            self.fins.setdefault(e0 + f, []).append(r)
+            self.rows[r] = _Row(e0, c0, cum, emit, dblk, c0 + rem, int(after[f - 1]) if f else b0)
+            self.n += 1
+            self.ctx_sum += c0
+            self.blocks += b0
+            st.generated[r] += rem
+            st.rounds[r] += f + 1
+            st.round_tokens[r] += rem
+            st.accepted[r] += int(cum[f]) - f - 1  # tok - 1 drafts accepted a round
+
+    def _apply_decode(self, n_dec: int, outcome, now: float) -> tuple:
+        e = self.epoch
+        i = e & self.mask
+        emitted, dblk = self.ring[:, i].tolist()
+        self.ring[:, i] = 0
+        self.ctx_sum += emitted
+        self.blocks += dblk
+        self._round_done(n_dec, now)
+        ids = self.fins.pop(e, None)
+        if ids is None:
+            return emitted, None
+        self.n -= len(ids)
+        for r in ids:
+            w = self.rows.pop(r)
+            self.ctx_sum -= w.ctx_end
+            self.blocks -= w.blk_end
+        a = np.asarray(ids, np.int64)
+        self.st.last_emit[a] = now
+        return emitted, a
+
+    def _drop_tail(self, keep: int) -> list[int]:
+        """Preempt decode rows keep..: take back their ring contributions and the counters they
+        did not run."""
+        st, e = self.st, self.epoch
+        ids = list(self.rows)[keep:]
+        for r in ids:
+            w = self.rows.pop(r)
+            k = e - w.s  # rounds run
+            f = w.emit.shape[0] - 1
+            self._ring_add(EMIT, e, -w.emit[k:])
+            if k < f:
+                self._ring_add(DBLK, e, -w.dblk[k:])
+            fin = self.fins[w.s + f]
+            fin.remove(r)
+            if not fin:
+                del self.fins[w.s + f]
+            self.n -= 1
+            done = w.before(k)
+            self.ctx_sum -= w.c0 + done
+            self.blocks -= (w.c0 + done + self._cq) // self.bs
+            undone = w.ctx_end - w.c0 - done
+            st.generated[r] -= undone
+            st.round_tokens[r] -= undone
+            st.rounds[r] -= f + 1 - k
+            st.accepted[r] -= (int(w.cum[f]) - f - 1) - (done - k)
+        a = np.asarray(ids, np.int64)
+        if self.last_arr is None:
+            st.last_emit[a] = self.last_t
+        else:
+            st.last_emit[a] = self.last_arr[keep:]
+            self.last_arr = self.last_arr[:keep]
+        return ids
