@@ -22,8 +22,6 @@ import numpy as np
 
 from simulator.engine.replica import Replica
 
-EMIT, DBLK = range(2)  # rows of the ring: tokens emitted, change of the exact KV blocks
-
 
 class _Row:
     """One decoding request: entry epoch, context at entry, cumulative tokens of its rounds
@@ -50,7 +48,8 @@ class LazyReplica(Replica):
         self.macro, self.traj = False, None
         h = 1 << (int(self.st.out.max(initial=1)) + 2).bit_length()  # > any request's rounds
         self.mask = h - 1
-        self.ring = np.zeros((2, h), np.int64)
+        # The ring: per epoch, tokens emitted and the change of the exact KV blocks.
+        self.emit, self.dblk = np.zeros(h, np.int64), np.zeros(h, np.int64)
         self.fins: dict[int, list[int]] = {}  # epoch -> requests whose last round it is
         self.rows: dict[int, _Row] = {}  # decoding requests, in admission order
         self.n = self.ctx_sum = self.blocks = 0  # rows, their context sum, their exact KV blocks
@@ -85,15 +84,15 @@ class LazyReplica(Replica):
                        np.int64)
         return self._shed(per, pre_per)
 
-    def _ring_add(self, row: int, e: int, v: np.ndarray) -> None:
-        """ring[row] at epochs e, e+1, .. += v."""
+    def _ring_add(self, ring: np.ndarray, e: int, v: np.ndarray) -> None:
+        """ring at epochs e, e+1, .. += v."""
         i, m = e & self.mask, v.shape[0]
         if i + m <= self.mask + 1:
-            self.ring[row, i:i + m] += v
+            ring[i:i + m] += v
         else:
             j = self.mask + 1 - i
-            self.ring[row, i:] += v[:j]
-            self.ring[row, :m - j] += v[j:]
+            ring[i:] += v[:j]
+            ring[:m - j] += v[j:]
 
     def _enter(self, rows, now: float) -> None:
         st, e0, bs, cq = self.st, self.epoch, self.bs, self._cq
@@ -103,33 +102,33 @@ class LazyReplica(Replica):
             rem = int(st.out[r]) - int(st.generated[r])
             tok = self.strategy.trajectory(self.rng, float(st.alpha[r]), rem)
             f = tok.shape[0] - 1  # its last round
-            cum = np.cumsum(tok)
+            cum = tok.cumsum()
             emit = tok.copy()
-            emit[f] -= int(cum[f]) - rem  # the last round stops at its output length
-            after = (cum[:f] + (c0 + cq)) // bs  # blocks after each round but the last
+            emit[f] -= cum.item(f) - rem  # the last round stops at its output length
+            after = cum[:f] + (c0 + cq)
+            after //= bs  # blocks after each round but the last
             b0 = (c0 + cq) // bs
             dblk = after.copy()  # (np.diff with prepend costs several times more)
-            dblk[1:] -= after[:-1]
             if f:
+                dblk[1:] -= after[:-1]
                 dblk[0] -= b0
-            self._ring_add(EMIT, e0, emit)
-            if f:
-                self._ring_add(DBLK, e0, dblk)
+                self._ring_add(self.dblk, e0, dblk)
+            self._ring_add(self.emit, e0, emit)
             self.fins.setdefault(e0 + f, []).append(r)
-            self.rows[r] = _Row(e0, c0, cum, emit, dblk, c0 + rem, int(after[f - 1]) if f else b0)
+            self.rows[r] = _Row(e0, c0, cum, emit, dblk, c0 + rem, after.item(f - 1) if f else b0)
             self.n += 1
             self.ctx_sum += c0
             self.blocks += b0
             st.generated[r] += rem
             st.rounds[r] += f + 1
             st.round_tokens[r] += rem
-            st.accepted[r] += int(cum[f]) - f - 1  # tok - 1 drafts accepted a round
+            st.accepted[r] += cum.item(f) - f - 1  # tok - 1 drafts accepted a round
 
     def _apply_decode(self, n_dec: int, outcome, now: float) -> tuple:
         e = self.epoch
         i = e & self.mask
-        emitted, dblk = self.ring[:, i].tolist()
-        self.ring[:, i] = 0
+        emitted, dblk = self.emit.item(i), self.dblk.item(i)
+        self.emit[i] = self.dblk[i] = 0
         self.ctx_sum += emitted
         self.blocks += dblk
         self._round_done(n_dec, now)
@@ -154,9 +153,9 @@ class LazyReplica(Replica):
             w = self.rows.pop(r)
             k = e - w.s  # rounds run
             f = w.emit.shape[0] - 1
-            self._ring_add(EMIT, e, -w.emit[k:])
+            self._ring_add(self.emit, e, -w.emit[k:])
             if k < f:
-                self._ring_add(DBLK, e, -w.dblk[k:])
+                self._ring_add(self.dblk, e, -w.dblk[k:])
             fin = self.fins[w.s + f]
             fin.remove(r)
             if not fin:
