@@ -9,11 +9,11 @@ from simulator.config.loading import parse_scenario
 from simulator.config.workload import generate
 
 
-def simulate(d, index=0):
+def simulate(d, index=0, macro_steps=None):
     sc = parse_scenario(d)
     dep = resolve(sc.deployments[index], index, ROOT)
     req = generate(sc.workload, sc.seed, ROOT)
-    sim = Simulation(dep, req, seed=11)
+    sim = Simulation(dep, req, seed=11, macro_steps=macro_steps)
     return sim, sim.run(), req
 
 
@@ -58,7 +58,7 @@ def test_kv_bound_shortcut_changes_nothing(monkeypatch, chunked):
     forcing the exact count every step must give the same run and the same peak."""
     from simulator.engine.replica import Replica
     d = pressure(SD_8B, chunked, 120, 40)
-    _, fast, _ = simulate(d)
+    _, fast, _ = simulate(d, macro_steps=False)  # the eager table (the lazy one counts exactly)
     fit = Replica._fit
 
     def exact_fit(self, ctx, ctx_sum, pre_per):
@@ -69,7 +69,7 @@ def test_kv_bound_shortcut_changes_nothing(monkeypatch, chunked):
             self.max_blocks_used = max(peak, self.max_blocks_used)
 
     monkeypatch.setattr(Replica, "_fit", exact_fit)
-    _, exact, _ = simulate(d)
+    _, exact, _ = simulate(d, macro_steps=False)
     assert exact.preemptions.sum() > 0
     assert exact.max_kv_blocks_used == fast.max_kv_blocks_used
     for f in ("finish", "first_token", "rounds", "accepted", "preemptions"):

@@ -34,7 +34,6 @@ from typer.testing import CliRunner
 # The CLI app (public) and the two engine classes whose steps are checked (internals).
 from simulator.cli import app
 from simulator.engine.replica import Replica
-from simulator.engine.request_state import ID
 from simulator.engine.simulation import Simulation
 
 # Shrinking a failure costs minutes on a busy 2-core host: off by default (the failure is still
@@ -239,7 +238,7 @@ def engine_invariants():
         emitted = apply(self, n_dec, outcome, now)
         if self.max_blocks_used > self.blocks_total:
             raise InvariantBroken(f"KV {self.max_blocks_used} of {self.blocks_total} blocks")
-        running = [*self.D[ID].tolist(), *(p.rid for p in self.pre)]
+        running = self.running_ids()
         if len(set(running)) != len(running) or set(running) & set(self.waiting):
             raise InvariantBroken("a request is running twice, or running and waiting")
         if (self.st.generated > self.st.out).any():

@@ -24,10 +24,12 @@ class Simulation:
     """One deployment under one workload: replicas, router, arrivals. Call run() once."""
 
     def __init__(self, dep: ResolvedDeployment, req: Requests, seed: int,
-                 progress: Callable[[int], None] | None = None, macro_steps: bool | None = None):
-        """macro_steps: advance runs of predictable decode steps in one event (default: on,
-        unless the environment sets SPECSIM_MACRO_STEPS=0); False runs the single-step
-        reference loop."""
+                 progress: Callable[[int], None] | None = None, macro_steps: bool | None = None,
+                 lazy: bool = True):
+        """macro_steps: the fast engine (default: on, unless the environment sets
+        SPECSIM_MACRO_STEPS=0): the lazy decode table where it applies (and `lazy`), else
+        runs of predictable decode steps in one event; False runs the single-step reference
+        loop (the eager table). The outputs are the same."""
         if macro_steps is None:
             macro_steps = os.environ.get("SPECSIM_MACRO_STEPS", "1") != "0"
         self.dep, self.req = dep, req
@@ -44,7 +46,7 @@ class Simulation:
         self.replicas = []
         for i, rng in enumerate(replica_rngs):
             s = make_strategy(dep)
-            self.replicas.append(self._replica(macro_steps, s)(
+            self.replicas.append(self._replica(macro_steps and lazy, s)(
                 self.env, i, dep, self.st, s, rng, self._finished, macro_steps, self._next_arrival))
         self.router = make_router(dep.router)
         self.completed = 0
@@ -54,11 +56,11 @@ class Simulation:
         self._in_system, self._area, self._last_t = 0, 0.0, 0.0
 
     @staticmethod
-    def _replica(fast: bool, strategy) -> type[Replica]:
-        """The lazy decode table where it applies (simulator/engine/lazy_table.py), else the eager
-        one (with runs of steps when `fast`): the same outputs either way."""
-        lazy = fast and strategy.cheap_steps and not strategy.per_step_outcomes
-        return LazyReplica if lazy else Replica
+    def _replica(lazy: bool, strategy) -> type[Replica]:
+        """The lazy decode table where it applies (simulator/engine/lazy_table.py), else the
+        eager one: the same outputs either way."""
+        ok = lazy and strategy.cheap_steps and not strategy.per_step_outcomes
+        return LazyReplica if ok else Replica
 
     def _next_arrival(self) -> float:
         """When the next open-loop request arrives (inf in a closed loop or when all have)."""

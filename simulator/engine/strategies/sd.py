@@ -40,7 +40,7 @@ class SpeculativeStrategy(Strategy):
         self.cdf = None if alpha is None or alpha >= 1.0 else truncated_geometric_cdf(alpha, gamma)
         self.all_accepted = alpha is not None and alpha >= 1.0
         self._all = Outcome(gamma + 1, gamma)
-        self.uniform = self._all if self.all_accepted else None
+        self.uniform = self._all if self.all_accepted and not self.per_step_outcomes else None
         self._pool = self._cum = np.zeros(0, np.int64)  # trajectory()'s pool of rounds
         self._pos = 0
         # E[K+1] (Leviathan); with per-request alphas a middle guess: it only sizes runs.

@@ -60,7 +60,6 @@ class SSDStrategy(DedicatedDraftSD):
     # the engine runs SSD one step per event (simulator/engine/macro.py).
     macro_safe = False
     per_step_outcomes = True
-    uniform = None
 
     def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int, fanout: np.ndarray,
                  r: float, handshake: Handshake, batch_policy: str = "all_or_nothing",

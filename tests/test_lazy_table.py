@@ -1,0 +1,161 @@
+"""The lazy decode table (simulator/engine/lazy_table.py) against the eager reference loop, and
+the per-request trajectories both read (Strategy.trajectory, simulator/engine/trajectories.py).
+
+Both tables read the same rounds, drawn when each request starts decoding, so they must give
+byte-identical records: sampled and deterministic acceptance, preemption, chunked and whole-prompt
+prefill, open and closed loops, several replicas."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from conftest import AR_8B, ROOT, SD_8B, scenario_dict
+from simulator.config.loading import load_scenario, parse_scenario
+from simulator.config.workload import generate
+from simulator.deploy.deployments import resolve
+from simulator.engine import trajectories
+from simulator.engine.lazy_table import LazyReplica
+from simulator.engine.replica import Replica
+from simulator.engine.simulation import Simulation
+from simulator.engine.strategies import make_strategy
+from simulator.physics.acceptance import (expected_tokens_per_round, sample_accepted_same_alpha,
+                                          truncated_geometric_cdf)
+from test_macro_steps import CASES, assert_identical, simulate
+
+MORE = {
+    **CASES,
+    "sd-open-chunked-2-replicas": scenario_dict(
+        [{**SD_8B, "replicas": 2, "acceptance": {"alpha": 0.75}}], requests=300,
+        arrival={"process": "poisson", "rate_per_s": 30},
+        prompt={"dist": "uniform", "min": 50, "max": 3000},
+        output={"dist": "uniform", "min": 1, "max": 400}),
+    "ar-whole-prompts-closed": scenario_dict(
+        [{**AR_8B, "scheduler": {"chunked_prefill": False}}], requests=200,
+        arrival={"process": "closed", "concurrency": 24},
+        output={"dist": "uniform", "min": 1, "max": 200}),
+}
+
+
+def _classes(d) -> set[str]:
+    """The replica classes the fast engine builds for scenario dict d."""
+    sc = parse_scenario(d)
+    sim = Simulation(resolve(sc.deployments[0], 0, ROOT), generate(sc.workload, sc.seed, ROOT), 5)
+    return {type(r).__name__ for r in sim.replicas}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_lazy_table_reproduces_the_eager_reference(name):
+    """Catches a finish booked one epoch off, a preempted request whose future tokens or blocks
+    stay in the ring (or whose counters keep rounds it did not run), a KV count that drifts from
+    the exact one (peak, preemption points), a context sum that misses a leaving row."""
+    assert _classes(MORE[name]) == {"LazyReplica"}
+    ref = simulate(MORE[name], False)
+    lazy = simulate(MORE[name], True, lazy=True)
+    assert_identical(ref, lazy)
+    if "preempt" in name:
+        assert ref.preemptions.sum() > 0
+
+
+@pytest.mark.parametrize("name", ["sd-preempt-chunked", "ar-preempt-whole-prompts"])
+def test_lazy_sums_equal_the_rows_at_every_step(name, monkeypatch):
+    """The ring's context sum and exact KV block count, checked before every planned step
+    against each row's own context (entry context + tokens its rounds emitted so far)."""
+    plan, checked = LazyReplica._plan, [0]
+
+    def checked_plan(self):
+        e, cq, bs = self.epoch, self._cq, self.bs
+        ctx = [w.c0 + w.before(e - w.s) for w in self.rows.values()]
+        assert len(ctx) == self.n
+        assert sum(ctx) == self.ctx_sum
+        assert sum((c + cq) // bs for c in ctx) == self.blocks
+        checked[0] += bool(ctx)
+        return plan(self)
+
+    monkeypatch.setattr(LazyReplica, "_plan", checked_plan)
+    simulate(MORE[name], True, lazy=True)
+    assert checked[0] > 100
+
+
+def test_the_fast_engine_picks_the_table_that_applies():
+    """Lazy only where steps are priced from sums and outcomes are drawn per request: SSD (per
+    step draws), the profile backend (per-row contexts) and the reference loop stay eager."""
+    assert _classes(MORE["sd-alpha1"]) == {"LazyReplica"}
+    sc, base = load_scenario(ROOT / "scenarios/ssd-vs-sd-llama70b.yaml")
+    for i, d in enumerate(sc.deployments):
+        s = make_strategy(resolve(d, i, base))
+        want = Replica if d.strategy == "ssd" else LazyReplica
+        assert Simulation._replica(True, s) is want
+        assert Simulation._replica(False, s) is Replica
+    prof = {**SD_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"},
+            "draft_latency": {"backend": "calibrated"}}
+    s = make_strategy(resolve(parse_scenario(scenario_dict([prof])).deployments[0], 0, ROOT))
+    assert not s.cheap_steps and Simulation._replica(True, s) is Replica
+
+
+def _strategy(acceptance: dict):
+    d = scenario_dict([{**SD_8B, "acceptance": acceptance}])
+    return make_strategy(resolve(parse_scenario(d).deployments[0], 0, ROOT))
+
+
+@pytest.mark.parametrize("acceptance", [{"alpha": 0.6}, {"alpha": 1.0},
+                                        {"per_position": [0.9, 0.7, 0.5, 0.3]},
+                                        {"alpha": 0.7, "heterogeneity": {"concentration": 5}}])
+def test_trajectory_ends_at_the_first_round_reaching_rem(acceptance):
+    """Catches a trajectory one round short (the request never finishes) or one round long (a
+    round that emits nothing)."""
+    s, rng = _strategy(acceptance), np.random.default_rng(1)
+    for rem in [1, 2, 5, 6, 7, 64, 500, *rng.integers(1, 3000, 40).tolist()]:
+        tok = s.trajectory(rng, 0.7, rem)
+        cum = np.cumsum(tok)
+        assert cum[-1] >= rem and (tok.shape[0] == 1 or cum[-2] < rem)
+        assert ((tok >= 1) & (tok <= s.gamma + 1)).all()
+
+
+def test_pooled_rounds_are_the_stream_in_order():
+    """Trajectories of requests that share one alpha are consecutive rounds of one stream, drawn
+    POOL at a time: concatenated they equal the stream drawn directly. Catches a round dropped or
+    repeated where the pool is refilled, and a pool restarted per request."""
+    s, rng = _strategy({"alpha": 0.6}), np.random.default_rng(7)
+    got = np.concatenate([s.trajectory(rng, 0.6, int(r))
+                          for r in np.random.default_rng(3).integers(1, 400, 800)])
+    assert got.shape[0] > 2 * s.POOL  # the pool was refilled at least twice
+    ref, want = np.random.default_rng(7), []
+    while sum(w.shape[0] for w in want) < got.shape[0]:
+        want.append(sample_accepted_same_alpha(ref, s.cdf, s.POOL) + 1)
+    np.testing.assert_array_equal(got, np.concatenate(want)[:got.shape[0]])
+
+
+@pytest.mark.parametrize("acceptance", [{"alpha": 0.6}, {"alpha": 0.8, "heterogeneity": {"concentration": 1e6}}])
+def test_trajectory_rounds_follow_the_truncated_geometric_law(acceptance):
+    """Rounds before a trajectory's last (not conditioned on reaching rem) follow
+    P(K = k) = (1 - a) a^k for k < gamma, a^gamma at gamma (Leviathan): chi-square at 1%, and
+    the mean within 1% of E[K+1]. Catches a law off by one position or a biased block draw."""
+    s, rng = _strategy(acceptance), np.random.default_rng(5)
+    a = acceptance["alpha"]
+    toks = np.concatenate([s.trajectory(rng, a, 300)[:-1] for _ in range(1500)])
+    k = toks - 1
+    p = np.append((1 - a) * a ** np.arange(s.gamma), a ** s.gamma)
+    counts = np.bincount(k, minlength=s.gamma + 1)
+    assert chisquare(counts, p * counts.sum()).pvalue > 0.01
+    assert toks.mean() == pytest.approx(expected_tokens_per_round(a, s.gamma), rel=0.01)
+    assert np.allclose(truncated_geometric_cdf(a, s.gamma), np.cumsum(p)[:-1])
+
+
+def test_trajectory_buffer_packing_changes_nothing(monkeypatch):
+    """The eager table's trajectory buffer packs live rounds to its front and doubles when
+    needed; with a tiny first size it packs again and again and must give the same records.
+    Catches rows whose round offsets are not rebased when the buffer packs."""
+    d = MORE["sd-preempt-chunked"]
+    ref = simulate(d, False)
+    packs = [0]
+    pack = trajectories.TrajectoryBuffer._pack
+
+    def counted(self, *a):
+        packs[0] += 1
+        return pack(self, *a)
+
+    monkeypatch.setattr(trajectories.TrajectoryBuffer, "_pack", counted)
+    monkeypatch.setattr(trajectories.TrajectoryBuffer.__init__, "__defaults__", (64,))
+    assert_identical(ref, simulate(d, False))
+    assert packs[0] > 5
