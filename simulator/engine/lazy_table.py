@@ -3,11 +3,12 @@
 Each request's rounds are drawn when it starts decoding (Strategy.trajectory), so at that moment
 its whole decode is known: how many tokens each of its rounds emits, when its KV cache crosses a
 block boundary, and the epoch (the replica's decode-step count) of its last round. The replica
-adds those per-epoch contributions into a ring of epochs: tokens emitted, the change of the
-table's context sum, the change of its KV blocks, and the sequences leaving. A decode step then
-reads one ring slot: the context sum and the exact KV block count stay current without touching
-any row, and the requests finishing at that epoch are listed. Rows are visited only when they
-enter, finish, or are preempted (their not-yet-run contributions are taken back from the ring).
+adds those per-epoch contributions into a ring of epochs (tokens emitted, change of the exact
+KV blocks) and lists the request under its last epoch. A decode step reads one ring slot: the
+context sum and the exact KV block count stay current without touching any row, and the
+requests whose last round it was leave (their context and blocks with them). Rows are visited
+only when they enter, finish, or are preempted (their not-yet-run contributions are then taken
+back from the ring).
 
 A request's counters (generated tokens, rounds, accepted drafts) are written with their values at
 its finish when it enters; preemption takes back what it did not run. Per-row contexts are never

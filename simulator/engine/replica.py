@@ -4,18 +4,21 @@ The arrivals are simulator/engine/simulation.py's, the router simulator/engine/r
 Continuous batching as vLLM does it (v1 scheduler with chunked prefill): each step first gives
 running decodes their tokens (1 for AR, gamma+1 verify positions for SD), then continues
 partial prefills, then admits waiting requests while max_num_seqs, the token budget and free KV
-blocks allow. When the KV cache cannot hold the step, the most recently admitted requests are
-preempted and later recomputed. Without chunked prefill, a step runs either new prompts whole
-(prefill first, as vLLM v0) or decodes.
+blocks allow (simulator/engine/admission.py). When the KV cache cannot hold the step, the most
+recently admitted requests are preempted and later recomputed. Without chunked prefill, a step
+runs either new prompts whole (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
-physics/acceptance.py, both through the deployment's Strategy. Decoding sequences sit in a
-decode table (numpy columns, a few whole-column operations per step), partial prefills in a
-list; progress goes back to per-request arrays when a request finishes or is preempted. A step
-reaches the strategy as the context column and its sum plus the prefill chunks (the roofline
-prices from sums). One SimPy event per batch step (plus one per open-loop arrival), never per
-token; with macro-steps (the default) one per run of predictable decode steps
-(simulator/engine/macro.py), the single-step loop kept as the reference (macro_steps=False).
+physics/acceptance.py, both through the deployment's Strategy; a request's rounds are drawn when
+it starts decoding (Strategy.trajectory; SSD draws per step). This class is the eager decode
+table, the reference: decoding sequences sit in numpy columns (a few whole-column operations per
+step), their drawn rounds in a trajectory buffer (simulator/engine/trajectories.py), partial
+prefills in a list; progress goes back to per-request arrays when a request finishes or is
+preempted. A step reaches the strategy as the context column and its sum plus the prefill chunks.
+One SimPy event per batch step (plus one per open-loop arrival), never per token. The fast
+engine (the default) uses the lazy table (simulator/engine/lazy_table.py: O(1) work a step) where
+steps are priced from sums, else this table with runs of predictable decode steps in one event
+(simulator/engine/macro.py); macro_steps=False keeps single steps, for tests and benchmarks.
 """
 from __future__ import annotations
 

@@ -49,16 +49,6 @@ class SpeculativeStrategy(Strategy):
                                 expected_tokens_per_round(alpha, gamma) if alpha is not None
                                 else 1.0 + gamma / 2.0)
 
-    def accepted(self, rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:
-        """Accepted draft tokens of one round, per decoding sequence."""
-        if self.cdf is not None:
-            return sample_accepted_same_alpha(rng, self.cdf, alpha.shape[0])
-        if self.all_accepted:
-            return np.full(alpha.shape[0], self.gamma)
-        if self.per_position is not None:
-            return sample_accepted_per_position(rng, self.per_position, alpha.shape[0])
-        return sample_accepted(rng, alpha, self.gamma)
-
     POOL = 1 << 14  # rounds drawn at once where every request draws from the same law
 
     def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:

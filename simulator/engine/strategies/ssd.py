@@ -35,6 +35,8 @@ import numpy as np
 from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
 from simulator.engine.strategies.dedicated import DedicatedDraftSD
 from simulator.latency.base import LatencyModel, charge
+from simulator.physics.acceptance import (sample_accepted, sample_accepted_per_position,
+                                          sample_accepted_same_alpha)
 from simulator.physics.handshake import Handshake
 from simulator.physics.rounds import ssd_round
 from simulator.physics.ssd import (hit_given_stop, hit_probability, optimal_fanout,
@@ -86,6 +88,17 @@ class SSDStrategy(DedicatedDraftSD):
         self.fast_rounds = 0
         # Per batch size n (decoding sequences): rounds, and rounds that used the cache.
         self.rounds_by_size: dict[int, list[int]] = {}
+
+    def accepted(self, rng: np.random.Generator, alpha: np.ndarray) -> np.ndarray:
+        """Accepted draft tokens of one round, per decoding sequence (drawn per step: SSD's
+        outcomes couple the batch through its cache hits)."""
+        if self.cdf is not None:
+            return sample_accepted_same_alpha(rng, self.cdf, alpha.shape[0])
+        if self.all_accepted:
+            return np.full(alpha.shape[0], self.gamma)
+        if self.per_position is not None:
+            return sample_accepted_per_position(rng, self.per_position, alpha.shape[0])
+        return sample_accepted(rng, alpha, self.gamma)
 
     def sample(self, rng: np.random.Generator, alpha: np.ndarray) -> SSDOutcome:
         n = alpha.shape[0]
