@@ -14,7 +14,7 @@ from conftest import AR_8B, ROOT, SD_8B, scenario_dict
 from simulator.config.loading import load_scenario, parse_scenario
 from simulator.config.workload import generate
 from simulator.deploy.deployments import resolve
-from simulator.engine import trajectories
+from simulator.engine import macro, trajectories
 from simulator.engine.lazy_table import LazyReplica
 from simulator.engine.replica import Replica
 from simulator.engine.simulation import Simulation
@@ -44,15 +44,20 @@ def _classes(d) -> set[str]:
     return {type(r).__name__ for r in sim.replicas}
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["steps", "runs"])
 @pytest.mark.parametrize("name", list(MORE))
-def test_lazy_table_reproduces_the_eager_reference(name):
+def test_lazy_table_reproduces_the_eager_reference(name, runs, monkeypatch):
     """Catches a finish booked one epoch off, a preempted request whose future tokens or blocks
     stay in the ring (or whose counters keep rounds it did not run), a KV count that drifts from
-    the exact one (peak, preemption points), a context sum that misses a leaving row."""
+    the exact one (peak, preemption points), a context sum that misses a leaving row; with runs
+    (planned from 2 expected steps, so that every case has many), a run that crosses a finish or
+    a KV overflow, a peak or a step log entry lost inside a run."""
     assert _classes(MORE[name]) == {"LazyReplica"}
     ref = simulate(MORE[name], False)
+    monkeypatch.setattr(macro, "MIN_RUN", 2 if runs else 10**9)
     lazy = simulate(MORE[name], True, lazy=True)
     assert_identical(ref, lazy)
+    assert (lazy.events < lazy.steps) == runs
     if "preempt" in name:
         assert ref.preemptions.sum() > 0
 

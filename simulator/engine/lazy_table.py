@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
+import bisect
+import math
+
+from simulator.engine import macro
 from simulator.engine.replica import Replica
+from simulator.engine.strategies import RunBatch
 
 
 class _Row:
@@ -41,12 +46,13 @@ class _Row:
 
 
 class LazyReplica(Replica):
-    """Replica with the lazy decode table (see the module docstring); no runs (macro.py): a
-    step already costs what a run's share of one would."""
+    """Replica with the lazy decode table (see the module docstring). Runs of decode steps
+    (simulator/engine/macro.py) read the ring too: until the first finish, each step's context
+    sum and exact KV count are the ring's running sums."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.macro, self.traj = False, None
+        self.traj = None
         h = 1 << (int(self.st.out.max(initial=1)) + 2).bit_length()  # > any request's rounds
         self.mask = h - 1
         # The ring: per epoch, tokens emitted and the change of the exact KV blocks.
@@ -133,9 +139,11 @@ class LazyReplica(Replica):
         self.ctx_sum += emitted
         self.blocks += dblk
         self._round_done(n_dec, now)
-        ids = self.fins.pop(e, None)
-        if ids is None:
-            return emitted, None
+        return emitted, (self._leave_finished(e, now) if e in self.fins else None)
+
+    def _leave_finished(self, e: int, now: float) -> np.ndarray:
+        """The requests whose last round was at epoch e leave (at `now`); returns their ids."""
+        ids = self.fins.pop(e)
         self.n -= len(ids)
         for r in ids:
             w = self.rows.pop(r)
@@ -143,7 +151,61 @@ class LazyReplica(Replica):
             self.blocks -= w.blk_end
         a = np.asarray(ids, np.int64)
         self.st.last_emit[a] = now
-        return emitted, a
+        return a
+
+    def _plan_run(self, now: float, horizon: float, last_dt: float | None) -> macro.Run | None:
+        """macro.plan_run on the ring: the run ends with the step of the first finish, before
+        the first step whose exact KV count would overflow, and at the next open-loop arrival."""
+        interruptible = not self.waiting
+        k = macro.CAP
+        if interruptible and horizon < math.inf and last_dt:
+            k = min(k, int((horizon - now) / last_dt) + 1)
+        e = self.epoch
+        k = min(k, min(self.fins) - e + 1)
+        if k < macro.MIN_RUN:
+            return None
+        idx = (e + np.arange(k)) & self.mask
+        emit, used = self.emit[idx], self.dblk[idx].cumsum()
+        used += self.blocks  # the exact blocks after each step; step j holds used[j - 1]
+        over = np.flatnonzero(used[:-1] > self.blocks_total)  # (step 0 fitted when planned)
+        if over.shape[0]:
+            k = int(over[0]) + 1
+        ctx_sums = np.empty(k, np.int64)
+        ctx_sums[0] = self.ctx_sum
+        np.cumsum(emit[:k - 1], out=ctx_sums[1:])
+        ctx_sums[1:] += self.ctx_sum
+        rb = RunBatch(self.n, self.qdec, ctx_sums, None, None)
+        got = self.strategy.run_times_many(rb)
+        if got is None:
+            return None
+        dt = np.broadcast_to(np.asarray(got[0], float), (k,))
+        ends, t = [], now
+        for d in dt.tolist():  # the clock as single steps advance it
+            t = t + d
+            ends.append(t)
+        if interruptible and horizon < math.inf:
+            ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
+        run = macro.Run(self.n, dt, ends, emit, used, got[1], interruptible)
+        run.pending, run.start = rb.pending, now
+        return run
+
+    def _apply_run(self, run: macro.Run) -> None:
+        """Apply the run's first run.cut_at (default all) steps: the ring's slots, the KV peak
+        (blocks only grow along a run), the requests whose last round was its last step."""
+        J = run.cut_at or run.steps
+        e = self.epoch
+        emitted = run.cum[:J].tolist()
+        if J > 1:
+            self.max_blocks_used = max(self.max_blocks_used, int(run.acc[J - 2]))
+        idx = (e + np.arange(J)) & self.mask
+        self.ctx_sum += sum(emitted)
+        self.blocks = int(run.acc[J - 1])
+        self.emit[idx] = self.dblk[idx] = 0
+        now = macro.account(self, run, J, emitted)
+        if e + J - 1 in self.fins:
+            ids = self._leave_finished(e + J - 1, now)
+            self.st.finish[ids] = now
+            self.on_finish(ids.shape[0])
 
     def _drop_tail(self, keep: int) -> list[int]:
         """Preempt decode rows keep..: take back their ring contributions and the counters they

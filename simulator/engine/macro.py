@@ -97,7 +97,7 @@ def try_run(rep, now: float):
     if rep.run_skip:
         rep.run_skip -= 1
         return None
-    run = plan_run(rep, now, rep.horizon(), rep._last_dt)
+    run = rep._plan_run(now, rep.horizon(), rep._last_dt)
     if run is None:
         rep.run_fails = f = min(rep.run_fails + 1, MAX_FAILS)
         rep.run_skip = (1 << f) - 1
@@ -204,7 +204,7 @@ def wait_run(rep, run: Run):
         yield from sleep_until(rep.env, run.ends[run.cut_at - 1])
     rep._live = None
     rep._last_dt = float(run.dt[(run.cut_at or run.steps) - 1])
-    apply_run(rep, run)
+    rep._apply_run(run)
 
 
 def _note_kv(rep, ctx: np.ndarray) -> None:
@@ -214,39 +214,17 @@ def _note_kv(rep, ctx: np.ndarray) -> None:
         rep.max_blocks_used = max(rep.max_blocks_used, int(((ctx + c) // bs).sum()))
 
 
-def _log_steps(rep, run: Run, J: int, rem: np.ndarray) -> None:
-    """The replica's step log (start, duration, sequences, scheduled tokens, tokens emitted)
-    for the run's first J steps, as single steps would have appended them."""
-    ends, n = run.ends, run.n
+def account(rep, run: Run, J: int, emitted: list[int]) -> float:
+    """What the run's first J steps add outside the decode table, as single steps would have:
+    the step log (emitted: tokens each step emitted), one more epoch a step, the inter-token
+    gaps, busy and component seconds, backends' statistics. Returns the last step's end."""
+    st, ends, n = rep.st, run.ends, run.n
     rep.log_start.append(run.start)
     rep.log_start.extend(ends[:J - 1])
     rep.log_dt.extend(run.dt[:J].tolist())
     rep.log_seqs.extend([n] * J)
     rep.log_tokens.extend([n * rep.qdec] * J)
-    cum = run.cum[:J] if np.ndim(run.cum) == 2 else run.cum[:J, None]
-    out = np.minimum(cum, rem).sum(axis=1)  # tokens emitted up to each step's end
-    rep.log_emitted.extend(np.diff(out, prepend=0).tolist())
-
-
-def apply_run(rep, run: Run) -> None:
-    """Apply the first run.cut_at (default all) steps of `run` to the replica (see
-    Replica._apply for one step): tokens, accepted counts, rounds, inter-token gaps, busy and
-    component seconds, the KV peak, and the sequences that finished in the last step."""
-    J = run.cut_at or run.steps
-    st, D, n, ends = rep.st, rep.D, run.n, run.ends
-    scalar = np.ndim(run.cum) == 1
-    cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]
-    before_last = (int(run.cum[J - 2]) if scalar else run.cum[J - 2]) if J > 1 else 0
-    ctx, rem = D[CTX], D[REM]
-    _note_kv(rep, ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
-    _log_steps(rep, run, J, rem)
-    fin = rem <= cum
-    e = np.minimum(cum, rem)
-    ctx += e  # views: update D
-    rem -= e
-    rep._rem_min = rep._ctx_sum = None
-    if run.acc is not None:
-        D[ACC] += run.acc[J - 1]
+    rep.log_emitted.extend(emitted)
     rep.epoch += J
     if rep.last_arr is None:
         st.itl_values.append(ends[0] - rep.last_t)
@@ -267,7 +245,30 @@ def apply_run(rep, run: Run) -> None:
             acc[i] = add_steps(acc[i], parts[i], J)
     for obj, attr, values in run.pending:  # backends' run statistics (profile)
         setattr(obj, attr, add_steps(getattr(obj, attr), values, J))
+    return now
+
+
+def apply_run(rep, run: Run) -> None:
+    """Apply the first run.cut_at (default all) steps of `run` to the eager table (see
+    Replica._apply for one step): tokens, accepted counts, rounds, the KV peak, the sequences
+    that finished in the last step, and what account() adds."""
+    J = run.cut_at or run.steps
+    D = rep.D
+    scalar = np.ndim(run.cum) == 1
+    cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]
+    before_last = (int(run.cum[J - 2]) if scalar else run.cum[J - 2]) if J > 1 else 0
+    ctx, rem = D[CTX], D[REM]
+    _note_kv(rep, ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
+    upto = np.minimum(run.cum[:J] if not scalar else run.cum[:J, None], rem).sum(axis=1)
+    now = account(rep, run, J, np.diff(upto, prepend=0).tolist())  # emitted by each step
+    fin = rem <= cum
+    e = np.minimum(cum, rem)
+    ctx += e  # views: update D
+    rem -= e
+    rep._rem_min = rep._ctx_sum = None
+    if run.acc is not None:
+        D[ACC] += run.acc[J - 1]
     if fin.any():
         ids = rep._leave(fin)
-        st.finish[ids] = now
+        rep.st.finish[ids] = now
         rep.on_finish(ids.shape[0])

@@ -268,6 +268,12 @@ class Replica(Admission):
             yield env.timeout(dt)
             log_emitted(self._apply(b.n_dec, outcome, env.now))
 
+    def _plan_run(self, now: float, horizon: float, last_dt: float | None) -> macro.Run | None:
+        return macro.plan_run(self, now, horizon, last_dt)
+
+    def _apply_run(self, run: macro.Run) -> None:
+        macro.apply_run(self, run)
+
     def _outcome(self) -> Outcome | None:
         """What this step's decoding rows get: the same for all, their rounds' draws, or a
         draw per step (SSD)."""
