@@ -30,14 +30,14 @@ from simulator.engine.strategies import RunBatch
 
 
 class _Row:
-    """One decoding request: entry epoch, context at entry, cumulative tokens of its rounds
-    (before truncation), what it added to the ring (tokens emitted per round, block changes
-    after each round but the last), and what leaves with it (context, blocks)."""
+    """One decoding request: entry epoch, context at entry, its rounds' tokens (before the last
+    is truncated to its output length) and their cumulative sums, the block changes after each
+    round but the last, and what leaves with it (context, blocks)."""
 
-    __slots__ = ("s", "c0", "cum", "emit", "dblk", "ctx_end", "blk_end")
+    __slots__ = ("s", "c0", "cum", "tok", "dblk", "ctx_end", "blk_end")
 
-    def __init__(self, s, c0, cum, emit, dblk, ctx_end, blk_end):
-        self.s, self.c0, self.cum, self.emit, self.dblk = s, c0, cum, emit, dblk
+    def __init__(self, s, c0, cum, tok, dblk, ctx_end, blk_end):
+        self.s, self.c0, self.cum, self.tok, self.dblk = s, c0, cum, tok, dblk
         self.ctx_end, self.blk_end = ctx_end, blk_end
 
     def before(self, k: int) -> int:
@@ -110,8 +110,7 @@ class LazyReplica(Replica):
             tok = self.strategy.trajectory(self.rng, float(st.alpha[r]), rem)
             f = tok.shape[0] - 1  # its last round
             cum = tok.cumsum()
-            emit = tok.copy()
-            emit[f] -= cum.item(f) - rem  # the last round stops at its output length
+            over = cum.item(f) - rem  # the last round stops at its output length
             after = cum[:f] + (c0 + cq)
             after //= bs  # blocks after each round but the last
             b0 = (c0 + cq) // bs
@@ -120,9 +119,10 @@ class LazyReplica(Replica):
                 dblk[1:] -= after[:-1]
                 dblk[0] -= b0
                 self._ring_add(self.dblk, e0, dblk)
-            self._ring_add(self.emit, e0, emit)
+            self._ring_add(self.emit, e0, tok)
+            self.emit[(e0 + f) & self.mask] -= over
             self.fins.setdefault(e0 + f, []).append(r)
-            self.rows[r] = _Row(e0, c0, cum, emit, dblk, c0 + rem, after.item(f - 1) if f else b0)
+            self.rows[r] = _Row(e0, c0, cum, tok, dblk, c0 + rem, after.item(f - 1) if f else b0)
             self.n += 1
             self.ctx_sum += c0
             self.blocks += b0
@@ -215,8 +215,9 @@ class LazyReplica(Replica):
         for r in ids:
             w = self.rows.pop(r)
             k = e - w.s  # rounds run
-            f = w.emit.shape[0] - 1
-            self._ring_add(self.emit, e, -w.emit[k:])
+            f = w.tok.shape[0] - 1
+            self._ring_add(self.emit, e, -w.tok[k:])
+            self.emit[(w.s + f) & self.mask] += int(w.cum[f]) - (w.ctx_end - w.c0)
             if k < f:
                 self._ring_add(self.dblk, e, -w.dblk[k:])
             fin = self.fins[w.s + f]
