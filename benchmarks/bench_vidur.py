@@ -56,7 +56,7 @@ def run(requests: int, rate: float, ref_s: float, reference: bool) -> None:
           f"KV {rec.kv_blocks_total:,} blocks")
     if reference:
         ref_rec, _, _, ref_wall = simulate(scenario(requests, rate), macro_steps=False)
-        print(line("  single steps", ref_rec, ref_wall, ref_s) + f" | macro-steps {ref_wall / wall:.2f}x faster")
+        print(line("  single steps", ref_rec, ref_wall, ref_s) + f" | the default {ref_wall / wall:.2f}x faster")
 
 
 def main() -> None:
