@@ -19,14 +19,14 @@ same draws in the same order give the same outputs byte for byte (tests/test_laz
 """
 from __future__ import annotations
 
-import numpy as np
-
 import bisect
 import math
 
+import numpy as np
+
 from simulator.engine import macro
 from simulator.engine.replica import Replica
-from simulator.engine.strategies import RunBatch
+from simulator.engine.strategies import RunBatch, StepBatch
 
 
 class _Row:
@@ -78,6 +78,16 @@ class LazyReplica(Replica):
 
     def running_ids(self) -> list[int]:
         return [*self.rows, *(p.rid for p in self.pre)]
+
+    def _plan(self) -> StepBatch | None:
+        if self.waiting or self.pre or not self.n or self.blocks > self.blocks_total:
+            return super()._plan()
+        # The common step, every running sequence decoding and fitting: Replica._plan's first
+        # branch without the calls.
+        self._run, self._preempted = [], False
+        if self.blocks > self.max_blocks_used:
+            self.max_blocks_used = self.blocks
+        return StepBatch(self.qdec, self._zeros[:self.n], self.ctx_sum)
 
     def _fit(self, ctx, ctx_sum: int, pre_per: list[int]) -> tuple[int, bool]:
         """Admission._fit with the exact count the ring keeps."""
