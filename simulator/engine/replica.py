@@ -45,7 +45,7 @@ _add = np.add.reduce  # a column's sum without ndarray.sum's Python-level wrappe
 class Replica(Admission):
     """One model instance (tp GPUs): a SimPy process that runs batch steps while it has work.
 
-    Running sequences are the decode table (numpy columns, see ID..T0) followed by the partial
+    Running sequences are the decode table (numpy columns, see ID..TE) followed by the partial
     prefills (a short list); both in admission order, which is also the preemption order.
     """
 
