@@ -19,7 +19,6 @@ same draws in the same order give the same outputs byte for byte (tests/test_laz
 """
 from __future__ import annotations
 
-import bisect
 import math
 
 import numpy as np
@@ -189,12 +188,7 @@ class LazyReplica(Replica):
         if got is None:
             return None
         dt = np.broadcast_to(np.asarray(got[0], float), (k,))
-        ends, t = [], now
-        for d in dt.tolist():  # the clock as single steps advance it
-            t = t + d
-            ends.append(t)
-        if interruptible and horizon < math.inf:
-            ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
+        ends = macro.step_ends(dt, now, horizon if interruptible else math.inf)
         run = macro.Run(self.n, dt, ends, emit, used, got[1], interruptible)
         run.pending, run.start = rb.pending, now
         return run

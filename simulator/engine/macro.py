@@ -152,17 +152,24 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     ctx_sums, ctx_max = ctx_sums[:m], ctx_max[:m]
     rb = RunBatch(n, rep.qdec, ctx_sums, ctx_max, lambda j: ctx + before(j))
     dt, charges = rep.strategy.run_times(rb)
-    ends, s = [], now
-    for d in dt.tolist():  # the clock as single steps advance it
-        s = s + d
-        ends.append(s)
-    if interruptible and horizon < math.inf:
-        ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
+    ends = step_ends(dt, now, horizon if interruptible else math.inf)
     acc = None if out.accepted is None else (
         out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
     run = Run(n, dt, ends, cum, acc, charges, interruptible)
     run.pending, run.start = rb.pending, now
     return run
+
+
+def step_ends(dt: np.ndarray, now: float, horizon: float) -> list[float]:
+    """Each step's end as single steps advance the clock (one addition a step), up to the step
+    in progress at `horizon` (the next open-loop arrival when the run is interruptible)."""
+    ends, s = [], now
+    for d in dt.tolist():
+        s = s + d
+        ends.append(s)
+    if horizon < math.inf:
+        ends = ends[:min(len(ends), bisect.bisect_left(ends, horizon) + 1)]
+    return ends
 
 
 def _kv_limit(rep, ctx, ctx_sums, before, m: int) -> int:
