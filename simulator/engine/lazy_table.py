@@ -3,10 +3,10 @@
 Each request's rounds are drawn when it starts decoding (Strategy.trajectory), so at that moment
 its whole decode is known: how many tokens each of its rounds emits, when its KV cache crosses a
 block boundary, and the epoch (the replica's decode-step count) of its last round. The replica
-adds those per-epoch contributions into a ring of epochs (tokens emitted, change of the exact
-KV blocks) and lists the request under its last epoch. A decode step reads one ring slot: the
-context sum and the exact KV block count stay current without touching any row, and the
-requests whose last round it was leave (their context and blocks with them). Rows are visited
+adds those per-epoch contributions into rings of epochs (the tokens it emits in each round, the
+KV blocks it holds at each) and lists the request under its last epoch. A decode step reads one
+ring slot: the context sum and the exact KV block count stay current without touching any row,
+and the requests whose last round it was leave (their context with them). Rows are visited
 only when they enter, finish, or are preempted (their not-yet-run contributions are then taken
 back from the ring).
 
@@ -30,14 +30,13 @@ from simulator.engine.strategies import RunBatch, StepBatch
 
 class _Row:
     """One decoding request: entry epoch, context at entry, its rounds' tokens (before the last
-    is truncated to its output length) and their cumulative sums, the block changes after each
-    round but the last, and what leaves with it (context, blocks)."""
+    is truncated to its output length) and their cumulative sums, the KV blocks it holds at each
+    round, and its context when it leaves."""
 
-    __slots__ = ("s", "c0", "cum", "tok", "dblk", "ctx_end", "blk_end")
+    __slots__ = ("s", "c0", "cum", "tok", "blk", "ctx_end")
 
-    def __init__(self, s, c0, cum, tok, dblk, ctx_end, blk_end):
-        self.s, self.c0, self.cum, self.tok, self.dblk = s, c0, cum, tok, dblk
-        self.ctx_end, self.blk_end = ctx_end, blk_end
+    def __init__(self, s, c0, cum, tok, blk, ctx_end):
+        self.s, self.c0, self.cum, self.tok, self.blk, self.ctx_end = s, c0, cum, tok, blk, ctx_end
 
     def before(self, k: int) -> int:
         """Tokens it emitted before its round k."""
@@ -54,11 +53,11 @@ class LazyReplica(Replica):
         self.traj = None
         h = 1 << (int(self.st.out.max(initial=1)) + 2).bit_length()  # > any request's rounds
         self.mask = h - 1
-        # The ring: per epoch, tokens emitted and the change of the exact KV blocks.
-        self.emit, self.dblk = np.zeros(h, np.int64), np.zeros(h, np.int64)
+        # The rings: per epoch, the tokens the step emits and the exact KV blocks it holds.
+        self.emit, self.held = np.zeros(h, np.int64), np.zeros(h, np.int64)
         self.fins: dict[int, list[int]] = {}  # epoch -> requests whose last round it is
         self.rows: dict[int, _Row] = {}  # decoding requests, in admission order
-        self.n = self.ctx_sum = self.blocks = 0  # rows, their context sum, their exact KV blocks
+        self.n = self.ctx_sum = self.blocks = 0  # rows, their context sum, their KV blocks now
         self._zeros = np.zeros(self.max_seqs, np.int64)
         self._cq = self.qdec + self.lookahead + self.bs - 1  # decode_row_blocks' offset
 
@@ -95,9 +94,8 @@ class LazyReplica(Replica):
             if used > self.max_blocks_used:
                 self.max_blocks_used = used
             return used, False
-        e, bs, cq = self.epoch, self.bs, self._cq
-        per = np.array([(w.c0 + w.before(e - w.s) + cq) // bs for w in self.rows.values()],
-                       np.int64)
+        e = self.epoch
+        per = np.array([w.blk[e - w.s] for w in self.rows.values()], np.int64)
         return self._shed(per, pre_per)
 
     def _ring_add(self, ring: np.ndarray, e: int, v: np.ndarray) -> None:
@@ -120,21 +118,17 @@ class LazyReplica(Replica):
             f = tok.shape[0] - 1  # its last round
             cum = tok.cumsum()
             over = cum.item(f) - rem  # the last round stops at its output length
-            after = cum[:f] + (c0 + cq)
-            after //= bs  # blocks after each round but the last
-            b0 = (c0 + cq) // bs
-            dblk = after.copy()  # (np.diff with prepend costs several times more)
-            if f:
-                dblk[1:] -= after[:-1]
-                dblk[0] -= b0
-                self._ring_add(self.dblk, e0, dblk)
+            blk = cum - tok  # tokens out before each round
+            blk += c0 + cq
+            blk //= bs  # KV blocks held at each round (decode_row_blocks)
+            self._ring_add(self.held, e0, blk)
             self._ring_add(self.emit, e0, tok)
             self.emit[(e0 + f) & self.mask] -= over
             self.fins.setdefault(e0 + f, []).append(r)
-            self.rows[r] = _Row(e0, c0, cum, tok, dblk, c0 + rem, after.item(f - 1) if f else b0)
+            self.rows[r] = _Row(e0, c0, cum, tok, blk, c0 + rem)
             self.n += 1
             self.ctx_sum += c0
-            self.blocks += b0
+            self.blocks += blk.item(0)
             st.generated[r] += rem
             st.rounds[r] += f + 1
             st.round_tokens[r] += rem
@@ -143,10 +137,10 @@ class LazyReplica(Replica):
     def _apply_decode(self, n_dec: int, outcome, now: float) -> tuple:
         e = self.epoch
         i = e & self.mask
-        emitted, dblk = self.emit.item(i), self.dblk.item(i)
-        self.emit[i] = self.dblk[i] = 0
+        emitted = self.emit.item(i)
+        self.emit[i] = self.held[i] = 0
         self.ctx_sum += emitted
-        self.blocks += dblk
+        self.blocks = self.held.item((e + 1) & self.mask)
         self._round_done(n_dec, now)
         return emitted, (self._leave_finished(e, now) if e in self.fins else None)
 
@@ -157,7 +151,6 @@ class LazyReplica(Replica):
         for r in ids:
             w = self.rows.pop(r)
             self.ctx_sum -= w.ctx_end
-            self.blocks -= w.blk_end
         a = np.asarray(ids, np.int64)
         self.st.last_emit[a] = now
         return a
@@ -174,9 +167,8 @@ class LazyReplica(Replica):
         if k < macro.MIN_RUN:
             return None
         idx = (e + np.arange(k)) & self.mask
-        emit, used = self.emit[idx], self.dblk[idx].cumsum()
-        used += self.blocks  # the exact blocks after each step; step j holds used[j - 1]
-        over = np.flatnonzero(used[:-1] > self.blocks_total)  # (step 0 fitted when planned)
+        emit, used = self.emit[idx], self.held[idx]  # used[j]: the exact blocks step j holds
+        over = np.flatnonzero(used[1:] > self.blocks_total)  # (step 0 fitted when planned)
         if over.shape[0]:
             k = int(over[0]) + 1
         ctx_sums = np.empty(k, np.int64)
@@ -200,11 +192,11 @@ class LazyReplica(Replica):
         e = self.epoch
         emitted = run.cum[:J].tolist()
         if J > 1:
-            self.max_blocks_used = max(self.max_blocks_used, int(run.acc[J - 2]))
+            self.max_blocks_used = max(self.max_blocks_used, int(run.acc[J - 1]))
         idx = (e + np.arange(J)) & self.mask
         self.ctx_sum += sum(emitted)
-        self.blocks = int(run.acc[J - 1])
-        self.emit[idx] = self.dblk[idx] = 0
+        self.emit[idx] = self.held[idx] = 0
+        self.blocks = self.held.item((e + J) & self.mask)
         now = macro.account(self, run, J, emitted)
         if e + J - 1 in self.fins:
             ids = self._leave_finished(e + J - 1, now)
@@ -222,8 +214,7 @@ class LazyReplica(Replica):
             f = w.tok.shape[0] - 1
             self._ring_add(self.emit, e, -w.tok[k:])
             self.emit[(w.s + f) & self.mask] += int(w.cum[f]) - (w.ctx_end - w.c0)
-            if k < f:
-                self._ring_add(self.dblk, e, -w.dblk[k:])
+            self._ring_add(self.held, e, -w.blk[k:])
             fin = self.fins[w.s + f]
             fin.remove(r)
             if not fin:
@@ -231,7 +222,7 @@ class LazyReplica(Replica):
             self.n -= 1
             done = w.before(k)
             self.ctx_sum -= w.c0 + done
-            self.blocks -= (w.c0 + done + self._cq) // self.bs
+            self.blocks -= int(w.blk[k])
             undone = w.ctx_end - w.c0 - done
             st.generated[r] -= undone
             st.round_tokens[r] -= undone
