@@ -121,9 +121,15 @@ class LazyReplica(Replica):
             blk = cum - tok  # tokens out before each round
             blk += c0 + cq
             blk //= bs  # KV blocks held at each round (decode_row_blocks)
-            self._ring_add(self.held, e0, blk)
-            self._ring_add(self.emit, e0, tok)
-            self.emit[(e0 + f) & self.mask] -= over
+            i = e0 & self.mask
+            if i + f < self.mask:  # (_ring_add, inlined for the common case: no wrap)
+                self.held[i:i + f + 1] += blk
+                self.emit[i:i + f + 1] += tok
+                self.emit[i + f] -= over
+            else:
+                self._ring_add(self.held, e0, blk)
+                self._ring_add(self.emit, e0, tok)
+                self.emit[(e0 + f) & self.mask] -= over
             self.fins.setdefault(e0 + f, []).append(r)
             self.rows[r] = _Row(e0, c0, cum, tok, blk, c0 + rem)
             self.n += 1
