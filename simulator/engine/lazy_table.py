@@ -30,17 +30,17 @@ from simulator.engine.strategies import RunBatch, StepBatch
 
 class _Row:
     """One decoding request: entry epoch, context at entry, its rounds' tokens (before the last
-    is truncated to its output length) and their cumulative sums, the KV blocks it holds at each
-    round, and its context when it leaves."""
+    is truncated to its output length), the tokens out before each round (and after the last,
+    untruncated), the KV blocks it holds at each round, and its context when it leaves."""
 
-    __slots__ = ("s", "c0", "cum", "tok", "blk", "ctx_end")
+    __slots__ = ("s", "c0", "run", "tok", "blk", "ctx_end")
 
-    def __init__(self, s, c0, cum, tok, blk, ctx_end):
-        self.s, self.c0, self.cum, self.tok, self.blk, self.ctx_end = s, c0, cum, tok, blk, ctx_end
+    def __init__(self, s, c0, run, tok, blk, ctx_end):
+        self.s, self.c0, self.run, self.tok, self.blk, self.ctx_end = s, c0, run, tok, blk, ctx_end
 
     def before(self, k: int) -> int:
         """Tokens it emitted before its round k."""
-        return int(self.cum[k - 1]) if k else 0
+        return int(self.run[k])
 
 
 class LazyReplica(Replica):
@@ -114,12 +114,11 @@ class LazyReplica(Replica):
         for p in rows:
             r, c0 = p.rid, p.comp
             rem = int(st.out[r]) - int(st.generated[r])
-            tok = self.strategy.trajectory(self.rng, float(st.alpha[r]), rem)
+            tok, before = self.strategy.rounds(self.rng, float(st.alpha[r]), rem)
             f = tok.shape[0] - 1  # its last round
-            cum = tok.cumsum()
-            over = cum.item(f) - rem  # the last round stops at its output length
-            blk = cum - tok  # tokens out before each round
-            blk += c0 + cq
+            total = before.item(f + 1)
+            over = total - rem  # the last round stops at its output length
+            blk = before[:f + 1] + (c0 + cq)
             blk //= bs  # KV blocks held at each round (decode_row_blocks)
             i = e0 & self.mask
             if i + f < self.mask:  # (_ring_add, inlined for the common case: no wrap)
@@ -131,14 +130,14 @@ class LazyReplica(Replica):
                 self._ring_add(self.emit, e0, tok)
                 self.emit[(e0 + f) & self.mask] -= over
             self.fins.setdefault(e0 + f, []).append(r)
-            self.rows[r] = _Row(e0, c0, cum, tok, blk, c0 + rem)
+            self.rows[r] = _Row(e0, c0, before, tok, blk, c0 + rem)
             self.n += 1
             self.ctx_sum += c0
             self.blocks += blk.item(0)
             st.generated[r] += rem
             st.rounds[r] += f + 1
             st.round_tokens[r] += rem
-            st.accepted[r] += cum.item(f) - f - 1  # tok - 1 drafts accepted a round
+            st.accepted[r] += total - f - 1  # tok - 1 drafts accepted a round
 
     def _apply_decode(self, n_dec: int, outcome, now: float) -> tuple:
         e = self.epoch
@@ -219,7 +218,7 @@ class LazyReplica(Replica):
             k = e - w.s  # rounds run
             f = w.tok.shape[0] - 1
             self._ring_add(self.emit, e, -w.tok[k:])
-            self.emit[(w.s + f) & self.mask] += int(w.cum[f]) - (w.ctx_end - w.c0)
+            self.emit[(w.s + f) & self.mask] += int(w.run[f + 1]) - (w.ctx_end - w.c0)
             self._ring_add(self.held, e, -w.blk[k:])
             fin = self.fins[w.s + f]
             fin.remove(r)
@@ -233,7 +232,7 @@ class LazyReplica(Replica):
             st.generated[r] -= undone
             st.round_tokens[r] -= undone
             st.rounds[r] -= f + 1 - k
-            st.accepted[r] -= (int(w.cum[f]) - f - 1) - (done - k)
+            st.accepted[r] -= (int(w.run[f + 1]) - f - 1) - (done - k)
         a = np.asarray(ids, np.int64)
         if self.last_arr is None:
             st.last_emit[a] = self.last_t

@@ -145,6 +145,17 @@ class Strategy:
     def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
         """The tokens each round of one request gives (before truncation to what it has left),
         drawn when it starts decoding with `rem` tokens left: just enough rounds for rem."""
+        return self._draw(rng, alpha, rem)
+
+    def rounds(self, rng: np.random.Generator, alpha: float, rem: int) -> tuple:
+        """trajectory() and the tokens out before each of its rounds and after the last
+        (before truncation): f + 1 rounds, f + 2 running sums starting at 0."""
+        tok = self._draw(rng, alpha, rem)
+        before = np.zeros(tok.shape[0] + 1, np.int64)
+        np.cumsum(tok, out=before[1:])
+        return tok, before
+
+    def _draw(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
         return np.ones(rem, np.int64)
 
     def target_time(self, b: StepBatch, gpu_before: float = 0.0) -> float:

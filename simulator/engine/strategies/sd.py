@@ -41,7 +41,7 @@ class SpeculativeStrategy(Strategy):
         self.all_accepted = alpha is not None and alpha >= 1.0
         self._all = Outcome(gamma + 1, gamma)
         self.uniform = self._all if self.all_accepted and not self.per_step_outcomes else None
-        self._pool = self._cum = np.zeros(0, np.int64)  # trajectory()'s pool of rounds
+        self._pool, self._sums = np.zeros(0, np.int64), np.zeros(1, np.int64)  # rounds()'s pool
         self._pos = 0
         # E[K+1] (Leviathan); with per-request alphas a middle guess: it only sizes runs.
         self.tokens_per_step = (expected_tokens_per_position(self.per_position)
@@ -52,36 +52,46 @@ class SpeculativeStrategy(Strategy):
     POOL = 1 << 14  # rounds drawn at once where every request draws from the same law
 
     def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
-        """Tokens (accepted + 1) of each round of one request until `rem` are out (the last
-        round is the first to reach rem). Where every request draws from the same law (one
-        alpha, or per-position rates), rounds come from a pool drawn POOL at a time and taken
-        in order: the same independent rounds, without a draw and a cumulative sum per request.
-        With per-request alphas, drawn for the request in blocks a little longer than needed."""
+        return self.rounds(rng, alpha, rem)[0]
+
+    def rounds(self, rng: np.random.Generator, alpha: float, rem: int) -> tuple:
+        """trajectory() and the tokens out before each of its rounds (and after the last,
+        before truncation). Where every request draws from the same law (one alpha, or
+        per-position rates), rounds come from a pool drawn POOL at a time and taken in order:
+        the same independent rounds, with the pool's running sums instead of a draw and a
+        cumulative sum per request. With per-request alphas, drawn for the request in blocks
+        a little longer than needed."""
+        if self.all_accepted or (self.cdf is None and self.per_position is None):
+            return super().rounds(rng, alpha, rem)
+        pos, sums = self._pos, self._sums
+        base = sums.item(pos)
+        end = int(sums.searchsorted(base + rem)) - 1  # the round that reaches rem
+        while end == sums.shape[0] - 1:  # the pool ran out: keep its rest, draw more
+            self._refill(rng)
+            pos, sums, base = 0, self._sums, 0
+            end = int(sums.searchsorted(rem)) - 1
+        self._pos = end + 1
+        before = sums[pos:end + 2] - base
+        return self._pool[pos:end + 1], before
+
+    def _draw(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
+        """A trajectory drawn for one request (see rounds())."""
         if self.all_accepted:
             return np.full(-(-rem // (self.gamma + 1)), self.gamma + 1, np.int64)
-        if self.cdf is None and self.per_position is None:
-            per, parts, got = expected_tokens_per_round(alpha, self.gamma), [], 0
-            while got < rem:
-                m = int((rem - got) / per * 1.25) + 4
-                parts.append(sample_accepted(rng, np.array([alpha]), self.gamma, rounds=m)[:, 0] + 1)
-                got += int(parts[-1].sum())
-            tok = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            return tok[:int(np.cumsum(tok).searchsorted(rem)) + 1]
-        pos = self._pos
-        base = int(self._cum[pos - 1]) if pos else 0
-        end = int(self._cum.searchsorted(base + rem))  # the round that reaches rem
-        while end == self._cum.shape[0]:  # the pool ran out: keep its rest, draw more
-            self._refill(rng)
-            pos, base = 0, 0
-            end = int(self._cum.searchsorted(rem))
-        self._pos = end + 1
-        return self._pool[pos:end + 1]
+        per, parts, got = expected_tokens_per_round(alpha, self.gamma), [], 0
+        while got < rem:
+            m = int((rem - got) / per * 1.25) + 4
+            parts.append(sample_accepted(rng, np.array([alpha]), self.gamma, rounds=m)[:, 0] + 1)
+            got += int(parts[-1].sum())
+        tok = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return tok[:int(np.cumsum(tok).searchsorted(rem)) + 1]
 
     def _refill(self, rng: np.random.Generator) -> None:
         k = (sample_accepted_same_alpha(rng, self.cdf, self.POOL) if self.cdf is not None
              else sample_accepted_per_position(rng, self.per_position, self.POOL))
         self._pool = np.concatenate([self._pool[self._pos:], k + 1])
-        self._cum = np.cumsum(self._pool)
+        self._sums = np.zeros(self._pool.shape[0] + 1, np.int64)  # tokens before each round
+        np.cumsum(self._pool, out=self._sums[1:])
         self._pos = 0
 
     def _draft_many(self, r: RunBatch):
