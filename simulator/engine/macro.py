@@ -90,13 +90,11 @@ MAX_FAILS = 6  # after f failed plans in a row the next 2**f - 1 eligible steps 
 
 
 def try_run(rep, now: float):
-    """plan_run, unless recent tries failed: big batches have a sequence finishing nearly every
-    step, and each failed plan costs a few microseconds, so after f failures in a row the next
-    2**f - 1 eligible steps (at most 63) run as single steps without trying. Which steps try
-    does not change the outputs (a run reproduces the single steps it replaces)."""
-    if rep.run_skip:
-        rep.run_skip -= 1
-        return None
+    """plan_run, with a back-off: big batches have a sequence finishing nearly every step, and
+    each failed plan costs a few microseconds, so after f failures in a row the next 2**f - 1
+    eligible steps (at most 63) run as single steps without trying (the replica's loop counts
+    them down in rep.run_skip before it calls this). Which steps try does not change the
+    outputs (a run reproduces the single steps it replaces)."""
     run = rep._plan_run(now, rep.horizon(), rep._last_dt)
     if run is None:
         rep.run_fails = f = min(rep.run_fails + 1, MAX_FAILS)

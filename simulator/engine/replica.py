@@ -252,10 +252,13 @@ class Replica(Admission):
                 yield from self._idle()
                 continue
             if self.macro and b.n_dec and not self._run and not self.pre and not self._preempted:
-                run = macro.try_run(self, env.now)
-                if run is not None:
-                    yield from macro.wait_run(self, run)
-                    continue
+                if self.run_skip:  # (macro.try_run's back-off, without the call)
+                    self.run_skip -= 1
+                else:
+                    run = macro.try_run(self, env.now)
+                    if run is not None:
+                        yield from macro.wait_run(self, run)
+                        continue
             outcome = self._outcome() if b.n_dec else None
             dt = self._last_dt = strategy.step_time(b, outcome)
             self.busy += dt
