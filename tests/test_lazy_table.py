@@ -64,18 +64,25 @@ def test_lazy_table_reproduces_the_eager_reference(name, runs, monkeypatch):
 
 @pytest.mark.parametrize("name", ["sd-preempt-chunked", "ar-preempt-whole-prompts"])
 def test_lazy_sums_equal_the_rows_at_every_step(name, monkeypatch):
-    """The ring's context sum and exact KV block count, checked before every planned step
-    against each row's own context (entry context + tokens its rounds emitted so far)."""
+    """The ring's context sum and exact KV block count, checked before and after planning every
+    step (after its preemptions) against each row's own context (entry context + tokens its
+    rounds emitted so far). Catches a preemption that leaves its row's blocks or context in the
+    sums (the next decode step would reload the blocks from the ring, hiding it until then)."""
     plan, checked = LazyReplica._plan, [0]
 
-    def checked_plan(self):
+    def check(self):
         e, cq, bs = self.epoch, self._cq, self.bs
         ctx = [w.c0 + w.before(e - w.s) for w in self.rows.values()]
         assert len(ctx) == self.n
         assert sum(ctx) == self.ctx_sum
         assert sum((c + cq) // bs for c in ctx) == self.blocks
         checked[0] += bool(ctx)
-        return plan(self)
+
+    def checked_plan(self):  # before the step, and after its preemptions
+        check(self)
+        b = plan(self)
+        check(self)
+        return b
 
     monkeypatch.setattr(LazyReplica, "_plan", checked_plan)
     simulate(MORE[name], True, lazy=True)
