@@ -1,5 +1,5 @@
 """The lazy decode table (simulator/engine/lazy_table.py) against the eager reference loop, and
-the per-request trajectories both read (Strategy.trajectory, simulator/engine/trajectories.py).
+the per-request trajectories both read (Strategy.rounds, simulator/engine/trajectories.py).
 
 Both tables read the same rounds, drawn when each request starts decoding, so they must give
 byte-identical records: sampled and deterministic acceptance, preemption, chunked and whole-prompt
@@ -118,7 +118,7 @@ def test_trajectory_ends_at_the_first_round_reaching_rem(acceptance):
     round that emits nothing)."""
     s, rng = _strategy(acceptance), np.random.default_rng(1)
     for rem in [1, 2, 5, 6, 7, 64, 500, *rng.integers(1, 3000, 40).tolist()]:
-        tok = s.trajectory(rng, 0.7, rem)
+        tok = s.rounds(rng, 0.7, rem)[0]
         cum = np.cumsum(tok)
         assert cum[-1] >= rem and (tok.shape[0] == 1 or cum[-2] < rem)
         assert ((tok >= 1) & (tok <= s.gamma + 1)).all()
@@ -129,7 +129,7 @@ def test_pooled_rounds_are_the_stream_in_order():
     POOL at a time: concatenated they equal the stream drawn directly. Catches a round dropped or
     repeated where the pool is refilled, and a pool restarted per request."""
     s, rng = _strategy({"alpha": 0.6}), np.random.default_rng(7)
-    got = np.concatenate([s.trajectory(rng, 0.6, int(r))
+    got = np.concatenate([s.rounds(rng, 0.6, int(r))[0]
                           for r in np.random.default_rng(3).integers(1, 400, 800)])
     assert got.shape[0] > 2 * s.POOL  # the pool was refilled at least twice
     ref, want = np.random.default_rng(7), []
@@ -145,7 +145,7 @@ def test_trajectory_rounds_follow_the_truncated_geometric_law(acceptance):
     the mean within 1% of E[K+1]. Catches a law off by one position or a biased block draw."""
     s, rng = _strategy(acceptance), np.random.default_rng(5)
     a = acceptance["alpha"]
-    toks = np.concatenate([s.trajectory(rng, a, 300)[:-1] for _ in range(1500)])
+    toks = np.concatenate([s.rounds(rng, a, 300)[0][:-1] for _ in range(1500)])
     k = toks - 1
     p = np.append((1 - a) * a ** np.arange(s.gamma), a ** s.gamma)
     counts = np.bincount(k, minlength=s.gamma + 1)

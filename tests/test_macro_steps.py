@@ -263,7 +263,7 @@ def test_sleep_lands_on_times_no_single_delay_reaches():
 def test_run_cut_keeps_the_step_in_progress():
     """An arrival at t keeps the steps up to the one running at t; at a step boundary the step
     that would start there is not run (it would have seen the arrival)."""
-    r = macro.Run(2, np.ones(4), [1.0, 2.0, 3.0, 4.0], None, None, {}, True)
+    r = macro.Run(2, np.ones(4), [1.0, 2.0, 3.0, 4.0], None, {}, True)
     assert r.cut(0.5) == 1 and r.cut(2.0) == 2 and r.cut(2.5) == 3 and r.cut(9.0) == 4
 
 

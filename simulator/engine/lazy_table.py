@@ -1,6 +1,6 @@
 """A replica whose decode table is lazy: a decode step costs O(1) work, however many sequences.
 
-Each request's rounds are drawn when it starts decoding (Strategy.trajectory), so at that moment
+Each request's rounds are drawn when it starts decoding (Strategy.rounds), so at that moment
 its whole decode is known: how many tokens each of its rounds emits, when its KV cache crosses a
 block boundary, and the epoch (the replica's decode-step count) of its last round. The replica
 adds those per-epoch contributions into rings of epochs (the tokens it emits in each round, the
@@ -186,7 +186,7 @@ class LazyReplica(Replica):
             return None
         dt = np.broadcast_to(np.asarray(got[0], float), (k,))
         ends = macro.step_ends(dt, now, horizon if interruptible else math.inf)
-        run = macro.Run(self.n, dt, ends, emit, used, got[1], interruptible)
+        run = macro.Run(self.n, dt, ends, (emit, used), got[1], interruptible)
         run.pending, run.start = rb.pending, now
         return run
 
@@ -195,9 +195,10 @@ class LazyReplica(Replica):
         (blocks only grow along a run), the requests whose last round was its last step."""
         J = run.cut_at or run.steps
         e = self.epoch
-        emitted = run.cum[:J].tolist()
+        emit, used = run.table
+        emitted = emit[:J].tolist()
         if J > 1:
-            self.max_blocks_used = max(self.max_blocks_used, int(run.acc[J - 1]))
+            self.max_blocks_used = max(self.max_blocks_used, int(used[J - 1]))
         idx = (e + np.arange(J)) & self.mask
         self.ctx_sum += sum(emitted)
         self.emit[idx] = self.held[idx] = 0

@@ -44,15 +44,17 @@ MIN_RUN_PRICEY = 4
 
 
 class Run:
-    """A planned run of decode steps: per-step seconds and absolute end times, cumulative
-    tokens and accepted counts per sequence, charges; `interruptible` when an arrival could be
-    admitted mid-run (no request was waiting)."""
+    """A planned run of decode steps: per-step seconds and absolute end times, what the decode
+    table needs to apply it (`table`: for the eager table the cumulative tokens and accepted
+    counts per sequence, for the lazy one each step's emitted tokens and KV blocks held),
+    charges; `interruptible` when an arrival could be admitted mid-run (no request was
+    waiting)."""
 
-    __slots__ = ("n", "dt", "ends", "cum", "acc", "charges", "interruptible", "cut_at",
-                 "pending", "start")
+    __slots__ = ("n", "dt", "ends", "table", "charges", "interruptible", "cut_at", "pending",
+                 "start")
 
-    def __init__(self, n, dt, ends, cum, acc, charges, interruptible):
-        self.n, self.dt, self.ends, self.cum, self.acc = n, dt, ends, cum, acc
+    def __init__(self, n, dt, ends, table, charges, interruptible):
+        self.n, self.dt, self.ends, self.table = n, dt, ends, table
         self.charges, self.interruptible, self.cut_at = charges, interruptible, None
         self.pending: list = []  # (object, attribute, per-step values) of backend statistics
         self.start: float | None = None  # when the first step starts (set by plan_run)
@@ -153,7 +155,7 @@ def plan_run(rep, now: float, horizon: float, last_dt: float | None):
     ends = step_ends(dt, now, horizon if interruptible else math.inf)
     acc = None if out.accepted is None else (
         out.accepted * (steps + 1) if np.ndim(out.accepted) == 0 else np.cumsum(out.accepted, axis=0))
-    run = Run(n, dt, ends, cum, acc, charges, interruptible)
+    run = Run(n, dt, ends, (cum, acc), charges, interruptible)
     run.pending, run.start = rb.pending, now
     return run
 
@@ -259,20 +261,21 @@ def apply_run(rep, run: Run) -> None:
     that finished in the last step, and what account() adds."""
     J = run.cut_at or run.steps
     D = rep.D
-    scalar = np.ndim(run.cum) == 1
-    cum = int(run.cum[J - 1]) if scalar else run.cum[J - 1]
-    before_last = (int(run.cum[J - 2]) if scalar else run.cum[J - 2]) if J > 1 else 0
+    cums, accs = run.table
+    scalar = np.ndim(cums) == 1
+    cum = int(cums[J - 1]) if scalar else cums[J - 1]
+    before_last = (int(cums[J - 2]) if scalar else cums[J - 2]) if J > 1 else 0
     ctx, rem = D[CTX], D[REM]
     _note_kv(rep, ctx + before_last)  # the KV peak, as _fit tracks it, at the last step
-    upto = np.minimum(run.cum[:J] if not scalar else run.cum[:J, None], rem).sum(axis=1)
+    upto = np.minimum(cums[:J] if not scalar else cums[:J, None], rem).sum(axis=1)
     now = account(rep, run, J, np.diff(upto, prepend=0).tolist())  # emitted by each step
     fin = rem <= cum
     e = np.minimum(cum, rem)
     ctx += e  # views: update D
     rem -= e
     rep._rem_min = rep._ctx_sum = None
-    if run.acc is not None:
-        D[ACC] += run.acc[J - 1]
+    if accs is not None:
+        D[ACC] += accs[J - 1]
     if fin.any():
         ids = rep._leave(fin)
         rep.st.finish[ids] = now

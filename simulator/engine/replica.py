@@ -10,7 +10,7 @@ runs either new prompts whole (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
 physics/acceptance.py, both through the deployment's Strategy; a request's rounds are drawn when
-it starts decoding (Strategy.trajectory; SSD draws per step). This class is the eager decode
+it starts decoding (Strategy.rounds; SSD draws per step). This class is the eager decode
 table, the reference: decoding sequences sit in numpy columns (a few whole-column operations per
 step), their drawn rounds in a trajectory buffer (simulator/engine/trajectories.py), partial
 prefills in a list; progress goes back to per-request arrays when a request finishes or is
@@ -139,7 +139,7 @@ class Replica(Admission):
         cols, alpha = st.columns([p.rid for p in rows], [p.comp for p in rows], self.epoch)
         self._note_entry(len(rows), now)
         if self.traj is not None:  # each request's rounds, drawn now
-            toks = [self.strategy.trajectory(self.rng, float(st.alpha[r]), int(c))
+            toks = [self.strategy.rounds(self.rng, float(st.alpha[r]), int(c))[0]
                     for r, c in zip(cols[0].tolist(), cols[REM].tolist())]
             starts = self.traj.store(toks, self.D[TS], self.D[TE], self.epoch)
             for i, (a, t) in enumerate(zip(starts, toks)):

@@ -54,8 +54,9 @@ class RequestState:
         self.itl_arrays: list[np.ndarray] = []  # gaps that differ per sequence (count 1 each)
 
     def columns(self, rids: list[int], comps: list[int], epoch: int) -> tuple:
-        """Decode-table columns (ID..TE; TS and TE zero, set by the replica) and alphas of requests that start decoding with comps[i]
-        tokens cached, when the replica has run `epoch` decode steps."""
+        """Decode-table columns (ID..TE; TS and TE zero, set by the replica) and alphas of
+        requests that start decoding with comps[i] tokens cached, when the replica has run
+        `epoch` decode steps."""
         if len(rids) == 1:  # the common case: scalar gathers cost a fraction of array ones
             r = rids[0]
             rem = int(self.out[r]) - int(self.generated[r])

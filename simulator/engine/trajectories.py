@@ -1,4 +1,4 @@
-"""The rounds of a replica's decoding requests, drawn when each starts decoding (Strategy.trajectory),
+"""The rounds of a replica's decoding requests, drawn when each starts decoding (Strategy.rounds),
 for the eager decode table (simulator/engine/replica.py) and its runs (simulator/engine/macro.py).
 
 One flat int64 buffer holds every decoding request's tokens per round, back to back; the decode
@@ -21,7 +21,8 @@ class TrajectoryBuffer:
         self.buf = np.zeros(size + slack, np.int64)
         self.top = 0
 
-    def store(self, toks: list[np.ndarray], ts: np.ndarray, te: np.ndarray, epoch: int) -> list[int]:
+    def store(self, toks: list[np.ndarray], ts: np.ndarray, te: np.ndarray,
+              epoch: int) -> list[int]:
         """Append the rounds of requests that start decoding at `epoch`; returns where each
         starts. ts, te: the table's TS and TE rows (rewritten in place when the buffer packs)."""
         need = sum(t.shape[0] for t in toks)

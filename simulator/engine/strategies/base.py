@@ -4,14 +4,14 @@ autoregressive strategy every other one extends.
 The engine (simulator/engine/replica.py) decides which sequences run in a step and how many prompt tokens each
 prefill gets; a strategy says how many query tokens a decoding sequence puts in the target pass,
 how many KV slots it reserves ahead, how long the step takes on the hardware, and how many
-tokens each decoding sequence gets out of it. Each step: sample() draws the outcome first (it
-can change the step's time, as in SSD), then step_time() prices it.
+tokens each decoding sequence gets out of it; step_time() prices a step.
 
 Where a step's outcome depends only on each sequence's own draws (AR, SD), the draws are made per
-request instead: when a request starts decoding, trajectory() draws the tokens of each of its
-rounds until its output is complete (the same distribution: rounds are independent), so the
-engine can know its whole decode at once (simulator/engine/lazy_table.py). Only strategies whose
-outcome couples the batch (SSD's shared cache hits) draw per step, with sample().
+request: when a request starts decoding, rounds() draws the tokens of each of its rounds until
+its output is complete (the same distribution: rounds are independent), so the engine can know
+its whole decode at once (simulator/engine/lazy_table.py). Only strategies whose outcome couples
+the batch (SSD's shared cache hits) draw per step: their sample() draws a step's outcome before
+step_time() prices it (the outcome can change the step's time).
 """
 from __future__ import annotations
 
@@ -109,12 +109,9 @@ class Strategy:
     query_tokens = 1
     lookahead = 0
     drafted_per_round = 0
-    # Steps depend only on the batch and the sampled counts, so the engine may advance a run of
-    # decode steps at once (simulator/engine/macro.py); False keeps it to single steps.
-    macro_safe = True
     tokens_per_step = 1.0  # expected tokens a decoding sequence gets per step (runs' length guess)
     # The outcome of every step when it needs no draw (AR: one token each); None: per request
-    # trajectories (trajectory()), or per step draws where per_step_outcomes.
+    # rounds (rounds()), or per step draws where per_step_outcomes.
     uniform: Outcome | None = _ONE
     per_step_outcomes = False  # outcomes drawn per step by sample() (they couple the batch)
 
@@ -142,20 +139,24 @@ class Strategy:
         (simulator/engine/macro.py)."""
         return self._cheap_target
 
-    def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
-        """The tokens each round of one request gives (before truncation to what it has left),
-        drawn when it starts decoding with `rem` tokens left: just enough rounds for rem."""
-        return self._draw(rng, alpha, rem)
+    @property
+    def macro_safe(self) -> bool:
+        """Whether steps depend only on the batch and each request's drawn rounds, so that the
+        engine may advance a run of decode steps at once (simulator/engine/macro.py)."""
+        return not self.per_step_outcomes
 
     def rounds(self, rng: np.random.Generator, alpha: float, rem: int) -> tuple:
-        """trajectory() and the tokens out before each of its rounds and after the last
-        (before truncation): f + 1 rounds, f + 2 running sums starting at 0."""
+        """The rounds of one request that starts decoding with `rem` tokens left, drawn now:
+        the tokens each round gives (before the last is truncated to rem; just enough rounds
+        for rem), and the tokens out before each round and after the last (f + 1 rounds, f + 2
+        running sums from 0)."""
         tok = self._draw(rng, alpha, rem)
         before = np.zeros(tok.shape[0] + 1, np.int64)
         np.cumsum(tok, out=before[1:])
         return tok, before
 
     def _draw(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
+        """rounds()' tokens per round."""
         return np.ones(rem, np.int64)
 
     def target_time(self, b: StepBatch, gpu_before: float = 0.0) -> float:

@@ -51,13 +51,10 @@ class SpeculativeStrategy(Strategy):
 
     POOL = 1 << 14  # rounds drawn at once where every request draws from the same law
 
-    def trajectory(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
-        return self.rounds(rng, alpha, rem)[0]
-
     def rounds(self, rng: np.random.Generator, alpha: float, rem: int) -> tuple:
-        """trajectory() and the tokens out before each of its rounds (and after the last,
-        before truncation). Where every request draws from the same law (one alpha, or
-        per-position rates), rounds come from a pool drawn POOL at a time and taken in order:
+        """Strategy.rounds, a round giving accepted + 1 tokens. Where every request draws from
+        the same law (one alpha, or per-position rates), rounds come from a pool drawn POOL at
+        a time and taken in order:
         the same independent rounds, with the pool's running sums instead of a draw and a
         cumulative sum per request. With per-request alphas, drawn for the request in blocks
         a little longer than needed."""
@@ -75,7 +72,7 @@ class SpeculativeStrategy(Strategy):
         return self._pool[pos:end + 1], before
 
     def _draw(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
-        """A trajectory drawn for one request (see rounds())."""
+        """One request's rounds drawn for it alone (see rounds())."""
         if self.all_accepted:
             return np.full(-(-rem // (self.gamma + 1)), self.gamma + 1, np.int64)
         per, parts, got = expected_tokens_per_round(alpha, self.gamma), [], 0

@@ -59,8 +59,7 @@ class SSDStrategy(DedicatedDraftSD):
 
     name = "ssd"
     # A round's time depends on its sampled hits, and sample() keeps per-round statistics:
-    # the engine runs SSD one step per event (simulator/engine/macro.py).
-    macro_safe = False
+    # outcomes are drawn per step, and the engine runs SSD one step per event.
     per_step_outcomes = True
 
     def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int, fanout: np.ndarray,
