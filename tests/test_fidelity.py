@@ -141,7 +141,8 @@ def test_host_overhead_by_step_kind():
 
     # The engine prices steps through forward_batch / decode_steps, which take an inner
     # backend's fast paths (sums, uniform batches); through the wrapper they must not skip it.
-    from simulator.latency.base import decode_steps, forward_batch
+    from simulator.latency.base import decode_steps, forward_batch, forward_decode_many
+    from simulator.latency.pricing import GenericPricer, step_pricer
 
     class Fast(Flat):
         def forward_sums(self, *a):
@@ -153,11 +154,23 @@ def test_host_overhead_by_step_kind():
         def decode_steps(self, ctx, steps, *a):
             return (float(steps), 0.0, 0.0, 0.0)
 
+        def forward_mixed(self, *a):
+            return (1.0, 0.0, 0.0, 0.0)
+
+        def forward_batch(self, *a):
+            return (1.0, 0.0, 0.0, 0.0)
+
+        def forward_decode_many(self, *a):
+            return (1.0, 0.0, 0.0, 0.0)
+
     sd = HostOverheadLatency(Fast(), host, "sd", 5)
     ctx = np.full(4, 50)
     assert forward_batch(sd, 5, ctx, 200, [], [], 20)[3] == pytest.approx(2e-3)
+    assert forward_batch(sd, 5, ctx[:0], 0, [40], [0], 1)[3] == pytest.approx(1e-4)  # a prefill
+    assert forward_decode_many(sd, 5, 4, np.array([200, 224]), 20) is None  # runs: step by step
     ar = HostOverheadLatency(Fast(), host, "ar", 1)
     assert decode_steps(ar, ctx, 3, 4)[3] == pytest.approx(3 * 4e-4)
+    assert type(step_pricer(ar)) is GenericPricer
 
 
 def test_interleaved_order_and_median():

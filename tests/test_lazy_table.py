@@ -30,6 +30,20 @@ MORE = {
         arrival={"process": "poisson", "rate_per_s": 30},
         prompt={"dist": "uniform", "min": 50, "max": 3000},
         output={"dist": "uniform", "min": 1, "max": 400}),
+    # measured profiles (mean context): Llama-3.1-70B on 2x A100 leaves a small KV cache
+    "ar-profile-preempt-chunked": scenario_dict(
+        [{**AR_8B, "target": "llama-3.1-70b", "gpu": "a100-80gb-sxm", "tp": 2,
+          "latency": {"backend": "profile"},
+          "scheduler": {"chunked_prefill": True, "max_num_batched_tokens": 512}}], requests=150,
+        arrival={"process": "poisson", "rate_per_s": 4},
+        prompt={"dist": "lognormal", "mean": 1000, "std": 600, "max": 2000},
+        output={"dist": "uniform", "min": 1, "max": 500}),
+    "sd-profile-batch-expansion": scenario_dict(
+        [{**SD_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"},
+          "draft_latency": {"backend": "calibrated"},
+          "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"}}], requests=150,
+        arrival={"process": "poisson", "rate_per_s": 10},
+        output={"dist": "uniform", "min": 1, "max": 300}),
     "ar-whole-prompts-closed": scenario_dict(
         [{**AR_8B, "scheduler": {"chunked_prefill": False}}], requests=200,
         arrival={"process": "closed", "concurrency": 24},
@@ -91,7 +105,8 @@ def test_lazy_sums_equal_the_rows_at_every_step(name, monkeypatch):
 
 def test_the_fast_engine_picks_the_table_that_applies():
     """Lazy only where steps are priced from sums and outcomes are drawn per request: SSD (per
-    step draws), the profile backend (per-row contexts) and the reference loop stay eager."""
+    step draws), a profile priced at the longest context (per-row contexts) and the reference
+    loop stay eager; a mean-context profile goes lazy."""
     assert _classes(MORE["sd-alpha1"]) == {"LazyReplica"}
     sc, base = load_scenario(ROOT / "scenarios/ssd-vs-sd-llama70b.yaml")
     for i, d in enumerate(sc.deployments):
@@ -102,7 +117,11 @@ def test_the_fast_engine_picks_the_table_that_applies():
     prof = {**SD_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"},
             "draft_latency": {"backend": "calibrated"}}
     s = make_strategy(resolve(parse_scenario(scenario_dict([prof])).deployments[0], 0, ROOT))
-    assert not s.cheap_steps and Simulation._replica(True, s) is Replica
+    assert s.cheap_steps and Simulation._replica(True, s) is LazyReplica
+    sc, base = load_scenario(ROOT / "scenarios/cpu-tiny.yaml")  # torch-sdpa-padded: the max
+    for i, d in enumerate(sc.deployments):
+        s = make_strategy(resolve(d, i, base))
+        assert not s.cheap_steps and Simulation._replica(True, s) is Replica
 
 
 def _strategy(acceptance: dict):

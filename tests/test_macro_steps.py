@@ -212,6 +212,10 @@ PRICING = {
     "sd-sglang": {**SD_8B, "engine": {"preset": "sglang"}},
     "sd-dedicated": {**SD_8B, "draft_placement": "dedicated"},
     "ar-profile": {**AR_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"}},
+    "sd-profile-batch-expansion": {**SD_8B, "target": "llama-3.1-70b", "tp": 4,
+                                   "latency": {"backend": "profile"},
+                                   "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"},
+                                   "draft_latency": {"backend": "calibrated"}},
 }
 
 
@@ -268,18 +272,18 @@ def test_run_cut_keeps_the_step_in_progress():
 
 
 def test_run_threshold_follows_the_pricing_cost():
-    """Runs are planned from MIN_RUN expected steps where a step is priced by the roofline's
-    memoised path, from MIN_RUN_PRICEY where a generic backend (the profile's) prices it.
+    """Runs are planned from MIN_RUN expected steps where a step is priced from the batch's sums
+    (the roofline's or a mean-context profile's memoised path), from MIN_RUN_PRICEY where the
+    generic path prices it (a backend without a fast path, a profile at the longest context).
     Catches the two thresholds swapped or a strategy that reports its draft's pricing wrongly."""
     def strategy(dep):
         sc = parse_scenario(scenario_dict([dep], requests=4))
         return make_strategy(resolve(sc.deployments[0], 0, ROOT))
 
     assert strategy(AR_8B).cheap_steps and strategy(SD_8B).cheap_steps
-    assert not strategy(PRICING["ar-profile"]).cheap_steps
-    assert not strategy({**SD_8B, "target": "llama-3.1-70b", "tp": 4,
-                         "latency": {"backend": "profile"},
-                         "draft_latency": {"backend": "calibrated"}}).cheap_steps
+    assert strategy(PRICING["ar-profile"]).cheap_steps
+    assert not strategy(PRICING["ar-ideal-backend"]).cheap_steps
+    assert not strategy({**SD_8B, "draft_latency": {"backend": "ideal"}}).cheap_steps
     assert macro.MIN_RUN_PRICEY < macro.MIN_RUN
 
 

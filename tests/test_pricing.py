@@ -34,7 +34,9 @@ CASES = {  # name -> (deployment, the pricer the target gets)
     "ar-sglang": ({**AR_70B, "engine": {"preset": "sglang"}}, pricing.RooflinePricer),
     "ar-ideal-preset": ({**AR_8B, "engine": {"preset": "ideal"}}, pricing.RooflinePricer),
     "ar-ideal-backend": ({**AR_8B, "latency": {"backend": "ideal"}}, pricing.GenericPricer),
-    "ar-profile": ({**AR_70B, "latency": {"backend": "profile"}}, pricing.GenericPricer),
+    "ar-profile": ({**AR_70B, "latency": {"backend": "profile"}}, pricing.ProfilePricer),
+    "ar-profile-bare": ({**AR_70B, "latency": {"backend": "profile"}, "engine": {"preset": "ideal"}},
+                        pricing.ProfilePricer),
     "sd-vllm": (SD_8B, pricing.RooflinePricer),
     "sd-70b-tp4-vllm": (SD_70B, pricing.RooflinePricer),
     "sd-70b-calibrated": ({**SD_70B, "latency": {"backend": "calibrated"}}, pricing.RooflinePricer),
@@ -44,12 +46,20 @@ CASES = {  # name -> (deployment, the pricer the target gets)
     "sd-dedicated": ({**SD_70B, "draft_placement": "dedicated"}, pricing.RooflinePricer),
     "sd-ideal-preset": ({**SD_70B, "engine": {"preset": "ideal"}}, pricing.RooflinePricer),
     "sd-profile": ({**SD_70B, "latency": {"backend": "profile"},
-                    "draft_latency": {"backend": "calibrated"}}, pricing.GenericPricer),
+                    "draft_latency": {"backend": "calibrated"}}, pricing.ProfilePricer),
+    "sd-profile-both": ({**SD_70B, "draft": "llama-2-7b-hf", "latency": {"backend": "profile"},
+                         "draft_latency": {"backend": "profile"}}, pricing.ProfilePricer),
+    "sd-profile-batch-expansion": ({**SD_70B, "latency": {"backend": "profile"},
+                                    "draft_latency": {"backend": "calibrated"},
+                                    "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"}},
+                                   pricing.ProfilePricer),
 }
 
 
 class Reference:
     """latency/base.py's definitions bound to a model, nothing memoised: the oracle."""
+
+    from_sums = False
 
     def __init__(self, model):
         self.forward_batch = partial(forward_batch, model)

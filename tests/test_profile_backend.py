@@ -255,3 +255,24 @@ def test_mixed_fast_path_equals_forward(tmp_path, attention_backend):
                          np.concatenate([ctx - shift, pre_ctx]).astype(np.int64), n_logits)
         np.testing.assert_array_equal(got, want)
         assert a.stats == b.stats
+
+
+@pytest.mark.parametrize("attention_backend", ["synthetic-paged", "torch-sdpa-padded"])
+def test_decode_steps_equal_the_sum_of_forwards(tmp_path, attention_backend):
+    """A draft's steps through decode_steps (from the context sum under the mean statistic)
+    equal latency.base's definition, forward() over ctx + start + j summed from zero, bit for
+    bit, with the same statistics: catches the start offset dropped, a step too few, the mean
+    taken over the wrong count (n_logits for rows) or the stats not counted per forward."""
+    path = write_profile(Profile(_meta(attention_backend=attention_backend), _rows()), tmp_path)
+    fb = RooflineLatency(ARCH, GPU, 1, "fp32")
+    rng = np.random.default_rng(2)
+    for n, steps, n_logits, start in [(1, 1, 1, 0), (3, 4, 3, 1), (8, 5, 16, 0), (40, 2, 40, 1),
+                                      (6, 7, 6, 3)]:
+        ctx = rng.integers(1, 600, n)
+        a, b = (ProfileLatency(load_profile(path), ARCH, GPU, 1, "fp32", fb) for _ in range(2))
+        got = a.decode_steps(np.zeros(n, np.int64) if attention_backend == "synthetic-paged" else ctx,
+                             steps, n_logits, int(ctx.sum()), start)
+        want = sum((b.forward(np.ones(n, np.int64), ctx + (start + j), n_logits)
+                    for j in range(steps)), np.zeros(4))
+        np.testing.assert_array_equal(np.asarray(got), want)
+        assert a.stats == b.stats and a.stats["calls"] == steps

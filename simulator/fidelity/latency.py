@@ -16,12 +16,12 @@ class HostOverheadLatency:
     So the overhead is added per forward by its kind: a decode forward (every q equal to the
     strategy's query tokens and one logit per query token) pays overhead_at(host, mode, b); any
     other forward (prefill) pays overhead_at(host, "ar", 1) per sampled logit (one per prompt).
-    Everything else is delegated to the wrapped backend, except the fast paths a strategy may
-    look up (forward_sums, forward_uniform, decode_steps), which would bypass this forward."""
+    Everything else is delegated to the wrapped backend, except the fast paths the engine may
+    look up (forward_batch, forward_sums, forward_uniform, forward_mixed, forward_decode_many,
+    decode_steps, decode_steps_many, ...: every name starting with `forward_` or `decode_steps`),
+    which would bypass this forward."""
 
-    forward_sums = None
-    forward_uniform = None
-    decode_steps = None
+    _BYPASSES = ("forward_", "decode_steps")
 
     def __init__(self, inner, host: dict, mode: str, q_decode: int):
         self.inner, self.host, self.mode, self.q_decode = inner, host, mode, int(q_decode)
@@ -31,6 +31,8 @@ class HostOverheadLatency:
         self._memo: dict[int, float] = {}
 
     def __getattr__(self, name):  # stats, profile, ... of the wrapped backend
+        if name.startswith(self._BYPASSES):
+            raise AttributeError(name)
         return getattr(self.__dict__["inner"], name)
 
     def host_s(self, q: np.ndarray, n_logits: int) -> float:

@@ -2,14 +2,21 @@
 strategy makes per step (forward_batch, decode_steps, step_overhead of simulator/latency/base.py)
 with the same arguments and results, bit for bit.
 
-For any backend they are the generic definitions of latency/base.py bound to the model. For the
-roofline (RooflineLatency, bare or wrapped in an engine's EngineLatency) they are a fast path:
-what does not depend on the batch's context sum (linear layers, LM head, all-reduces, launches,
-CUDA-graph padding, the step's CPU and sampling costs) is memoised per batch shape, taken from
-the generic path itself, and attention is computed from the sums with the same float operations
-in the same order as RooflineLatency._parts / decode_steps (tests/test_pricing.py checks every
-component bit for bit against the generic path). A step's pricing is a few microseconds of
-Python, most of it dispatch, and the engine prices every step it does not advance in a run.
+For any backend they are the generic definitions of latency/base.py bound to the model. Two
+backends, bare or wrapped in an engine's EngineLatency, get a fast path that prices a step from
+the batch's size and context sum alone (`from_sums`: per-row contexts are never read, so the
+engine may keep none, simulator/engine/lazy_table.py):
+- the roofline (RooflineLatency): what does not depend on the batch's context sum (linear
+  layers, LM head, all-reduces, launches, CUDA-graph padding, the step's CPU and sampling costs)
+  is memoised per batch shape, taken from the generic path itself, and attention is computed
+  from the sums with the same float operations in the same order as RooflineLatency._parts /
+  decode_steps;
+- a measured profile whose attention is looked up at the batch's mean context (ProfileLatency
+  with ctx_stat "mean": every profile of a paged-attention engine): its own lookups, called
+  with the decoding rows' count and context sum instead of their contexts.
+tests/test_pricing.py checks every component bit for bit against the generic path. A step's
+pricing is a few microseconds of Python, most of it dispatch, and the engine prices every step
+it does not advance in a run.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import numpy as np
 
 from simulator.latency.base import decode_steps, forward_batch, step_overhead
 from simulator.latency.engine_costs import EngineLatency
+from simulator.latency.profile import ProfileLatency
 from simulator.latency.roofline import RooflineLatency
 
 MEMO_CAP = 65536  # step-cost memo entries kept before it starts afresh (pure values: no effect)
@@ -27,6 +35,8 @@ MEMO_CAP = 65536  # step-cost memo entries kept before it starts afresh (pure va
 class GenericPricer:
     """latency/base.py's definitions, bound to `model` (any backend); an engine's step cost with
     its batch-shape terms memoised (EngineStepCost)."""
+
+    from_sums = False
 
     def __init__(self, model):
         self.model = model
@@ -39,6 +49,8 @@ class RooflinePricer:
     """The roofline's step pricing with its context-free parts memoised. `model` is a
     RooflineLatency or an EngineLatency wrapping one (see step_pricer); step_overhead as
     GenericPricer's."""
+
+    from_sums = True
 
     def __init__(self, model):
         self.model = model
@@ -140,6 +152,44 @@ class RooflinePricer:
         return (lin, self._layers * att, comm, launch)
 
 
+class ProfilePricer:
+    """A mean-context ProfileLatency's step pricing (bare, or wrapped in an EngineLatency: see
+    step_pricer) from the batch's size and context sum: the profile's own lookups (memoised
+    per point) without the generic path's dispatch and row arrays; step_overhead as
+    GenericPricer's."""
+
+    from_sums = True
+
+    def __init__(self, model):
+        self.model = model
+        wrapped = type(model) is EngineLatency
+        profile = model.inner if wrapped else model
+        self._expand = wrapped and model._expand
+        self._extra = model._extra if wrapped else None
+        self._uniform, self._grouped = profile.forward_uniform, profile.forward_grouped
+        self.decode_steps = partial(decode_steps, model)  # ProfileLatency.decode_steps: sums only
+        self.step_overhead = _step_overhead(model)
+
+    def forward_batch(self, q_dec: int, dec_ctx: np.ndarray, dec_ctx_sum: int, pre_q, pre_ctx,
+                      n_logits: int, shift: int = 0) -> tuple:
+        """latency.base.forward_batch(model, ...): EngineLatency.forward_batch's expansion and
+        extras around the profile's forward_uniform / forward_mixed, as the generic path
+        chooses them."""
+        n = dec_ctx.shape[0]
+        if self._expand and q_dec > 1 and n:  # as EngineLatency.forward_batch expands the rows
+            dec_ctx_sum = q_dec * dec_ctx_sum + n * q_dec * (q_dec - 1) // 2
+            n, q_dec = n * q_dec, 1
+        if pre_q or shift or not n:
+            t = self._grouped(n, q_dec, dec_ctx_sum - n * shift, pre_q, pre_ctx, n_logits)
+        else:
+            t = self._uniform(n, q_dec, None, dec_ctx_sum, n_logits)
+        if self._extra is None:
+            return t
+        uniform = not pre_q
+        pad, launch = self._extra(n + len(pre_q), q_dec if uniform else 1, uniform)
+        return (t[0] + pad, t[1], t[2], launch)
+
+
 class EngineStepCost:
     """latency.base.step_overhead(model, ...) for an EngineLatency `model` (any wrapped backend):
     its step_cost, with the terms that do not depend on gpu_s memoised per batch shape."""
@@ -174,11 +224,13 @@ def _step_overhead(model):
     return partial(step_overhead, model)
 
 
-def step_pricer(model) -> GenericPricer | RooflinePricer:
-    """The pricer of `model`: the roofline's fast path for a RooflineLatency, bare or wrapped in
-    an EngineLatency, exactly those classes (a subclass or another wrapper may price otherwise);
-    the generic definitions for any other backend."""
+def step_pricer(model) -> GenericPricer | RooflinePricer | ProfilePricer:
+    """The pricer of `model`: a fast path for a RooflineLatency or a mean-context ProfileLatency,
+    bare or wrapped in an EngineLatency, exactly those classes (a subclass or another wrapper
+    may price otherwise); the generic definitions for any other backend."""
     inner = model.inner if type(model) is EngineLatency else model
     if type(inner) is RooflineLatency:
         return RooflinePricer(model)
+    if type(inner) is ProfileLatency and inner.ctx_stat == "mean":
+        return ProfilePricer(model)
     return GenericPricer(model)

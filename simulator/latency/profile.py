@@ -92,6 +92,9 @@ class ProfileLatency:
         per-component fallback counts (counted when a lookup is first computed) are the run's."""
         # Memoised per-component lookups: key -> (seconds, from_measured_points).
         self._memo: dict[tuple, tuple[float, bool]] = {}
+        # _token_parts per (tokens, n_logits), cleared with _memo (its fallbacks are counted
+        # when _per_token first computes them).
+        self._parts: dict[tuple, tuple] = {}
         self._calls = self._fallback_calls = 0
         self._t_total = self._t_measured = 0.0
         self._component_fallbacks = {"non_attention": 0, "embedding": 0, "lm_head": 0, "attention": 0,
@@ -175,6 +178,7 @@ class ProfileLatency:
                        else self._fb_part("attention", n, q, c), False)
         if len(self._memo) > MEMO_LIMIT:  # contexts keep growing over a run: bound the memory
             self._memo.clear()
+            self._parts.clear()
         self._memo[key] = res
         return res
 
@@ -209,25 +213,35 @@ class ProfileLatency:
         return v
 
     def forward(self, q: np.ndarray, ctx: np.ndarray, n_logits: int) -> np.ndarray:
-        return self._compose(int(q.sum()), n_logits, *self._attention(q, ctx))
+        return np.array(self._compose(int(q.sum()), n_logits, *self._attention(q, ctx)))
 
-    def forward_uniform(self, n: int, q: int, ctx: np.ndarray, ctx_sum: int, n_logits: int) -> np.ndarray:
+    def forward_uniform(self, n: int, q: int, ctx: np.ndarray | None, ctx_sum: int,
+                        n_logits: int) -> tuple:
         """forward(full(n, q), ctx, n_logits) for a batch whose every sequence has q query tokens
-        (an engine decode step); ctx_sum = ctx.sum()."""
+        (an engine decode step); ctx_sum = ctx.sum() (ctx is read only under the max statistic)."""
         c = int(ctx.max()) if self.ctx_stat == "max" else int(round(ctx_sum / n))
         t, ok = self._attention_uniform(n, q, c)
         return self._compose(n * q, n_logits, t, t if ok else 0.0)
 
     def forward_mixed(self, q_dec: int, dec_ctx: np.ndarray, dec_ctx_sum: int, pre_q: list[int],
-                      pre_ctx: list[int], n_logits: int, shift: int = 0) -> np.ndarray:
+                      pre_ctx: list[int], n_logits: int, shift: int = 0) -> tuple:
         """forward() of an engine step's batch (n decoding rows of q_dec query tokens over
         dec_ctx - shift cached, which must be >= 0; plus prefill chunks pre_q over pre_ctx)
-        without building per-row arrays: the rows grouped by query length, and each group's
-        context statistic, exactly as _attention forms them, so the seconds are the same."""
-        n, use_max = dec_ctx.shape[0], self.ctx_stat == "max"
+        without building per-row arrays (forward_grouped)."""
+        n = dec_ctx.shape[0]
+        stat = (int(dec_ctx.max()) - shift if self.ctx_stat == "max" else dec_ctx_sum - n * shift) if n else 0
+        return self.forward_grouped(n, q_dec, stat, pre_q, pre_ctx, n_logits)
+
+    def forward_grouped(self, n: int, q_dec: int, dec_stat: int, pre_q: list[int],
+                        pre_ctx: list[int], n_logits: int) -> tuple:
+        """forward_mixed from the decoding rows' count and context statistic (their longest
+        context under the max statistic, their context sum under the mean): the rows grouped
+        by query length, and each group's context statistic, exactly as _attention forms
+        them, so the seconds are the same."""
+        use_max = self.ctx_stat == "max"
         groups: dict[int, list] = {}  # query length -> [rows, context max or sum]
         if n:
-            groups[q_dec] = [n, int(dec_ctx.max()) - shift if use_max else dec_ctx_sum - n * shift]
+            groups[q_dec] = [n, dec_stat]
         for q, c in zip(pre_q, pre_ctx):
             g = groups.get(q)
             if g is None:
@@ -243,6 +257,27 @@ class ProfileLatency:
             total += t
             measured += t if ok else 0.0
         return self._compose(T, n_logits, total, measured)
+
+    def decode_steps(self, ctx: np.ndarray, steps: int, n_logits: int, ctx_sum: int | None = None,
+                     start: int = 0) -> tuple:
+        """latency.base.decode_steps' sum of `steps` single-token forwards over caches of
+        ctx + start, + start + 1, ..: each as forward() prices it, added in the same order
+        (under the mean statistic from the context sum alone)."""
+        n = ctx.shape[0]
+        if ctx_sum is None:
+            ctx_sum = int(ctx.sum())
+        acc0 = acc1 = acc2 = acc3 = 0.0
+        for j in range(start, start + steps):
+            if self.ctx_stat == "max":
+                t, ok = self._attention_uniform(n, 1, int(ctx.max()) + j)
+            else:
+                t, ok = self._attention_uniform(n, 1, int(round((ctx_sum + n * j) / n)))
+            a, b, c, d = self._compose(n, n_logits, t, t if ok else 0.0)
+            acc0 += a
+            acc1 += b
+            acc2 += c
+            acc3 += d
+        return (acc0, acc1, acc2, acc3)
 
     def forward_decode_many(self, q_dec: int, n: int, ctx_sums: np.ndarray, n_logits: int,
                             shift: int = 0, ctx_max: np.ndarray | None = None, pending=None):
@@ -268,7 +303,13 @@ class ProfileLatency:
 
     def _token_parts(self, T: int, n_logits: int) -> tuple:
         """(linear, its measured part, communication, its measured part, any fallback) of a
-        forward over T tokens with n_logits sampled positions."""
+        forward over T tokens with n_logits sampled positions (memoised)."""
+        got = self._parts.get((T, n_logits))
+        if got is None:
+            got = self._parts[(T, n_logits)] = self._token_parts_of(T, n_logits)
+        return got
+
+    def _token_parts_of(self, T: int, n_logits: int) -> tuple:
         L = self.L
         na, na_ok = self._per_token("non_attention", self._na, T)
         emb, emb_ok = self._per_token("embedding", self._emb, T)
@@ -288,7 +329,7 @@ class ProfileLatency:
             fell_back |= not ar_ok
         return linear, lin_meas, comm, comm_meas, fell_back
 
-    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> np.ndarray:
+    def _compose(self, T: int, n_logits: int, attn: float, attn_meas: float) -> tuple:
         """The forward's breakdown from its token count and one layer's attention."""
         linear, lin_meas, comm, comm_meas, fell_back = self._token_parts(T, n_logits)
         fell_back |= attn_meas < attn
@@ -298,7 +339,7 @@ class ProfileLatency:
         self._fallback_calls += fell_back
         self._t_total += linear + attn + comm + over
         self._t_measured += lin_meas + attn_meas + comm_meas + (over if self._overhead_measured else 0.0)
-        return np.array([linear, attn, comm, over])
+        return (linear, attn, comm, over)
 
     @property
     def stats(self) -> dict:

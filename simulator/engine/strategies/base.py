@@ -21,7 +21,7 @@ import numpy as np
 
 from simulator.latency.base import (LatencyModel, charge, forward_decode_many, step_overhead_many,
                                     total)
-from simulator.latency.pricing import RooflinePricer, step_pricer
+from simulator.latency.pricing import step_pricer
 
 
 @dataclass
@@ -130,12 +130,14 @@ class Strategy:
         self._target = model
         p = step_pricer(model)
         self._target_forward, self._target_overhead = p.forward_batch, p.step_overhead
-        self._cheap_target = isinstance(p, RooflinePricer)
+        self._cheap_target = p.from_sums
 
     @property
     def cheap_steps(self) -> bool:
-        """Whether a step is priced by the roofline's memoised path (a microsecond or two) rather
-        than a generic backend's (the profile's: 5-10 us); runs pay off sooner for the latter
+        """Whether a step is priced from the batch's size and context sum by a memoised fast
+        path (latency/pricing.py: the roofline, a mean-context profile; a microsecond or two)
+        rather than the generic path over per-row contexts (5-10 us): the lazy decode table
+        keeps no per-row contexts, and runs pay off sooner for the latter
         (simulator/engine/macro.py)."""
         return self._cheap_target
 

@@ -6,7 +6,7 @@ import numpy as np
 from simulator.engine.strategies.base import Outcome, RunBatch, StepBatch, Strategy
 from simulator.latency.base import (LatencyModel, charge, decode_steps_many, forward_decode_many,
                                     plus, total)
-from simulator.latency.pricing import RooflinePricer, step_pricer
+from simulator.latency.pricing import step_pricer
 from simulator.physics.acceptance import (expected_tokens_per_position, expected_tokens_per_round,
                                           sample_accepted, sample_accepted_per_position,
                                           sample_accepted_same_alpha, truncated_geometric_cdf)
@@ -119,7 +119,7 @@ class SpeculativeStrategy(Strategy):
         self._draft = model  # and its step pricing, bound once (simulator/latency/pricing.py)
         p = step_pricer(model)
         self._draft_forward, self._draft_decode = p.forward_batch, p.decode_steps
-        self._cheap_draft = isinstance(p, RooflinePricer)
+        self._cheap_draft = p.from_sums
 
     @property
     def cheap_steps(self) -> bool:

@@ -125,7 +125,7 @@ class SSDStrategy(DedicatedDraftSD):
         d = np.asarray(self._draft_forward(self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
                                            b.pre_ctx, b.n_dec * (self.gamma + 1) + b.n_pre_done))
         rows = b.n_dec * self.branches
-        if self._cheap_draft:  # the roofline prices the branches from their count and context sum
+        if self._cheap_draft:  # the draft is priced from the branches' count and context sum
             branch_sum = self.branches * b.dec_ctx_sum + b.n_dec * self._offset_sum
             return d + self._draft_decode(np.broadcast_to(_ZERO, (rows,)), self.gamma, rows,
                                           branch_sum)  # (the broadcast zeros are never read)
