@@ -34,7 +34,7 @@ import numpy as np
 
 from simulator.engine.strategies.base import Outcome, StepBatch, Strategy
 from simulator.engine.strategies.dedicated import DedicatedDraftSD
-from simulator.latency.base import LatencyModel, charge
+from simulator.latency.base import LatencyModel, charge, plus
 from simulator.physics.acceptance import (sample_accepted, sample_accepted_per_position,
                                           sample_accepted_same_alpha)
 from simulator.physics.handshake import Handshake
@@ -48,9 +48,6 @@ class SSDOutcome(Outcome):
     hit: np.ndarray | None = None  # per decoding sequence: its outcome was in the cache
     redraft: np.ndarray | None = None  # sequences the backup re-drafts
     fast: bool = False  # the backup is random tokens (no draft time)
-
-
-_ZERO = np.zeros(1, np.int64)
 
 
 class SSDStrategy(DedicatedDraftSD):
@@ -80,6 +77,7 @@ class SSDStrategy(DedicatedDraftSD):
         # Context offset of each branch of one sequence: stopping point k -> k accepted + bonus.
         self.branch_offset = np.repeat(np.arange(gamma + 1) + 1, self.fanout)
         self._offset_sum = int(self.branch_offset.sum())
+        self._zeros = np.zeros(0, np.int64)
         self.seq_rounds = 0
         self.seq_hits = 0
         self.rounds = 0
@@ -103,14 +101,15 @@ class SSDStrategy(DedicatedDraftSD):
         n = alpha.shape[0]
         k = self.accepted(rng, alpha)
         hit = rng.random(n) < self.p_hit_k[k]
-        full = bool(hit.all())
+        hits = np.count_nonzero(hit)
+        full = hits == n
         redraft = np.zeros(n, bool) if full else (np.ones(n, bool) if self.all_or_nothing else ~hit)
         fast = self.backup == "fast" or (self.threshold is not None and n > self.threshold)
         tokens, accepted = k + 1, k
         if fast and not full:
             tokens, accepted = np.where(redraft, 1, tokens), np.where(redraft, 0, accepted)
         self.seq_rounds += n
-        self.seq_hits += int(hit.sum())
+        self.seq_hits += hits
         self.rounds += 1
         self.cache_rounds += full
         self.fast_rounds += fast and not full
@@ -119,18 +118,19 @@ class SSDStrategy(DedicatedDraftSD):
         c[1] += full
         return SSDOutcome(tokens, accepted, hit, redraft, fast)
 
-    def prespeculation(self, b: StepBatch) -> np.ndarray:
+    def prespeculation(self, b: StepBatch) -> tuple:
         """Glue forward (gamma+1 positions per decoding sequence, prompt chunks riding along),
         then gamma tree-decode steps over n_dec * sum(F_k) branches, on the draft's GPU."""
-        d = np.asarray(self._draft_forward(self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q,
-                                           b.pre_ctx, b.n_dec * (self.gamma + 1) + b.n_pre_done))
+        d = self._draft_forward(self.gamma + 1, b.dec_ctx, b.dec_ctx_sum, b.pre_q, b.pre_ctx,
+                                b.n_dec * (self.gamma + 1) + b.n_pre_done)
         rows = b.n_dec * self.branches
         if self._cheap_draft:  # the draft is priced from the branches' count and context sum
+            if self._zeros.shape[0] < rows:  # (slices of it stand for contexts never read)
+                self._zeros = np.zeros(2 * rows, np.int64)
             branch_sum = self.branches * b.dec_ctx_sum + b.n_dec * self._offset_sum
-            return d + self._draft_decode(np.broadcast_to(_ZERO, (rows,)), self.gamma, rows,
-                                          branch_sum)  # (the broadcast zeros are never read)
+            return plus(d, self._draft_decode(self._zeros[:rows], self.gamma, rows, branch_sum))
         branch_ctx = np.repeat(b.dec_ctx, self.branches) + np.tile(self.branch_offset, b.n_dec)
-        return d + self._draft_decode(branch_ctx, self.gamma, rows)
+        return plus(d, self._draft_decode(branch_ctx, self.gamma, rows))
 
     def step_time(self, b: StepBatch, out: SSDOutcome | None) -> float:
         if b.n_dec == 0:
@@ -139,14 +139,17 @@ class SSDStrategy(DedicatedDraftSD):
         pre = self.prespeculation(b)
         t_pre = float(sum(pre))
         t_h = self.handshake.time(b.n_dec)
-        n_redraft = int(out.redraft.sum())
+        n_redraft = np.count_nonzero(out.redraft)
         if n_redraft == 0:
             charge(self.draft_busy, pre)
             return ssd_round(t_v, t_pre, t_h)
         # Whole batch re-drafted: the draft drops the tree when the verify result arrives, so
         # the backup starts at T_verify (Theorem 7's 1 + T_b) and the draft is busy min(T_pre, T_v).
         uses_tree = n_redraft < b.n_dec
-        charge(self.draft_busy, pre if uses_tree or t_pre <= t_v else np.asarray(pre) * (t_v / t_pre))
+        if not (uses_tree or t_pre <= t_v):
+            s = t_v / t_pre
+            pre = (pre[0] * s, pre[1] * s, pre[2] * s, pre[3] * s)
+        charge(self.draft_busy, pre)
         t_b = 0.0
         if not out.fast:
             ctx = b.dec_ctx if n_redraft == b.n_dec else b.dec_ctx[out.redraft]
