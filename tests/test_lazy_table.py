@@ -21,7 +21,7 @@ from simulator.engine.simulation import Simulation
 from simulator.engine.strategies import make_strategy
 from simulator.physics.acceptance import (expected_tokens_per_round, sample_accepted_same_alpha,
                                           truncated_geometric_cdf)
-from test_macro_steps import CASES, assert_identical, simulate
+from test_macro_steps import CASES, assert_identical, pressure, simulate
 
 MORE = {
     **CASES,
@@ -51,6 +51,19 @@ MORE = {
 }
 
 
+SSD_8B = {"name": "ssd", "target": "llama-3.1-8b", "draft": "llama-3.2-1b", "gpu": "h100-sxm",
+          "strategy": "ssd", "draft_gpus": 1, "gamma": 4, "acceptance": {"alpha": 0.75}}
+SSD_CASES = {  # SSD draws its hits with each request's rounds (jit backup, whole-batch re-draft)
+    "ssd-preempt-chunked": pressure(SSD_8B, True),
+    "ssd-open-whole-prompts": scenario_dict(
+        [{**SSD_8B, "scheduler": {"chunked_prefill": False}}], requests=200,
+        arrival={"process": "poisson", "rate_per_s": 20}, output={"dist": "uniform", "min": 1, "max": 300}),
+    "ssd-alpha1-closed-2-replicas": scenario_dict(
+        [{**SSD_8B, "replicas": 2, "acceptance": {"alpha": 1.0}}], requests=200,
+        arrival={"process": "closed", "concurrency": 16}),
+}
+
+
 def _classes(d) -> set[str]:
     """The replica classes the fast engine builds for scenario dict d."""
     sc = parse_scenario(d)
@@ -72,6 +85,30 @@ def test_lazy_table_reproduces_the_eager_reference(name, runs, monkeypatch):
     lazy = simulate(MORE[name], True, lazy=True)
     assert_identical(ref, lazy)
     assert (lazy.events < lazy.steps) == runs
+    if "preempt" in name:
+        assert ref.preemptions.sum() > 0
+
+
+@pytest.mark.parametrize("name", list(SSD_CASES))
+def test_lazy_table_reproduces_the_eager_reference_for_ssd(name):
+    """SSD on both tables, its hits drawn with each request's rounds: the same records, and the
+    same cache statistics (each step's count of misses read from the ring must equal the count
+    over the rows' marks). Catches a preempted request whose future misses stay in the ring, a
+    miss booked one epoch off, a backup priced over the wrong contexts."""
+    assert _classes(SSD_CASES[name]) == {"LazyReplica"}
+    sims = []
+    for lazy in (False, True):
+        sc = parse_scenario(SSD_CASES[name])
+        sim = Simulation(resolve(sc.deployments[0], 0, ROOT), generate(sc.workload, sc.seed, ROOT),
+                         seed=5, lazy=lazy)
+        sims.append((sim, sim.run()))
+    (ref_sim, ref), (lazy_sim, lazy) = sims
+    assert_identical(ref, lazy)
+    for a, b in zip(ref_sim.replicas, lazy_sim.replicas):
+        sa, sb = a.strategy, b.strategy
+        assert (sa.seq_rounds, sa.seq_hits, sa.step_rounds, sa.cache_rounds, sa.rounds_by_size) == \
+            (sb.seq_rounds, sb.seq_hits, sb.step_rounds, sb.cache_rounds, sb.rounds_by_size)
+        assert 0 < sa.seq_hits < sa.seq_rounds
     if "preempt" in name:
         assert ref.preemptions.sum() > 0
 
@@ -104,16 +141,21 @@ def test_lazy_sums_equal_the_rows_at_every_step(name, monkeypatch):
 
 
 def test_the_fast_engine_picks_the_table_that_applies():
-    """Lazy only where steps are priced from sums and outcomes are drawn per request: SSD (per
-    step draws), a profile priced at the longest context (per-row contexts) and the reference
-    loop stay eager; a mean-context profile goes lazy."""
+    """Lazy only where steps are priced from sums and outcomes are drawn per request: SSD with
+    per-step draws (a fast backup, per-sequence re-drafts), a profile priced at the longest
+    context (per-row contexts) and the reference loop stay eager; SSD's default (jit backup,
+    whole-batch re-draft) and a mean-context profile go lazy."""
     assert _classes(MORE["sd-alpha1"]) == {"LazyReplica"}
     sc, base = load_scenario(ROOT / "scenarios/ssd-vs-sd-llama70b.yaml")
     for i, d in enumerate(sc.deployments):
         s = make_strategy(resolve(d, i, base))
-        want = Replica if d.strategy == "ssd" else LazyReplica
-        assert Simulation._replica(True, s) is want
+        assert Simulation._replica(True, s) is LazyReplica
         assert Simulation._replica(False, s) is Replica
+    for ssd in ({"backup": "fast"}, {"batch_policy": "per_sequence"},
+                {"backup_batch_threshold": 8}):  # SSD drawn per step: eager
+        s = make_strategy(resolve(parse_scenario(scenario_dict([{**SSD_8B, "ssd": ssd}])).deployments[0],
+                                  0, ROOT))
+        assert s.per_step_outcomes and Simulation._replica(True, s) is Replica
     prof = {**SD_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"},
             "draft_latency": {"backend": "calibrated"}}
     s = make_strategy(resolve(parse_scenario(scenario_dict([prof])).deployments[0], 0, ROOT))

@@ -198,14 +198,14 @@ def test_cache_hit_rate_and_all_or_nothing_batch_hits(b):
     n = s.seq_rounds
     assert abs(s.seq_hits / n - p) < Z * math.sqrt(p * (1 - p) / n)
     rounds, full = s.rounds_by_size[b]
-    assert rounds > 0.9 * s.rounds
+    assert rounds > 0.9 * s.step_rounds
     q = p ** b
     assert abs(full / rounds - q) < Z * math.sqrt(q * (1 - q) / rounds) + 1e-12
     expect = sum(c[0] * p ** size for size, c in s.rounds_by_size.items())
     var = sum(c[0] * p ** size * (1 - p ** size) for size, c in s.rounds_by_size.items())
     assert abs(s.cache_rounds - expect) < Z * math.sqrt(var)
     summ = rec.strategy_stats
-    assert summ["cache_hit_rate"] == s.seq_hits / n and summ["batch_hit_rate"] == s.cache_rounds / s.rounds
+    assert summ["cache_hit_rate"] == s.seq_hits / n and summ["batch_hit_rate"] == s.cache_rounds / s.step_rounds
 
 
 def test_per_sequence_policy_keeps_the_hits_and_fast_backup_yields_one_token():
@@ -230,7 +230,7 @@ def test_backup_switches_to_fast_above_threshold():
     base = {"r": 1.0, "backup": "jit"}
     _, s_lo = _simulate(_dep("ssd", "ssd", ssd={**base, "backup_batch_threshold": 4}), 8, 16, 200)
     _, s_hi = _simulate(_dep("ssd", "ssd", ssd={**base, "backup_batch_threshold": 8}), 8, 16, 200)
-    assert s_lo.fast_rounds > 0.5 * s_lo.rounds
+    assert s_lo.fast_rounds > 0.5 * s_lo.step_rounds
     assert s_hi.fast_rounds == 0
 
 

@@ -13,8 +13,8 @@ back from the ring).
 A request's counters (generated tokens, rounds, accepted drafts) are written with their values at
 its finish when it enters; preemption takes back what it did not run. Per-row contexts are never
 materialised, so this table serves strategies priced from the batch's size and context sum (the
-roofline's memoised path: Strategy.cheap_steps) whose outcomes are drawn per request (not SSD);
-the others keep the eager table (simulator/engine/replica.py), the reference for this one: the
+fast paths: Strategy.cheap_steps) whose outcomes are drawn per request; a strategy's per-round
+marks (SSD's cache misses) go into a third ring, and a step reads their count. The others keep the eager table (simulator/engine/replica.py), the reference for this one: the
 same draws in the same order give the same outputs byte for byte (tests/test_lazy_table.py).
 """
 from __future__ import annotations
@@ -33,10 +33,11 @@ class _Row:
     is truncated to its output length), the tokens out before each round (and after the last,
     untruncated), the KV blocks it holds at each round, and its context when it leaves."""
 
-    __slots__ = ("s", "c0", "run", "tok", "blk", "ctx_end")
+    __slots__ = ("s", "c0", "run", "tok", "blk", "ctx_end", "marks")
 
-    def __init__(self, s, c0, run, tok, blk, ctx_end):
+    def __init__(self, s, c0, run, tok, blk, ctx_end, marks=None):
         self.s, self.c0, self.run, self.tok, self.blk, self.ctx_end = s, c0, run, tok, blk, ctx_end
+        self.marks = marks  # its rounds' marks (Strategy.marks), or None
 
     def before(self, k: int) -> int:
         """Tokens it emitted before its round k."""
@@ -55,6 +56,8 @@ class LazyReplica(Replica):
         self.mask = h - 1
         # The rings: per epoch, the tokens the step emits and the exact KV blocks it holds.
         self.emit, self.held = np.zeros(h, np.int64), np.zeros(h, np.int64)
+        # Per epoch, the marked rounds (SSD's cache misses) where the strategy draws marks.
+        self.marked = np.zeros(h, np.int64) if self.strategy.marked_rounds else None
         self.fins: dict[int, list[int]] = {}  # epoch -> requests whose last round it is
         self.rows: dict[int, _Row] = {}  # decoding requests, in admission order
         self.n = self.ctx_sum = self.blocks = 0  # rows, their context sum, their KV blocks now
@@ -71,8 +74,11 @@ class LazyReplica(Replica):
     def _ctx_total(self) -> int:
         return self.ctx_sum
 
-    def _outcome(self) -> None:
-        return None  # the rows' rounds are in the ring
+    def _outcome(self):
+        # The rows' rounds are in the ring; where they carry marks, the step's count of them.
+        if self.marked is None:
+            return None
+        return self.strategy.outcome_counted(self.n, self.marked.item(self.epoch & self.mask))
 
     def running_ids(self) -> list[int]:
         return [*self.rows, *(p.rid for p in self.pre)]
@@ -115,6 +121,10 @@ class LazyReplica(Replica):
             r, c0 = p.rid, p.comp
             rem = int(st.out[r]) - int(st.generated[r])
             tok, before = self.strategy.rounds(self.rng, float(st.alpha[r]), rem)
+            marks = None
+            if self.marked is not None:
+                marks = self.strategy.marks(self.rng, tok)
+                self._ring_add(self.marked, e0, marks)
             f = tok.shape[0] - 1  # its last round
             total = before.item(f + 1)
             over = total - rem  # the last round stops at its output length
@@ -130,7 +140,7 @@ class LazyReplica(Replica):
                 self._ring_add(self.emit, e0, tok)
                 self.emit[(e0 + f) & self.mask] -= over
             self.fins.setdefault(e0 + f, []).append(r)
-            self.rows[r] = _Row(e0, c0, before, tok, blk, c0 + rem)
+            self.rows[r] = _Row(e0, c0, before, tok, blk, c0 + rem, marks)
             self.n += 1
             self.ctx_sum += c0
             self.blocks += blk.item(0)
@@ -144,6 +154,8 @@ class LazyReplica(Replica):
         i = e & self.mask
         emitted = self.emit.item(i)
         self.emit[i] = self.held[i] = 0
+        if self.marked is not None:
+            self.marked[i] = 0
         self.ctx_sum += emitted
         self.blocks = self.held.item((e + 1) & self.mask)
         self._round_done(n_dec, now)
@@ -221,6 +233,8 @@ class LazyReplica(Replica):
             self._ring_add(self.emit, e, -w.tok[k:])
             self.emit[(w.s + f) & self.mask] += int(w.run[f + 1]) - (w.ctx_end - w.c0)
             self._ring_add(self.held, e, -w.blk[k:])
+            if w.marks is not None:
+                self._ring_add(self.marked, e, -w.marks[k:])
             fin = self.fins[w.s + f]
             fin.remove(r)
             if not fin:

@@ -10,7 +10,8 @@ runs either new prompts whole (prefill first, as vLLM v0) or decodes.
 
 The engine only schedules: step times come from the latency backends and accepted counts from
 physics/acceptance.py, both through the deployment's Strategy; a request's rounds are drawn when
-it starts decoding (Strategy.rounds; SSD draws per step). This class is the eager decode
+it starts decoding (Strategy.rounds, with SSD's hits as marks; SSD with a fast backup or
+per-sequence re-drafts draws per step). This class is the eager decode
 table, the reference: decoding sequences sit in numpy columns (a few whole-column operations per
 step), their drawn rounds in a trajectory buffer (simulator/engine/trajectories.py), partial
 prefills in a list; progress goes back to per-request arrays when a request finishes or is
@@ -31,7 +32,7 @@ import simpy
 
 from simulator.deploy.deployments import ResolvedDeployment
 from simulator.deploy.kv_blocks import admission_limit, blocks_for, total_blocks
-from simulator.engine import macro
+from simulator.engine import macro, trajectories
 from simulator.engine.admission import Admission
 from simulator.engine.request_state import ACC, CTX, REM, TE, TS, Prefill, RequestState
 from simulator.engine.strategies import Outcome, StepBatch, Strategy
@@ -138,9 +139,12 @@ class Replica(Admission):
         st = self.st
         cols, alpha = st.columns([p.rid for p in rows], [p.comp for p in rows], self.epoch)
         self._note_entry(len(rows), now)
-        if self.traj is not None:  # each request's rounds, drawn now
-            toks = [self.strategy.rounds(self.rng, float(st.alpha[r]), int(c))[0]
-                    for r, c in zip(cols[0].tolist(), cols[REM].tolist())]
+        if self.traj is not None:  # each request's rounds (and their marks), drawn now
+            s, rng = self.strategy, self.rng
+            toks = []
+            for r, c in zip(cols[0].tolist(), cols[REM].tolist()):
+                tok = s.rounds(rng, float(st.alpha[r]), int(c))[0]
+                toks.append(trajectories.mark(tok, s.marks(rng, tok)) if s.marked_rounds else tok)
             starts = self.traj.store(toks, self.D[TS], self.D[TE], self.epoch)
             for i, (a, t) in enumerate(zip(starts, toks)):
                 cols[TS, i], cols[TE, i] = a - self.epoch, a + t.shape[0]
@@ -279,13 +283,15 @@ class Replica(Admission):
 
     def _outcome(self) -> Outcome | None:
         """What this step's decoding rows get: the same for all, their rounds' draws, or a
-        draw per step (SSD)."""
+        draw per step (SSD with a fast backup or per-sequence re-drafts)."""
         s = self.strategy
         if s.uniform is not None:
             return s.uniform
         if s.per_step_outcomes:
             return s.sample(self.rng, self.alpha)
         tok = self.traj.at(self.D[TS], self.epoch)
+        if s.marked_rounds:
+            return s.outcome_at(*trajectories.split(tok))
         return Outcome(tok, tok - 1)
 
     def _apply_uniform(self, D: np.ndarray, tok: int, accepted: int | None, n_dec: int,

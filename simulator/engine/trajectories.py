@@ -5,11 +5,25 @@ One flat int64 buffer holds every decoding request's tokens per round, back to b
 table keeps, per row, TS (where its round at epoch e sits, minus e) and TE (the end of its
 rounds), so a step's tokens are one gather, buf[TS + epoch]. Finished and preempted rows leave
 dead rounds behind: when the buffer fills, the live rounds are packed to its front (and the
-table's TS and TE rewritten) or, when more than half of it is live, it doubles.
+table's TS and TE rewritten) or, when more than half of it is live, it doubles. A strategy's
+per-round mark (Strategy.marks: SSD's cache misses) rides above MARK_SHIFT (mark() / split()).
 """
 from __future__ import annotations
 
 import numpy as np
+
+
+MARK_SHIFT = 32  # a round's tokens fit far below it
+
+
+def mark(tok: np.ndarray, marks: np.ndarray | None) -> np.ndarray:
+    """A request's rounds as stored: tokens, and each round's mark above MARK_SHIFT."""
+    return tok if marks is None else tok + (marks << MARK_SHIFT)
+
+
+def split(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored rounds back into (tokens, marks)."""
+    return v & ((1 << MARK_SHIFT) - 1), v >> MARK_SHIFT
 
 
 class TrajectoryBuffer:

@@ -9,9 +9,10 @@ tokens each decoding sequence gets out of it; step_time() prices a step.
 Where a step's outcome depends only on each sequence's own draws (AR, SD), the draws are made per
 request: when a request starts decoding, rounds() draws the tokens of each of its rounds until
 its output is complete (the same distribution: rounds are independent), so the engine can know
-its whole decode at once (simulator/engine/lazy_table.py). Only strategies whose outcome couples
-the batch (SSD's shared cache hits) draw per step: their sample() draws a step's outcome before
-step_time() prices it (the outcome can change the step's time).
+its whole decode at once (simulator/engine/lazy_table.py). A strategy may also draw a mark per
+round (marks(): SSD's cache misses), whose count in a step can change the step's time. Only
+strategies whose outcome couples the batch's tokens (SSD with a fast backup) draw per step:
+their sample() draws a step's outcome before step_time() prices it.
 """
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ class Strategy:
     # rounds (rounds()), or per step draws where per_step_outcomes.
     uniform: Outcome | None = _ONE
     per_step_outcomes = False  # outcomes drawn per step by sample() (they couple the batch)
+    marked_rounds = False  # marks() draws a mark per round with each request's rounds
 
     def __init__(self, target: LatencyModel):
         self.target = target
@@ -160,6 +162,22 @@ class Strategy:
     def _draw(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
         """rounds()' tokens per round."""
         return np.ones(rem, np.int64)
+
+    # Per-round marks (drawn with a request's rounds, right after them): None where the
+    # strategy draws none.
+    def marks(self, rng: np.random.Generator, tok: np.ndarray) -> np.ndarray | None:
+        """0/1 per round of the rounds `tok` just drawn (see SSDStrategy), or None."""
+        return None
+
+    def outcome_at(self, tok: np.ndarray, marked: np.ndarray | None) -> Outcome:
+        """A step's outcome from each decoding row's round: its tokens and, where the strategy
+        draws marks, which rows' rounds are marked."""
+        return Outcome(tok, tok - 1)
+
+    def outcome_counted(self, n: int, marked: int) -> Outcome | None:
+        """A step's outcome on the lazy table, which keeps each step's count of marked rounds
+        rather than the rows' tokens (None where the strategy draws no marks)."""
+        return None
 
     def target_time(self, b: StepBatch, gpu_before: float = 0.0) -> float:
         """The target's forward of this step plus the step's engine overhead (charged here, once

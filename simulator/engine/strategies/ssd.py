@@ -20,7 +20,10 @@ Reading of the reference implementation used for time (one engine step = one rou
   all_or_nothing, the misses under per_sequence); the round still yields K+1 tokens for them.
 - fast backup: random draft tokens, no draft time; the round yields one token for them.
 The hit and the accepted count are charged to the same step (the backup delays the next verify,
-which in steady state costs the same time per round).
+which in steady state costs the same time per round). Under a jit backup with whole-batch
+re-drafts (the defaults) a round's tokens are each sequence's own and only the step's count of
+misses couples the batch, so each round's hit is drawn with the request's rounds (marks()) and
+the engine keeps per-step miss counts; a fast backup or per-sequence re-drafts draw per step.
 
 Tree-decode steps are priced by the draft's latency backend with one query per branch and each
 branch's own context (ctx + k + 1 + step): KV reads of the shared prefix are not deduplicated,
@@ -48,6 +51,11 @@ class SSDOutcome(Outcome):
     hit: np.ndarray | None = None  # per decoding sequence: its outcome was in the cache
     redraft: np.ndarray | None = None  # sequences the backup re-drafts
     fast: bool = False  # the backup is random tokens (no draft time)
+    n_redraft: int | None = None  # how many (default: counted from redraft)
+
+    def __post_init__(self):
+        if self.n_redraft is None:
+            self.n_redraft = np.count_nonzero(self.redraft)
 
 
 class SSDStrategy(DedicatedDraftSD):
@@ -55,16 +63,23 @@ class SSDStrategy(DedicatedDraftSD):
     are sampled as in standard SD (`alpha` shared, or the per-request alphas, or per-position)."""
 
     name = "ssd"
-    # A round's time depends on its sampled hits, and sample() keeps per-round statistics:
-    # outcomes are drawn per step, and the engine runs SSD one step per event.
-    per_step_outcomes = True
+    # A round's time depends on its hits: the engine runs SSD one step per event.
+    macro_safe = False
 
     def __init__(self, target: LatencyModel, draft: LatencyModel, gamma: int, fanout: np.ndarray,
                  r: float, handshake: Handshake, batch_policy: str = "all_or_nothing",
                  backup: str = "jit", backup_batch_threshold: int | None = None,
                  alpha: float | None = None, per_position: list[float] | None = None,
                  p_stop: np.ndarray | None = None):
+        # With a jit backup and whole-batch re-drafts, a round's tokens are each sequence's own
+        # and only the count of misses couples the batch: hits are drawn per request with its
+        # rounds (marks()). A fast backup (one token for re-drafted sequences) couples the
+        # tokens; per-sequence re-drafts need the missed rows' contexts: drawn per step.
+        self.per_step_outcomes = not (batch_policy == "all_or_nothing" and backup == "jit"
+                                      and backup_batch_threshold is None)
         super().__init__(target, draft, gamma, handshake, alpha, per_position)
+        self.uniform = None  # (even with every draft accepted, hits are drawn)
+        self.marked_rounds = not self.per_step_outcomes
         self.fanout = np.asarray(fanout, np.int64)
         if self.fanout.shape != (gamma + 1,) or (self.fanout < 1).any():
             raise ValueError(f"fanout needs gamma + 1 = {gamma + 1} entries >= 1, got {fanout}")
@@ -80,7 +95,7 @@ class SSDStrategy(DedicatedDraftSD):
         self._zeros = np.zeros(0, np.int64)
         self.seq_rounds = 0
         self.seq_hits = 0
-        self.rounds = 0
+        self.step_rounds = 0  # rounds (steps) counted
         self.cache_rounds = 0  # rounds in which no sequence needed a backup
         self.fast_rounds = 0
         # Per batch size n (decoding sequences): rounds, and rounds that used the cache.
@@ -108,15 +123,36 @@ class SSDStrategy(DedicatedDraftSD):
         tokens, accepted = k + 1, k
         if fast and not full:
             tokens, accepted = np.where(redraft, 1, tokens), np.where(redraft, 0, accepted)
+        self._count(n, n - hits, fast)
+        return SSDOutcome(tokens, accepted, hit, redraft, fast,
+                          0 if full else n if self.all_or_nothing else n - hits)
+
+    def _count(self, n: int, misses: int, fast: bool = False) -> None:
+        """One round's statistics: n sequences, `misses` of them outside the cache."""
+        full = misses == 0
         self.seq_rounds += n
-        self.seq_hits += hits
-        self.rounds += 1
+        self.seq_hits += n - misses
+        self.step_rounds += 1
         self.cache_rounds += full
         self.fast_rounds += fast and not full
         c = self.rounds_by_size.setdefault(n, [0, 0])
         c[0] += 1
         c[1] += full
-        return SSDOutcome(tokens, accepted, hit, redraft, fast)
+
+    # Per-request draws (not per_step_outcomes: a jit backup re-drafting the whole batch).
+    def marks(self, rng: np.random.Generator, tok: np.ndarray) -> np.ndarray:
+        """Which of a request's rounds miss the cache (1): each with its accepted count's
+        probability, drawn right after its rounds (the law of sample(), per request)."""
+        return (rng.random(tok.shape[0]) >= self.p_hit_k[tok - 1]).astype(np.int64)
+
+    def outcome_at(self, tok: np.ndarray, marked: np.ndarray) -> SSDOutcome:
+        n, misses = tok.shape[0], np.count_nonzero(marked)
+        self._count(n, misses)
+        return SSDOutcome(tok, tok - 1, n_redraft=n if misses else 0)
+
+    def outcome_counted(self, n: int, marked: int) -> SSDOutcome:
+        self._count(n, marked)
+        return SSDOutcome(None, None, n_redraft=n if marked else 0)
 
     def prespeculation(self, b: StepBatch) -> tuple:
         """Glue forward (gamma+1 positions per decoding sequence, prompt chunks riding along),
@@ -139,7 +175,7 @@ class SSDStrategy(DedicatedDraftSD):
         pre = self.prespeculation(b)
         t_pre = float(sum(pre))
         t_h = self.handshake.time(b.n_dec)
-        n_redraft = np.count_nonzero(out.redraft)
+        n_redraft = out.n_redraft
         if n_redraft == 0:
             charge(self.draft_busy, pre)
             return ssd_round(t_v, t_pre, t_h)
@@ -152,8 +188,11 @@ class SSDStrategy(DedicatedDraftSD):
         charge(self.draft_busy, pre)
         t_b = 0.0
         if not out.fast:
-            ctx = b.dec_ctx if n_redraft == b.n_dec else b.dec_ctx[out.redraft]
-            t_b = charge(self.draft_busy, self._draft_decode(ctx, self.gamma, n_redraft))
+            if n_redraft == b.n_dec:
+                d = self._draft_decode(b.dec_ctx, self.gamma, n_redraft, b.dec_ctx_sum)
+            else:
+                d = self._draft_decode(b.dec_ctx[out.redraft], self.gamma, n_redraft)
+            t_b = charge(self.draft_busy, d)
         return ssd_round(t_v, t_pre, t_h, t_b, uses_tree)
 
     def expected_hit_rate(self) -> float | None:
@@ -161,7 +200,7 @@ class SSDStrategy(DedicatedDraftSD):
 
     def summary(self, replicas: list[Strategy], duration: float) -> dict:
         sr = sum(s.seq_rounds for s in replicas)
-        rounds = sum(s.rounds for s in replicas)
+        rounds = sum(s.step_rounds for s in replicas)
         return {
             "cache_hit_rate": sum(s.seq_hits for s in replicas) / sr if sr else None,
             "batch_hit_rate": sum(s.cache_rounds for s in replicas) / rounds if rounds else None,
