@@ -354,10 +354,10 @@ CLAIMS = {
     "plan-runners-up": Claim("plan-70b-chat", "the next two, a {} draft at gamma {} and a {} draft at gamma {} {}, "
                              "come within {}", _plan_runners_up),
     "plan-counts": Claim("plan-70b-chat", "lookaheads / SSD: {} candidates). `specsim plan scenarios/plan-70b-chat"
-                         ".yaml --out reports/examples/plan-70b-chat --workers 2` took 51 s here ({} simulations; "
+                         ".yaml --out reports/examples/plan-70b-chat --workers 2` took 22 s here ({} simulations; "
                          "{} candidates rejected by the memory plan, {} simulated, {})", _plan_counts),
     "plan-scenario-table": Claim("plan-70b-chat", "({}x {}x{}, {} with a {} draft, ${}/Mtok)", _plan_short),
-    "plan-scenario-simulations": Claim("plan-70b-chat", "~1 min ({} simulations on 2 workers)",
+    "plan-scenario-simulations": Claim("plan-70b-chat", "~25 s ({} simulations on 2 workers)",
                                        lambda p: (p["simulations"],)),
     "plan-ask": Claim("plan-70b-chat", "chat at {} req/s under P99 TTFT {} s / TPOT {} ms", _plan_ask, count=2),
     "fidelity-errors": Claim(
