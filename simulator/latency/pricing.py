@@ -12,7 +12,8 @@ engine may keep none, simulator/engine/lazy_table.py):
   from the sums with the same float operations in the same order as RooflineLatency._parts /
   decode_steps;
 - a measured profile whose attention is looked up at the batch's mean context (ProfileLatency
-  with ctx_stat "mean": every profile of a paged-attention engine): its own lookups, called
+  with ctx_stat "mean": every profile of a paged-attention engine; Vidur's predictor keys decode
+  attention the same way, by decode batch size and mean KV length): its own lookups, called
   with the decoding rows' count and context sum instead of their contexts.
 tests/test_pricing.py checks every component bit for bit against the generic path. A step's
 pricing is a few microseconds of Python, most of it dispatch, and the engine prices every step
