@@ -232,3 +232,22 @@ def test_trajectory_buffer_packing_changes_nothing(monkeypatch):
     monkeypatch.setattr(trajectories.TrajectoryBuffer.__init__, "__defaults__", (64,))
     assert_identical(ref, simulate(d, False))
     assert packs[0] > 5
+
+
+def test_ar_rounds_are_shared_read_only_views():
+    """AR's rounds are one token each, as views of arrays every request shares (nothing drawn):
+    one per token and their running sums, across a growth of the shared arrays; writing into them
+    raises, so a table that mutated a request's rounds in place (and with them every other
+    request's) would fail here rather than corrupt a run."""
+    sc = parse_scenario(scenario_dict([AR_8B]))
+    s, rng = make_strategy(resolve(sc.deployments[0], 0, ROOT)), np.random.default_rng(0)
+    state = rng.bit_generator.state
+    for rem in (1, 7, 3, 5000, 2, 20000):
+        tok, before = s.rounds(rng, float("nan"), rem)
+        np.testing.assert_array_equal(tok, np.ones(rem, np.int64))
+        np.testing.assert_array_equal(before, np.arange(rem + 1))
+        with pytest.raises(ValueError):
+            tok[0] = 2
+        with pytest.raises(ValueError):
+            before += 1
+    assert rng.bit_generator.state == state  # nothing drawn

@@ -153,15 +153,15 @@ class Strategy:
         """The rounds of one request that starts decoding with `rem` tokens left, drawn now:
         the tokens each round gives (before the last is truncated to rem; just enough rounds
         for rem), and the tokens out before each round and after the last (f + 1 rounds, f + 2
-        running sums from 0)."""
-        tok = self._draw(rng, alpha, rem)
-        before = np.zeros(tok.shape[0] + 1, np.int64)
-        np.cumsum(tok, out=before[1:])
-        return tok, before
+        running sums from 0). Read-only: they may be views of arrays other requests share.
+        AR: one token a round, nothing drawn (views of a ones and a 0, 1, 2, .. array)."""
+        if rem >= self._ones.shape[0]:
+            size = max(2 * self._ones.shape[0], rem + 1)
+            self._ones, self._upto = np.ones(size, np.int64), np.arange(size + 1, dtype=np.int64)
+            self._ones.flags.writeable = self._upto.flags.writeable = False
+        return self._ones[:rem], self._upto[:rem + 1]
 
-    def _draw(self, rng: np.random.Generator, alpha: float, rem: int) -> np.ndarray:
-        """rounds()' tokens per round."""
-        return np.ones(rem, np.int64)
+    _ones = _upto = np.zeros(0, np.int64)  # rounds()'s shared arrays, grown per instance
 
     # Per-round marks (drawn with a request's rounds, right after them): None where the
     # strategy draws none.

@@ -59,7 +59,10 @@ class SpeculativeStrategy(Strategy):
         cumulative sum per request. With per-request alphas, drawn for the request in blocks
         a little longer than needed."""
         if self.all_accepted or (self.cdf is None and self.per_position is None):
-            return super().rounds(rng, alpha, rem)
+            tok = self._draw(rng, alpha, rem)
+            before = np.zeros(tok.shape[0] + 1, np.int64)
+            np.cumsum(tok, out=before[1:])
+            return tok, before
         pos, sums = self._pos, self._sums
         base = sums.item(pos)
         end = int(sums.searchsorted(base + rem)) - 1  # the round that reaches rem
