@@ -14,8 +14,9 @@ A request's counters (generated tokens, rounds, accepted drafts) are written wit
 its finish when it enters; preemption takes back what it did not run. Per-row contexts are never
 materialised, so this table serves strategies priced from the batch's size and context sum (the
 fast paths: Strategy.cheap_steps) whose outcomes are drawn per request; a strategy's per-round
-marks (SSD's cache misses) go into a third ring, and a step reads their count. The others keep the eager table (simulator/engine/replica.py), the reference for this one: the
-same draws in the same order give the same outputs byte for byte (tests/test_lazy_table.py).
+marks (SSD's cache misses) go into a third ring, and a step reads their count. The others keep
+the eager table (simulator/engine/replica.py), the reference for this one: the same draws in
+the same order give the same outputs byte for byte (tests/test_lazy_table.py).
 """
 from __future__ import annotations
 

@@ -229,7 +229,10 @@ class ProfileLatency:
         dec_ctx - shift cached, which must be >= 0; plus prefill chunks pre_q over pre_ctx)
         without building per-row arrays (forward_grouped)."""
         n = dec_ctx.shape[0]
-        stat = (int(dec_ctx.max()) - shift if self.ctx_stat == "max" else dec_ctx_sum - n * shift) if n else 0
+        if not n:
+            stat = 0
+        else:
+            stat = int(dec_ctx.max()) - shift if self.ctx_stat == "max" else dec_ctx_sum - n * shift
         return self.forward_grouped(n, q_dec, stat, pre_q, pre_ctx, n_logits)
 
     def forward_grouped(self, n: int, q_dec: int, dec_stat: int, pre_q: list[int],
@@ -263,13 +266,15 @@ class ProfileLatency:
         """latency.base.decode_steps' sum of `steps` single-token forwards over caches of
         ctx + start, + start + 1, ..: each as forward() prices it, added in the same order
         (under the mean statistic from the context sum alone)."""
-        n = ctx.shape[0]
-        if ctx_sum is None:
+        n, use_max = ctx.shape[0], self.ctx_stat == "max"
+        if use_max:
+            c_max = int(ctx.max())
+        elif ctx_sum is None:
             ctx_sum = int(ctx.sum())
         acc0 = acc1 = acc2 = acc3 = 0.0
         for j in range(start, start + steps):
-            if self.ctx_stat == "max":
-                t, ok = self._attention_uniform(n, 1, int(ctx.max()) + j)
+            if use_max:
+                t, ok = self._attention_uniform(n, 1, c_max + j)
             else:
                 t, ok = self._attention_uniform(n, 1, int(round((ctx_sum + n * j) / n)))
             a, b, c, d = self._compose(n, n_logits, t, t if ok else 0.0)
