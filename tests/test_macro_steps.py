@@ -212,6 +212,8 @@ PRICING = {
     "sd-sglang": {**SD_8B, "engine": {"preset": "sglang"}},
     "sd-dedicated": {**SD_8B, "draft_placement": "dedicated"},
     "ar-profile": {**AR_8B, "target": "llama-3.1-70b", "tp": 4, "latency": {"backend": "profile"}},
+    "sd-ideal-backend-batch-expansion": {**SD_8B, "latency": {"backend": "ideal"},
+                                         "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"}},
     "sd-profile-batch-expansion": {**SD_8B, "target": "llama-3.1-70b", "tp": 4,
                                    "latency": {"backend": "profile"},
                                    "engine": {"preset": "vllm-0.6-batch-expansion-cudagraph"},

@@ -144,7 +144,7 @@ class Replica(Admission):
             toks = []
             for r, c in zip(cols[0].tolist(), cols[REM].tolist()):
                 tok = s.rounds(rng, float(st.alpha[r]), int(c))[0]
-                toks.append(trajectories.mark(tok, s.marks(rng, tok)) if s.marked_rounds else tok)
+                toks.append(trajectories.mark(tok, s.marks(rng, tok)))
             starts = self.traj.store(toks, self.D[TS], self.D[TE], self.epoch)
             for i, (a, t) in enumerate(zip(starts, toks)):
                 cols[TS, i], cols[TE, i] = a - self.epoch, a + t.shape[0]

@@ -127,9 +127,8 @@ class EngineLatency:
         """forward_batch for each step of a run of decode steps (simulator/latency/base.py
         forward_decode_many); None when the wrapped backend cannot price a run at once."""
         if self._expand and q_dec > 1 and n:
-            if not (getattr(self.inner, "forward_sums_many", None) is not None
-                    or getattr(self.inner, "ctx_stat", None) == "mean"):
-                return None  # the expanded rows' own contexts would be needed
+            # The expanded rows' sums are known, their longest context is not: a backend that
+            # prices from it returns None (the run is then priced step by step).
             ctx_sums = q_dec * ctx_sums + n * q_dec * (q_dec - 1) // 2
             n, q_dec, ctx_max = n * q_dec, 1, None
         t = forward_decode_many(self.inner, q_dec, n, ctx_sums, n_logits, shift, ctx_max, pending)
